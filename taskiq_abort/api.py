@@ -1,0 +1,51 @@
+"""``abort(broker, task_id)``: abort a task by id, from any process that has the broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskiq import AsyncBroker
+from taskiq.task import AsyncTaskiqTask
+
+from taskiq_abort.errors import AbortConfigError
+from taskiq_abort.middleware import AbortMiddleware
+from taskiq_abort.outcome import AbortOutcome
+
+
+def find_middleware(broker: AsyncBroker) -> AbortMiddleware:
+    """The broker's :class:`AbortMiddleware`, or :class:`AbortConfigError` saying how to add it."""
+    for middleware in broker.middlewares:
+        if isinstance(middleware, AbortMiddleware):
+            return middleware
+    raise AbortConfigError(
+        f"{type(broker).__name__} has no AbortMiddleware: add it with "
+        "broker.with_middlewares(AbortMiddleware(redis_url)) where the broker is created"
+    )
+
+
+async def abort(
+    broker: AsyncBroker,
+    task: str | AsyncTaskiqTask[Any],
+    *,
+    reason: str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+) -> AbortOutcome:
+    """Abort a task, queued or running, on whichever worker holds it.
+
+    :param broker: the application's broker (with :class:`AbortMiddleware`).
+    :param task: a task id, or the handle ``.kiq()`` returned.
+    :param reason: stored in the task's ``TaskAbortedError``.
+    :param wait: wait for the worker's confirmation (default); else return once the request
+        is recorded and broadcast (``unconfirmed`` when a worker holds the task).
+    :param timeout: seconds to wait for the confirmation (default: the middleware's
+        ``abort_timeout``, 5 s).
+    :returns: an :class:`AbortOutcome` whose ``status`` is ``aborted`` (it was running and
+        stopped), ``revoked`` (it had not started and never will), ``finished`` (it already had
+        a result; nothing changed) or ``unconfirmed`` (its worker did not confirm in time).
+    :raises InvalidTaskIdError: for an id that cannot be a task id; nothing is sent.
+    :raises AbortBackendUnavailableError: Redis could not be reached (in bounded time).
+    :raises AbortConfigError: the broker has no ``AbortMiddleware``.
+    """
+    task_id = task.task_id if isinstance(task, AsyncTaskiqTask) else task
+    return await find_middleware(broker).abort(task_id, reason=reason, wait=wait, timeout=timeout)

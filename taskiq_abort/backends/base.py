@@ -1,0 +1,169 @@
+"""The control-plane contract that the Redis and in-process backends both fulfil."""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from taskiq_abort.protocol import ReplyMessage
+
+DEFAULT_REQUEST_TTL = 86_400.0
+"""Seconds an abort request is kept: a queued task revoked now may be picked up hours later."""
+DEFAULT_LEASE = 10.0
+"""Seconds a worker's registration (and its running-task entries) outlives its last heartbeat."""
+
+
+@dataclass(frozen=True)
+class RunningEntry:
+    """One task a worker is running, as stored in the registry."""
+
+    task_id: str
+    task_name: str
+    run_id: str
+    started: float
+    worker: str = ""
+    abort_requested: bool = False
+
+    def encode(self) -> str:
+        return f"{self.run_id} " + json.dumps(
+            {"name": self.task_name, "started": self.started}, separators=(",", ":")
+        )
+
+    @classmethod
+    def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
+        run_id, _, rest = raw.partition(" ")
+        try:
+            data = json.loads(rest)
+            return cls(task_id, str(data["name"]), run_id, float(data["started"]), worker)
+        except (ValueError, KeyError, TypeError):
+            return cls(task_id, "?", run_id, 0.0, worker)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A live worker process and what it is running."""
+
+    worker_id: str
+    host: str
+    pid: int
+    started: float
+    tasks: list[RunningEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    """What recording an abort request found."""
+
+    holder: str | None
+    entry: RunningEntry | None
+    outcome: str | None
+    """An outcome already recorded for this id by an earlier abort ("aborted", "revoked"...)."""
+    receivers: int
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """A stored abort request, as ``status`` shows it."""
+
+    task_id: str
+    reason: str | None
+    requested_at: float
+    requested_by: str
+    outcome: str | None
+    worker: str | None
+
+
+AbortHandler = Callable[[str, str | None], None]
+"""Called on the worker for each abort request: ``(task_id, reason)``."""
+ResyncHook = Callable[[], Awaitable[None]]
+
+
+class AbortBackend(abc.ABC):
+    """Stores abort requests and the running-task registry, and carries the broadcasts."""
+
+    request_ttl: float
+    lease: float
+
+    # --- worker side -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def sync(
+        self,
+        worker_id: str,
+        starts: list[RunningEntry],
+        finishes: list[RunningEntry],
+    ) -> tuple[bool, list[tuple[str, str | None]]]:
+        """Register starts and drop finishes in one round trip.
+
+        Returns ``(worker_registered, [(task_id, reason), ...])`` for starts that already have an
+        abort request: those are not registered and must not run.
+        """
+
+    @abc.abstractmethod
+    async def register(
+        self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
+    ) -> list[tuple[str, str | None]]:
+        """(Re)write the worker and all it runs; return the held ids with a pending request."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str) -> bool:
+        """Extend the lease; ``False`` when the registration is gone and must be rewritten."""
+
+    @abc.abstractmethod
+    async def unregister(self, worker_id: str) -> None:
+        """Remove the worker and its entries (clean shutdown)."""
+
+    @abc.abstractmethod
+    async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
+        """Record how an abort ended and publish the reply."""
+
+    @abc.abstractmethod
+    async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
+        """Deliver abort requests to ``handler`` until cancelled; reconnect on faults and call
+        ``resync`` after every (re)subscribe, so requests made while away are applied."""
+
+    # --- aborter side ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+        """Record the request durably, then broadcast it."""
+
+    @abc.abstractmethod
+    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
+        """Wait for the holder's reply (or a recorded outcome); ``None`` on timeout."""
+
+    @abc.abstractmethod
+    async def prepare_reply(self, task_id: str) -> None:
+        """Be ready to receive ``task_id``'s reply before the request is broadcast."""
+
+    @abc.abstractmethod
+    def discard_reply(self, task_id: str) -> None:
+        """Stop waiting for ``task_id``'s reply."""
+
+    @abc.abstractmethod
+    async def set_outcome(self, task_id: str, outcome: str) -> None:
+        """Record an outcome decided by the aborter (``revoked``)."""
+
+    @abc.abstractmethod
+    async def clear_request(self, task_id: str) -> None:
+        """Drop a request that turned out to be moot (the task had finished)."""
+
+    @abc.abstractmethod
+    async def get_request(self, task_id: str) -> RequestRecord | None:
+        """The stored request for ``task_id``, if any."""
+
+    @abc.abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Live workers and the tasks each runs."""
+
+    async def find_running(self, task_id: str) -> RunningEntry | None:
+        """Where ``task_id`` runs, if a live worker holds it."""
+        for info in await self.workers():
+            for entry in info.tasks:
+                if entry.task_id == task_id:
+                    return entry
+        return None
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,205 @@
+"""The in-process control plane, for ``InMemoryBroker`` and single-process apps.
+
+Same semantics as the Redis backend (durable requests with a TTL, leased registry, asynchronous
+delivery), without a server: use it to unit-test abort handling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from taskiq_abort.backends.base import (
+    DEFAULT_LEASE,
+    DEFAULT_REQUEST_TTL,
+    AbortBackend,
+    AbortHandler,
+    RequestRecord,
+    RequestResult,
+    ResyncHook,
+    RunningEntry,
+    WorkerInfo,
+)
+from taskiq_abort.protocol import ReplyMessage
+
+
+@dataclass
+class _Worker:
+    info: dict[str, str]
+    expires: float
+    tasks: dict[str, RunningEntry] = field(default_factory=dict)
+
+
+class MemoryAbortBackend(AbortBackend):
+    """Everything in this process's memory; for ``InMemoryBroker`` and tests."""
+
+    def __init__(
+        self, *, request_ttl: float = DEFAULT_REQUEST_TTL, lease: float = DEFAULT_LEASE
+    ) -> None:
+        self.request_ttl = request_ttl
+        self.lease = lease
+        self._requests: dict[str, tuple[float, RequestRecord]] = {}
+        self._workers: dict[str, _Worker] = {}
+        self._handlers: list[AbortHandler] = []
+        self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = {}
+
+    def __repr__(self) -> str:
+        return "MemoryAbortBackend()"
+
+    def _record(self, task_id: str) -> RequestRecord | None:
+        item = self._requests.get(task_id)
+        if item is None:
+            return None
+        if item[0] < time.monotonic():
+            del self._requests[task_id]
+            return None
+        return item[1]
+
+    def _live(self) -> dict[str, _Worker]:
+        now = time.monotonic()
+        for wid in [w for w, state in self._workers.items() if state.expires < now]:
+            del self._workers[wid]
+        return self._workers
+
+    async def sync(
+        self,
+        worker_id: str,
+        starts: list[RunningEntry],
+        finishes: list[RunningEntry],
+    ) -> tuple[bool, list[tuple[str, str | None]]]:
+        worker = self._live().get(worker_id)
+        aborted = []
+        for entry in starts:
+            record = self._record(entry.task_id)
+            if record is not None:
+                aborted.append((entry.task_id, record.reason))
+            elif worker is not None:
+                worker.tasks[entry.task_id] = entry
+        for entry in finishes:
+            if worker is not None:
+                current = worker.tasks.get(entry.task_id)
+                if current is not None and current.run_id == entry.run_id:
+                    del worker.tasks[entry.task_id]
+        return worker is not None, aborted
+
+    async def register(
+        self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
+    ) -> list[tuple[str, str | None]]:
+        worker = _Worker(dict(info), time.monotonic() + self.lease)
+        worker.tasks = {entry.task_id: entry for entry in running}
+        self._workers[worker_id] = worker
+        return [
+            (entry.task_id, record.reason)
+            for entry in running
+            if (record := self._record(entry.task_id)) is not None
+        ]
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        worker = self._live().get(worker_id)
+        if worker is None:
+            return False
+        worker.expires = time.monotonic() + self.lease
+        return True
+
+    async def unregister(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
+        await self.set_outcome(task_id, outcome, worker_id)
+        reply = ReplyMessage(task_id, outcome, worker_id)
+        for fut in self._waiters.get(task_id, ()):
+            if not fut.done():
+                fut.set_result(reply)
+
+    async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
+        self._handlers.append(handler)
+        try:
+            await resync()
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            self._handlers.remove(handler)
+
+    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+        record = self._record(task_id)
+        if record is None:
+            record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
+        self._requests[task_id] = (time.monotonic() + self.request_ttl, record)
+        holder: tuple[str, RunningEntry] | None = None
+        for wid, worker in self._live().items():
+            if task_id in worker.tasks:
+                holder = wid, worker.tasks[task_id]
+                break
+        loop = asyncio.get_running_loop()
+        for handler in list(self._handlers):  # delivered later, like a real broadcast
+            loop.call_soon(handler, task_id, record.reason)
+        return RequestResult(
+            holder=holder[0] if holder else None,
+            entry=holder[1] if holder else None,
+            outcome=record.outcome,
+            receivers=len(self._handlers),
+        )
+
+    async def prepare_reply(self, task_id: str) -> None:
+        self._waiters.setdefault(task_id, []).append(asyncio.get_running_loop().create_future())
+
+    def discard_reply(self, task_id: str) -> None:
+        for fut in self._waiters.pop(task_id, []):
+            fut.cancel()
+
+    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
+        futures = self._waiters.get(task_id) or []
+        if not futures:
+            return None
+        fut = futures[-1]
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            if fut in futures:
+                futures.remove(fut)
+            if not futures:
+                self._waiters.pop(task_id, None)
+
+    async def set_outcome(self, task_id: str, outcome: str, worker_id: str = "") -> None:
+        item = self._requests.get(task_id)
+        if item is not None:
+            expires, record = item
+            updated = RequestRecord(
+                record.task_id,
+                record.reason,
+                record.requested_at,
+                record.requested_by,
+                outcome,
+                worker_id or record.worker,
+            )
+            self._requests[task_id] = (expires, updated)
+
+    async def clear_request(self, task_id: str) -> None:
+        self._requests.pop(task_id, None)
+
+    async def get_request(self, task_id: str) -> RequestRecord | None:
+        return self._record(task_id)
+
+    async def workers(self) -> list[WorkerInfo]:
+        return [
+            WorkerInfo(
+                worker_id=wid,
+                host=state.info.get("host", "?"),
+                pid=int(state.info.get("pid", 0) or 0),
+                started=float(state.info.get("started", 0) or 0),
+                tasks=sorted(
+                    (
+                        RunningEntry(e.task_id, e.task_name, e.run_id, e.started, wid)
+                        for e in state.tasks.values()
+                    ),
+                    key=lambda e: e.started,
+                ),
+            )
+            for wid, state in self._live().items()
+        ]
+
+    async def close(self) -> None:
+        for tid in list(self._waiters):
+            self.discard_reply(tid)

@@ -1,0 +1,407 @@
+"""The Redis control plane: durable request records, a leased running-task registry, pub/sub.
+
+Two kinds of connection, both our own (never the broker's pool, which a held SUBSCRIBE could
+starve): a command client for the atomic scripts, and dedicated pub/sub connections, with
+redis-py's silent retries turned off so that every disconnect reaches our loop, which resyncs
+from the durable records after it resubscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+
+from taskiq_abort import scripts
+from taskiq_abort.backends.base import (
+    DEFAULT_LEASE,
+    DEFAULT_REQUEST_TTL,
+    AbortBackend,
+    AbortHandler,
+    RequestRecord,
+    RequestResult,
+    ResyncHook,
+    RunningEntry,
+    WorkerInfo,
+)
+from taskiq_abort.errors import AbortBackendUnavailableError, AbortPermissionError
+from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
+from taskiq_abort.protocol import AbortMessage, ReplyMessage, parse_abort, parse_reply
+
+logger = logging.getLogger("taskiq_abort")
+_T = TypeVar("_T")
+
+_REDIS_ERRORS = (rexc.RedisError, OSError)
+_FIRST_POLL = 1.0
+
+
+def safe_url(url: str) -> str:
+    """``url`` with any password masked, for logs and error messages.
+
+    >>> safe_url("redis://user:s3cret@db:6379/0")
+    'redis://user:***@db:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisAbortBackend(AbortBackend):
+    """Abort requests and the running-task registry in Redis, broadcasts over pub/sub.
+
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py).
+    :param prefix: key prefix; apps sharing one Redis use different prefixes.
+    :param channel: control channel name (default ``<prefix>:control``).
+    :param request_ttl: seconds an abort request is kept (default one day).
+    :param lease: seconds a crashed worker's entries live on (default 10).
+    :param timeout: seconds a Redis call may take before it counts as unreachable.
+    :param connection_kwargs: passed to ``redis.asyncio.Redis.from_url``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        channel: str | None = None,
+        request_ttl: float = DEFAULT_REQUEST_TTL,
+        lease: float = DEFAULT_LEASE,
+        timeout: float = 3.0,
+        **connection_kwargs: Any,
+    ) -> None:
+        if request_ttl <= 0 or lease <= 0 or timeout <= 0:
+            raise ValueError("request_ttl, lease and timeout must be positive")
+        self.url = url
+        self.keys = KeySpace(prefix, channel)
+        self.request_ttl = request_ttl
+        self.lease = lease
+        self.timeout = timeout
+        self.malformed_messages = 0
+        """Control messages received that were not valid; they are dropped."""
+        self._kwargs = connection_kwargs
+        self._cmd = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
+            **connection_kwargs,
+        )
+        self._sync = self._cmd.register_script(scripts.SYNC)
+        self._register = self._cmd.register_script(scripts.REGISTER)
+        self._heartbeat = self._cmd.register_script(scripts.HEARTBEAT)
+        self._request = self._cmd.register_script(scripts.REQUEST)
+        self._confirm = self._cmd.register_script(scripts.CONFIRM)
+        self._list = self._cmd.register_script(scripts.LIST)
+        # Aborter side: one reply subscription per process, shared by every waiting abort().
+        self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = {}
+        self._reply_task: asyncio.Task[None] | None = None
+        self._reply_ready: asyncio.Event | None = None
+        self._reply_failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisAbortBackend({safe_url(self.url)!r}, prefix={self.keys.prefix!r})"
+
+    def _pubsub_client(self) -> Redis:
+        # No silent retries: a dropped subscription must surface so we resync after it.
+        return Redis.from_url(
+            self.url,
+            socket_connect_timeout=self.timeout,
+            socket_timeout=None,
+            retry=Retry(NoBackoff(), 0),
+            **self._kwargs,
+        )
+
+    async def _call(self, what: str, op: Awaitable[_T]) -> _T:
+        try:
+            return await op
+        except rexc.NoPermissionError as exc:
+            raise AbortPermissionError(
+                f"Redis at {safe_url(self.url)} refused {what}: {exc}. Grant this user the keys "
+                f"'{self.keys.prefix}:*' and the channels '{self.keys.control}*' "
+                "(see docs/protocol.md, 'ACL')."
+            ) from exc
+        except rexc.ResponseError as exc:
+            if "NOPERM" in str(exc) or "no permissions" in str(exc):
+                raise AbortPermissionError(
+                    f"Redis at {safe_url(self.url)} refused {what}: {exc}. Grant this user the "
+                    f"keys '{self.keys.prefix}:*' and the channels '{self.keys.control}*'."
+                ) from exc
+            raise
+        except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            raise AbortBackendUnavailableError(
+                f"cannot reach Redis at {safe_url(self.url)} for {what}: {exc}. "
+                "Check the URL and that Redis is running."
+            ) from exc
+
+    # --- worker side -----------------------------------------------------------------
+    async def sync(
+        self,
+        worker_id: str,
+        starts: list[RunningEntry],
+        finishes: list[RunningEntry],
+    ) -> tuple[bool, list[tuple[str, str | None]]]:
+        args: list[Any] = [int(self.lease * 1000), self.keys.request_prefix, len(starts)]
+        for entry in starts:
+            args += [entry.task_id, entry.encode()]
+        args.append(len(finishes))
+        for entry in finishes:
+            args += [entry.task_id, entry.run_id]
+        keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id)]
+        alive, aborted = await self._call("registering tasks", self._sync(keys, args))
+        return bool(alive), _triples(aborted)
+
+    async def register(
+        self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
+    ) -> list[tuple[str, str | None]]:
+        args: list[Any] = [int(self.lease * 1000), worker_id, self.keys.request_prefix, len(info)]
+        for field, value in info.items():
+            args += [field, value]
+        args.append(len(running))
+        for entry in running:
+            args += [entry.task_id, entry.encode()]
+        keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id), self.keys.workers]
+        return _triples(await self._call("registering a worker", self._register(keys, args)))
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id), self.keys.workers]
+        args: list[Any] = [int(self.lease * 1000), worker_id]
+        return bool(await self._call("a heartbeat", self._heartbeat(keys, args)))
+
+    async def unregister(self, worker_id: str) -> None:
+        async with self._cmd.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.worker(worker_id), self.keys.tasks(worker_id))
+            pipe.zrem(self.keys.workers, worker_id)
+            await self._call("unregistering a worker", pipe.execute())
+
+    async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
+        payload = ReplyMessage(task_id, outcome, worker_id).encode()
+        args = [outcome, worker_id, self.keys.reply, payload]
+        await self._call("confirming an abort", self._confirm([self.keys.request(task_id)], args))
+
+    async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
+        async for message in self._subscription(self.keys.control, resync, "control"):
+            parsed = parse_abort(message)
+            if parsed is None:
+                self._count_malformed(message)
+                continue
+            try:
+                handler(parsed.task_id, parsed.reason)
+            except Exception:  # a bug in a handler must not end the listener
+                logger.exception("taskiq-abort: handling abort of %s failed", parsed.task_id)
+
+    def _count_malformed(self, message: bytes) -> None:
+        self.malformed_messages += 1
+        if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
+            logger.warning(
+                "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",
+                self.malformed_messages,
+                self.keys.control,
+                message[:80],
+            )
+
+    async def _subscription(
+        self, channel: str, on_subscribed: Callable[[], Awaitable[None]], role: str
+    ) -> AsyncIterator[bytes]:
+        """Yield message payloads forever, reconnecting with backoff; log once per outage."""
+        backoff, outage_since = 0.05, 0.0
+        client = self._pubsub_client()
+        try:
+            while True:
+                pubsub: PubSub = client.pubsub()
+                try:
+                    await pubsub.subscribe(channel)
+                    # Resync only once SUBSCRIBE is confirmed: nothing published after it is missed.
+                    while (await pubsub.get_message(timeout=self.timeout)) is None:
+                        pass
+                    await on_subscribed()
+                    if outage_since:
+                        logger.warning(
+                            "taskiq-abort: %s channel back after %.1f s; pending aborts applied",
+                            role,
+                            time.monotonic() - outage_since,
+                        )
+                    backoff, outage_since = 0.05, 0.0
+                    while True:
+                        msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=60)
+                        if msg is not None and msg.get("type") == "message":
+                            data = msg["data"]
+                            yield data if isinstance(data, bytes) else str(data).encode()
+                except _REDIS_ERRORS as exc:
+                    if not outage_since:
+                        outage_since = time.monotonic()
+                        logger.warning(
+                            "taskiq-abort: lost the %s channel on %s (%s); reconnecting",
+                            role,
+                            safe_url(self.url),
+                            exc,
+                        )
+                finally:
+                    with contextlib.suppress(BaseException):
+                        await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(client.aclose(), 1.0)
+
+    # --- aborter side ----------------------------------------------------------------
+    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+        payload = AbortMessage(task_id, reason).encode()
+        args = [
+            task_id,
+            "0" if reason is None else "1",
+            reason or "",
+            int(self.request_ttl * 1000),
+            requested_by,
+            self.keys.tasks_prefix,
+            self.keys.control,
+            payload,
+        ]
+        holder, entry, outcome, receivers = await self._call(
+            f"recording the abort of task {task_id}",
+            self._request([self.keys.request(task_id), self.keys.workers], args),
+        )
+        return RequestResult(
+            holder=holder or None,
+            entry=RunningEntry.decode(task_id, entry, holder) if holder and entry else None,
+            outcome=outcome or None,
+            receivers=int(receivers),
+        )
+
+    async def prepare_reply(self, task_id: str) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiters.setdefault(task_id, []).append(loop.create_future())
+        if self._reply_task is None or self._reply_task.done():
+            self._reply_ready = asyncio.Event()
+            self._reply_failure = None
+            self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
+        ready = self._reply_ready
+        assert ready is not None
+        if not ready.is_set():
+            # A missing subscription only costs latency (we poll the record), so wait briefly.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(ready.wait(), self.timeout)
+
+    def discard_reply(self, task_id: str) -> None:
+        futures = self._waiters.pop(task_id, [])
+        for fut in futures:
+            fut.cancel()
+
+    async def _reply_loop(self) -> None:
+        async def subscribed() -> None:
+            assert self._reply_ready is not None
+            self._reply_ready.set()
+
+        async for raw in self._subscription(self.keys.reply, subscribed, "reply"):
+            reply = parse_reply(raw)
+            if reply is None:
+                continue
+            for fut in self._waiters.get(reply.task_id, ()):
+                if not fut.done():
+                    fut.set_result(reply)
+
+    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
+        futures = self._waiters.get(task_id)
+        fut = futures[-1] if futures else asyncio.get_running_loop().create_future()
+        deadline = time.monotonic() + timeout
+        poll = _FIRST_POLL
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(poll, left)))
+                # The reply may have been lost (reconnect): the durable record is the truth.
+                record = await self.get_request(task_id)
+                if record is not None and record.outcome in ("aborted", "finished"):
+                    return ReplyMessage(task_id, record.outcome, record.worker or "")
+                if deadline - time.monotonic() <= 0:
+                    return None
+                poll = min(poll * 2, 5.0)
+        finally:
+            if futures is not None:
+                with contextlib.suppress(ValueError):
+                    futures.remove(fut)
+                if not futures:
+                    self._waiters.pop(task_id, None)
+
+    async def set_outcome(self, task_id: str, outcome: str) -> None:
+        await self._call(
+            "recording an abort outcome",
+            self._confirm([self.keys.request(task_id)], [outcome, "", self.keys.reply, ""]),
+        )
+
+    async def clear_request(self, task_id: str) -> None:
+        await self._call("clearing an abort request", self._cmd.delete(self.keys.request(task_id)))
+
+    async def get_request(self, task_id: str) -> RequestRecord | None:
+        data: dict[str, str] = await self._call(
+            f"reading the abort request of {task_id}",
+            self._cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
+        )
+        if not data:
+            return None
+        return RequestRecord(
+            task_id=task_id,
+            reason=data.get("reason"),
+            requested_at=int(data.get("at", 0)) / 1000,
+            requested_by=data.get("by", ""),
+            outcome=data.get("outcome") or None,
+            worker=data.get("worker") or None,
+        )
+
+    async def workers(self) -> list[WorkerInfo]:
+        rows = await self._call(
+            "listing workers",
+            self._list([self.keys.workers], [self.keys.worker(""), self.keys.tasks_prefix]),
+        )
+        result = []
+        for wid, info_flat, tasks_flat in rows:
+            info = dict(zip(info_flat[::2], info_flat[1::2], strict=True))
+            tasks = [
+                RunningEntry.decode(tid, raw, wid)
+                for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
+            ]
+            result.append(
+                WorkerInfo(
+                    worker_id=wid,
+                    host=info.get("host", "?"),
+                    pid=int(info.get("pid", 0) or 0),
+                    started=float(info.get("started", 0) or 0),
+                    tasks=sorted(tasks, key=lambda e: e.started),
+                )
+            )
+        return result
+
+    async def close(self) -> None:
+        task, self._reply_task = self._reply_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 1.0)
+        for tid in list(self._waiters):
+            self.discard_reply(tid)
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self._cmd.aclose(), 1.0)
+
+
+def _triples(flat: list[Any]) -> list[tuple[str, str | None]]:
+    return [
+        (flat[i], flat[i + 2] if str(flat[i + 1]) == "1" else None) for i in range(0, len(flat), 3)
+    ]

@@ -1,0 +1,95 @@
+"""The aborter half: record, broadcast, then wait for the holder or settle the result ourselves."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from taskiq import AsyncResultBackend, TaskiqResult
+from taskiq.abc.result_backend import AsyncResultBackend as _Backend
+from taskiq.result_backends.dummy import DummyResultBackend
+
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, TaskiqAbortError
+from taskiq_abort.outcome import AbortOutcome, AbortStatus
+from taskiq_abort.protocol import clean_reason, validate_task_id
+
+_BY = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
+    """The result stored for an aborted task."""
+    return TaskiqResult(
+        is_err=True,
+        return_value=None,
+        execution_time=0.0,
+        error=TaskAbortedError(task_id, reason),
+        labels={},
+    )
+
+
+def _has_results(backend: _Backend[Any] | None) -> bool:
+    return backend is not None and not isinstance(backend, DummyResultBackend)
+
+
+async def abort_task(
+    backend: AbortBackend,
+    result_backend: AsyncResultBackend[Any] | None,
+    task_id: str,
+    *,
+    reason: str | None = None,
+    wait: bool = True,
+    timeout: float = 5.0,
+) -> AbortOutcome:
+    """Abort ``task_id``; see :func:`taskiq_abort.abort` for the meaning of each status."""
+    task_id = validate_task_id(task_id)
+    reason = clean_reason(reason)
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    started = time.perf_counter()
+
+    def done(status: AbortStatus, worker: str | None = None) -> AbortOutcome:
+        return AbortOutcome(task_id, status, worker, reason, time.perf_counter() - started)
+
+    if wait:  # listen before we publish, or a fast reply could slip past us
+        await backend.prepare_reply(task_id)
+    try:
+        found = await backend.request(task_id, reason, _BY)
+        if found.outcome in ("aborted", "revoked"):  # aborting twice is harmless
+            record = await backend.get_request(task_id)
+            return done(AbortStatus(found.outcome), record.worker if record else None)
+        if found.holder is not None:
+            if not wait:
+                return done(AbortStatus.UNCONFIRMED, found.holder)
+            remaining = max(0.0, timeout - (time.perf_counter() - started))
+            reply = await backend.wait_reply(task_id, remaining)
+            if reply is None:
+                return done(AbortStatus.UNCONFIRMED, found.holder)
+            if reply.status == "aborted":
+                return done(AbortStatus.ABORTED, reply.worker)
+            if reply.status == "finished":
+                await backend.clear_request(task_id)
+                return done(AbortStatus.FINISHED, reply.worker)
+        # Nobody runs it. Any worker that picks it up from now on sees the request and stops.
+        if _has_results(result_backend):
+            assert result_backend is not None
+            try:
+                # is_result_ready, never get_result: with keep_results=False a read consumes it.
+                if await result_backend.is_result_ready(task_id):
+                    await backend.clear_request(task_id)
+                    return done(AbortStatus.FINISHED)
+                await result_backend.set_result(task_id, aborted_result(task_id, reason))
+            except TaskiqAbortError:
+                raise
+            except Exception as exc:
+                raise AbortBackendUnavailableError(
+                    f"task {task_id} is revoked, but its result backend failed ({exc!r}): "
+                    "callers waiting on its result will wait until a worker picks it up"
+                ) from exc
+        await backend.set_outcome(task_id, "revoked")
+        return done(AbortStatus.REVOKED)
+    finally:
+        if wait:
+            backend.discard_reply(task_id)

@@ -1,0 +1,50 @@
+"""One exception hierarchy for taskiq-abort.
+
+Every error we raise is a :class:`TaskiqAbortError`. :class:`TaskAbortedError` is the one that
+ends up *stored as a task's result*; it deliberately subclasses plain ``Exception`` (not
+``TaskiqError``) and takes only positional, JSON-simple arguments, so it survives taskiq's
+exception round trip through a result backend with its class, ``task_id`` and ``reason`` intact.
+"""
+
+from __future__ import annotations
+
+
+class TaskiqAbortError(Exception):
+    """Base class of every error raised by taskiq-abort."""
+
+
+class TaskAbortedError(TaskiqAbortError):
+    """The task was aborted. Stored as the task's result error.
+
+    >>> err = TaskAbortedError("4f2a", "user pressed stop")
+    >>> err.task_id, err.reason
+    ('4f2a', 'user pressed stop')
+    >>> str(err)
+    "task 4f2a was aborted: user pressed stop"
+    """
+
+    def __init__(self, task_id: str = "", reason: str | None = None) -> None:
+        # Positional args only: taskiq rebuilds exceptions as ``cls(*args)``.
+        super().__init__(task_id, reason)
+        self.task_id = task_id
+        self.reason = reason
+
+    def __str__(self) -> str:
+        suffix = f": {self.reason}" if self.reason else ""
+        return f"task {self.task_id} was aborted{suffix}"
+
+
+class AbortConfigError(TaskiqAbortError, RuntimeError):
+    """taskiq-abort is not set up the way an operation needs (e.g. no AbortMiddleware)."""
+
+
+class InvalidTaskIdError(TaskiqAbortError, ValueError):
+    """A task id that cannot be a TaskIQ task id (empty, too long, control characters)."""
+
+
+class AbortBackendUnavailableError(TaskiqAbortError, ConnectionError):
+    """The abort control plane (Redis) could not be reached within the time allowed."""
+
+
+class AbortPermissionError(TaskiqAbortError, PermissionError):
+    """Redis refused a command (ACL): the user lacks rights on the abort keys or channel."""

@@ -1,0 +1,162 @@
+"""Running a task body so that an abort can stop it: per-attempt state and the function wrapper.
+
+The wrapper puts an anyio cancel scope around the task body only, never around the receiver's
+code that stores the result and acks, so an aborted task always ends with a stored
+``TaskAbortedError`` and an acked message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import anyio
+
+from taskiq_abort.backends.base import RunningEntry
+from taskiq_abort.errors import TaskAbortedError
+
+MESSAGE_ATTR = "_taskiq_abort_run"
+"""Attribute the middleware attaches to a ``TaskiqMessage`` (not a field: never serialized)."""
+
+current_run: ContextVar[RunningTask | None] = ContextVar("taskiq_abort_run", default=None)
+_WRAPPED = "__taskiq_abort_wrapped__"
+
+
+class RunningTask:
+    """One attempt of one task on this worker, from ``pre_execute`` to ``post_save``."""
+
+    __slots__ = (
+        "_async_event",
+        "_event",
+        "abort_requested",
+        "done",
+        "entered",
+        "entry",
+        "reason",
+        "refused",
+        "registered",
+        "revoked",
+        "scope",
+    )
+
+    def __init__(self, task_id: str, task_name: str, worker_id: str) -> None:
+        self.entry = RunningEntry(task_id, task_name, uuid.uuid4().hex[:12], time.time(), worker_id)
+        self.scope: anyio.CancelScope | None = None
+        self.abort_requested = False  # an abort arrived while this attempt was held
+        self.revoked = False  # an abort request existed when this attempt started
+        self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
+        self.reason: str | None = None
+        self.entered = False
+        self.registered = False
+        self.done = False
+        self._event: threading.Event | None = None
+        self._async_event: asyncio.Event | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.entry.task_id
+
+    @property
+    def aborted(self) -> bool:
+        return self.abort_requested or self.revoked
+
+    def request_abort(self, reason: str | None) -> bool:
+        """Stop this attempt; ``True`` when this call is what aborted it."""
+        if self.aborted or self.done:
+            return False
+        self.abort_requested, self.reason = True, reason
+        if self.scope is not None:
+            self.scope.cancel()
+        if self._event is not None:
+            self._event.set()
+        if self._async_event is not None:
+            self._async_event.set()
+        return True
+
+    def revoke(self, reason: str | None) -> None:
+        self.revoked, self.reason = True, reason
+
+    def event(self) -> threading.Event:
+        """Set once the task is aborted; a ``threading.Event`` so sync tasks can wait on it."""
+        if self._event is None:
+            self._event = threading.Event()
+            if self.aborted:
+                self._event.set()
+        return self._event
+
+    def async_event(self) -> asyncio.Event:
+        """Set once the task is aborted; for async tasks (create it on the worker's loop)."""
+        if self._async_event is None:
+            self._async_event = asyncio.Event()
+            if self.aborted:
+                self._async_event.set()
+        return self._async_event
+
+    def check(self) -> None:
+        """Raise if the body must not run (or run on)."""
+        if self.aborted:
+            raise TaskAbortedError(self.task_id, self.reason)
+        if self.refused is not None:
+            raise self.refused
+
+
+def _enter(run: RunningTask | None) -> RunningTask | None:
+    # Only the first call in an attempt is the task body; a task calling another task's
+    # function directly (``await other(x)``) runs it plainly inside its own scope.
+    if run is None or run.entered:
+        return None
+    run.check()
+    run.entered = True
+    return run
+
+
+async def _run_async(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    with anyio.CancelScope() as scope:
+        run.scope = scope
+        try:
+            result = await func(*args, **kwargs)
+        except Exception as exc:
+            if run.abort_requested:  # an error raised while cleaning up after the abort
+                raise TaskAbortedError(run.task_id, run.reason) from exc
+            raise
+        finally:
+            run.scope = None
+    # Reached with the cancel swallowed by our scope, or with a body that caught the
+    # CancelledError and returned: either way the abort was delivered, and it wins.
+    if run.abort_requested:
+        raise TaskAbortedError(run.task_id, run.reason)
+    return result
+
+
+def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a task function once; transparent when called outside a worker attempt."""
+    if getattr(func, _WRAPPED, False):
+        return func
+    if inspect.iscoroutinefunction(func):
+
+        @functools.wraps(func)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            run = _enter(current_run.get())
+            if run is None:
+                return await func(*args, **kwargs)
+            return await _run_async(run, func, args, kwargs)
+
+        wrapper: Callable[..., Any] = async_wrapper
+    else:
+
+        @functools.wraps(func)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            # Threads cannot be interrupted: only the start check and the token apply.
+            _enter(current_run.get())
+            return func(*args, **kwargs)
+
+        wrapper = sync_wrapper
+    setattr(wrapper, _WRAPPED, True)
+    return wrapper

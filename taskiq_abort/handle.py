@@ -1,0 +1,138 @@
+"""Task handles with ``.abort()``: what ``.kiq()`` returns on a broker with AbortMiddleware.
+
+TaskIQ has no hook for the handle class, so we take the one it has for the decorated-task class
+(``broker.decorator_class``) and return our kicker from it, which returns our handle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
+from taskiq.abc.result_backend import AsyncResultBackend
+from taskiq.kicker import AsyncKicker
+from taskiq.task import AsyncTaskiqTask
+
+if TYPE_CHECKING:
+    from taskiq_abort.outcome import AbortOutcome
+
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class AbortableTask(AsyncTaskiqTask[_R]):
+    """An ``AsyncTaskiqTask`` that can also ``abort()`` its task.
+
+    ``.kiq()`` returns one on any broker with ``AbortMiddleware``. Type checkers see
+    ``broker.task``'s declared ``AsyncTaskiqTask``; for them, turn a handle into this class
+    with ``AbortableTask.of(handle, broker)`` (the result type is kept).
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        result_backend: AsyncResultBackend[_R],
+        return_type: type[_R] | None = None,
+        *,
+        broker: AsyncBroker,
+    ) -> None:
+        super().__init__(task_id, result_backend, return_type)
+        self.broker = broker
+
+    @classmethod
+    def of(cls, task: AsyncTaskiqTask[_T], broker: AsyncBroker) -> AbortableTask[_T]:
+        """The same task as an ``AbortableTask`` (a no-op for one already)."""
+        if isinstance(task, AbortableTask):
+            return task
+        return AbortableTask(task.task_id, task.result_backend, task.return_type, broker=broker)
+
+    async def abort(
+        self, *, reason: str | None = None, wait: bool = True, timeout: float | None = None
+    ) -> AbortOutcome:
+        """Abort this task; see :func:`taskiq_abort.abort`."""
+        from taskiq_abort.api import abort
+
+        return await abort(self.broker, self.task_id, reason=reason, wait=wait, timeout=timeout)
+
+    def __repr__(self) -> str:
+        return f"AbortableTask({self.task_id!r})"
+
+
+class AbortableKicker(AsyncKicker[_P, _R]):
+    """An ``AsyncKicker`` whose ``kiq()`` returns an :class:`AbortableTask`."""
+
+    @overload
+    async def kiq(
+        self: AbortableKicker[_P, CoroutineType[Any, Any, _T]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AbortableTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: AbortableKicker[_P, Coroutine[Any, Any, _T]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AbortableTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: AbortableKicker[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> AbortableTask[_R]: ...
+
+    async def kiq(self, *args: Any, **kwargs: Any) -> Any:
+        task = await super().kiq(*args, **kwargs)
+        return AbortableTask.of(task, self.broker)
+
+
+class AbortableDecoratedTask(AsyncTaskiqDecoratedTask[_P, _R]):
+    """The decorated-task class installed on brokers with ``AbortMiddleware``."""
+
+    @overload
+    async def kiq(
+        self: AbortableDecoratedTask[_P, CoroutineType[Any, Any, _T]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AbortableTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: AbortableDecoratedTask[_P, Coroutine[Any, Any, _T]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> AbortableTask[_T]: ...
+
+    @overload
+    async def kiq(
+        self: AbortableDecoratedTask[_P, _R], *args: _P.args, **kwargs: _P.kwargs
+    ) -> AbortableTask[_R]: ...
+
+    async def kiq(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.kicker().kiq(*args, **kwargs)
+
+    def kicker(self) -> AbortableKicker[_P, _R]:
+        base = super().kicker()
+        kicker: AbortableKicker[_P, _R] = AbortableKicker(
+            task_name=base.task_name,
+            broker=base.broker,
+            labels=base.labels,
+            return_type=base.return_type,
+        )
+        return kicker
+
+
+def install_abortable_handles(broker: AsyncBroker) -> None:
+    """Make ``broker``'s tasks, those decorated already and those to come, abortable."""
+    current = broker.decorator_class
+    if not issubclass(current, AbortableDecoratedTask):
+        if current is AsyncTaskiqDecoratedTask:
+            broker.decorator_class = AbortableDecoratedTask
+        else:  # another add-on has its own class: keep it, add ours on top
+            mixed: Any = type(f"Abortable{current.__name__}", (AbortableDecoratedTask, current), {})
+            broker.decorator_class = mixed
+    for task in broker.local_task_registry.values():
+        if type(task) is AsyncTaskiqDecoratedTask:
+            task.__class__ = AbortableDecoratedTask

@@ -1,0 +1,202 @@
+"""``AbortMiddleware``: the one object a user adds to a broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextvars import Token
+from typing import Any
+
+from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
+
+from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
+from taskiq_abort.backends.memory import MemoryAbortBackend
+from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.client import abort_task
+from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.execution import MESSAGE_ATTR, RunningTask, current_run, wrap_task_function
+from taskiq_abort.handle import install_abortable_handles
+from taskiq_abort.keys import DEFAULT_PREFIX
+from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.worker import WorkerSide
+
+logger = logging.getLogger("taskiq_abort")
+_CTX_TOKEN = "_taskiq_abort_ctx"
+_RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
+
+
+class AbortMiddleware(TaskiqMiddleware):
+    """Makes every task of a broker abortable, queued or running, from any process.
+
+    >>> from taskiq import InMemoryBroker
+    >>> broker = InMemoryBroker().with_middlewares(AbortMiddleware())  # in-process backend
+    >>> AbortMiddleware("redis://localhost:6379/0", prefix="myapp").backend
+    RedisAbortBackend('redis://localhost:6379/0', prefix='myapp')
+
+    :param url: Redis URL of the control plane; without one (and without ``backend``) the
+        in-process backend is used, for ``InMemoryBroker`` and tests.
+    :param backend: an explicit :class:`~taskiq_abort.backends.AbortBackend`.
+    :param prefix: key prefix, so that several apps can share one Redis.
+    :param channel: control channel (default ``<prefix>:control``).
+    :param request_ttl: seconds an abort request is kept (default one day): how long a revoked
+        queued task stays revoked.
+    :param lease: seconds a crashed worker's running-task entries outlive it (default 10).
+    :param abort_timeout: default seconds ``abort()`` waits for a worker's confirmation.
+    :param fail_closed: refuse to start tasks while the registry is unreachable (default: run
+        them, and log a warning once per outage).
+    :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        backend: AbortBackend | None = None,
+        prefix: str = DEFAULT_PREFIX,
+        channel: str | None = None,
+        request_ttl: float = DEFAULT_REQUEST_TTL,
+        lease: float = DEFAULT_LEASE,
+        abort_timeout: float = 5.0,
+        fail_closed: bool = False,
+        **connection_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        if backend is not None and url is not None:
+            raise ValueError("pass either a Redis url or a backend, not both")
+        if backend is None:
+            if url is None:
+                backend = MemoryAbortBackend(request_ttl=request_ttl, lease=lease)
+            else:
+                backend = RedisAbortBackend(
+                    url,
+                    prefix=prefix,
+                    channel=channel,
+                    request_ttl=request_ttl,
+                    lease=lease,
+                    **connection_kwargs,
+                )
+        self.backend = backend
+        self.abort_timeout = abort_timeout
+        self.fail_closed = fail_closed
+        self.worker: WorkerSide | None = None
+        self._worker_starting: asyncio.Lock | None = None
+        self._inplace = False
+
+    def __repr__(self) -> str:
+        return f"AbortMiddleware({self.backend!r})"
+
+    # --- the API ---------------------------------------------------------------------
+    async def abort(
+        self,
+        task_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> AbortOutcome:
+        """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
+        assert self.broker is not None, "AbortMiddleware is not attached to a broker"
+        return await abort_task(
+            self.backend,
+            self.broker.result_backend,
+            task_id,
+            reason=reason,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+        )
+
+    # --- taskiq hooks ----------------------------------------------------------------
+    def set_broker(self, broker: AsyncBroker) -> None:
+        super().set_broker(broker)
+        install_abortable_handles(broker)
+        self._inplace = isinstance(broker, InMemoryBroker) and broker.await_inplace
+
+    def _is_worker(self) -> bool:
+        return self.broker is not None and (
+            self.broker.is_worker_process or isinstance(self.broker, InMemoryBroker)
+        )
+
+    async def startup(self) -> None:
+        if self._is_worker():
+            await self._ensure_worker()
+
+    async def shutdown(self) -> None:
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            await worker.stop()
+        await self.backend.close()
+
+    async def _ensure_worker(self) -> WorkerSide:
+        if self.worker is not None:
+            return self.worker
+        if self._worker_starting is None:
+            self._worker_starting = asyncio.Lock()
+        async with self._worker_starting:
+            if self.worker is None:
+                assert self.broker is not None
+                self._run_after_retry_middlewares(self.broker)
+                for task in self.broker.get_all_tasks().values():
+                    task.original_func = wrap_task_function(task.original_func)
+                worker = WorkerSide(self.backend, fail_closed=self.fail_closed)
+                await worker.start()
+                self.worker = worker
+        return self.worker
+
+    def _run_after_retry_middlewares(self, broker: AsyncBroker) -> None:
+        # on_error hooks run in reverse order: ours must come after every retry middleware in
+        # the list, so it runs first and can tell them not to retry an aborted task.
+        mws = broker.middlewares
+        last_retry = max(
+            (i for i, mw in enumerate(mws) if isinstance(mw, _RETRY_MIDDLEWARES)), default=-1
+        )
+        mine = mws.index(self)
+        if mine < last_retry:
+            mws.insert(last_retry, mws.pop(mine))
+
+    async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        worker = self.worker or await self._ensure_worker()
+        task = self.broker.find_task(message.task_name) if self.broker else None
+        if task is not None:  # tasks registered after start-up
+            task.original_func = wrap_task_function(task.original_func)
+        run = worker.begin(message.task_id, message.task_name)
+        object.__setattr__(message, MESSAGE_ATTR, run)
+        object.__setattr__(message, _CTX_TOKEN, current_run.set(run))
+        await worker.admit(run)
+        return message
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        if isinstance(exception, TaskAbortedError):
+            message.labels["retry_on_error"] = False  # never retry an aborted task
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        token: Token[RunningTask | None] | None = getattr(message, _CTX_TOKEN, None)
+        if token is not None:
+            with contextlib.suppress(ValueError):  # set in another context (can't happen)
+                current_run.reset(token)
+        run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
+        if run is None or self.worker is None:
+            return
+        if isinstance(result.error, NoResultError):  # nothing will be saved: end it here
+            self.worker.finish(run, "finished")
+        elif not self._inplace:
+            # post_save is skipped when storing the result fails: don't leave a ghost.
+            task = asyncio.current_task()
+            if task is not None:
+                task.add_done_callback(lambda _: self._finish_quietly(run))
+
+    def _finish_quietly(self, run: RunningTask) -> None:
+        if self.worker is not None and not run.done:
+            self.worker.finish(run, "finished")
+
+    async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
+        if run is None or self.worker is None:
+            return
+        outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
+        if self.worker.finish(run, outcome):
+            await self.worker.confirm(run.task_id, outcome)

@@ -1,0 +1,76 @@
+"""What a task sees of an abort: a cooperative token (via dependency injection) and ``shield``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from taskiq import Context, TaskiqDepends
+
+from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.execution import MESSAGE_ATTR, RunningTask
+
+
+class AbortToken:
+    """Tells a task whether it has been aborted. Declare it as a dependency::
+
+        @broker.task
+        def crunch(n: int, token: AbortToken = TaskiqDepends()) -> int:
+            for chunk in range(n):
+                token.raise_if_aborted()   # a sync task must check: threads can't be interrupted
+                work(chunk)
+            return n
+
+    Async tasks are cancelled at their next ``await`` without it; they can still use it to
+    check (``token.is_aborted``) or wait (``await token.wait()``). Outside a worker managed by
+    ``AbortMiddleware`` it is never aborted.
+    """
+
+    def __init__(self, context: Context = TaskiqDepends()) -> None:
+        self._run: RunningTask | None = getattr(context.message, MESSAGE_ATTR, None)
+        self.task_id: str = context.message.task_id
+
+    @property
+    def is_aborted(self) -> bool:
+        """True once an abort for this task reached its worker."""
+        return self._run is not None and self._run.aborted
+
+    @property
+    def reason(self) -> str | None:
+        """The reason given to ``abort()``, if any."""
+        return self._run.reason if self._run is not None else None
+
+    def raise_if_aborted(self) -> None:
+        """Raise :class:`TaskAbortedError` if the task has been aborted."""
+        if self.is_aborted:
+            raise TaskAbortedError(self.task_id, self.reason)
+
+    def wait_sync(self, timeout: float | None = None) -> bool:
+        """Block a sync task (thread) until aborted or ``timeout``; ``True`` if aborted."""
+        if self._run is None:
+            if timeout is not None:
+                time.sleep(timeout)
+            return False
+        return self._run.event().wait(timeout)
+
+    async def wait(self) -> None:
+        """Sleep until the task is aborted (then the cancel scope stops the task anyway)."""
+        if self._run is None:
+            await asyncio.Event().wait()
+            return
+        await self._run.async_event().wait()
+
+
+@asynccontextmanager
+async def shield() -> AsyncIterator[None]:
+    """Let a critical step finish before an abort takes effect::
+
+    async with shield():
+        await db.commit()       # runs to the end even if the task is aborted meanwhile
+    await next_step()           # an abort that arrived during the commit lands here
+    """
+    with anyio.CancelScope(shield=True):
+        yield

@@ -1,0 +1,207 @@
+"""The worker half: keeps the registry in step with what runs here and applies abort requests.
+
+Registry writes are batched: every start or finish that happens while a round trip is in flight
+joins the next one, so a busy worker pays about one Redis call per batch, not per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import OrderedDict
+
+from taskiq_abort.backends.base import AbortBackend, RunningEntry
+from taskiq_abort.errors import TaskiqAbortError
+from taskiq_abort.execution import RunningTask
+
+logger = logging.getLogger("taskiq_abort")
+
+_RECENT = 10_000  # finished ids remembered, to answer aborts that arrive just after the end
+
+
+def make_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSide:
+    """Per-process worker state; started by ``AbortMiddleware.startup()`` on workers."""
+
+    def __init__(self, backend: AbortBackend, *, fail_closed: bool = False) -> None:
+        self.backend = backend
+        self.fail_closed = fail_closed
+        self.worker_id = make_worker_id()
+        self.running: dict[str, RunningTask] = {}
+        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.info = {
+            "host": socket.gethostname(),
+            "pid": str(os.getpid()),
+            "started": f"{time.time():.3f}",
+        }
+        self._starts: list[tuple[RunningTask, asyncio.Future[None]]] = []
+        self._finishes: list[RunningEntry] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # registry writes happen in order, one at a time
+        self._dirty = True  # the registry in Redis may not match ours: rewrite it
+        self._outage = False
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._confirms: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self, ready_timeout: float = 3.0) -> None:
+        self._tasks = [
+            asyncio.create_task(
+                self.backend.listen(self.on_abort, self._resync), name="abort-listen"
+            ),
+            asyncio.create_task(self._heartbeat_loop()),
+        ]
+        # Aborts are live once the control channel is subscribed; don't hold up a worker whose
+        # Redis is down, though: tasks run (fail open) and we catch up when it is back.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), ready_timeout)
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        tasks = [*self._tasks, *self._confirms]
+        if self._flusher is not None:
+            tasks.append(self._flusher)
+        for task in self._tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.backend.unregister(self.worker_id), timeout)
+
+    # --- task path -------------------------------------------------------------------
+    def begin(self, task_id: str, task_name: str) -> RunningTask:
+        run = RunningTask(task_id, task_name, self.worker_id)
+        self.running[task_id] = run
+        return run
+
+    async def admit(self, run: RunningTask) -> None:
+        """Register the start; marks ``run`` revoked if an abort request was already stored."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._starts.append((run, fut))
+        self._schedule()
+        await fut
+
+    def finish(self, run: RunningTask, outcome: str) -> bool:
+        """Forget ``run``; ``True`` when an aborter is waiting for our confirmation."""
+        if run.done:
+            return False
+        run.done = True
+        if self.running.get(run.task_id) is run:
+            del self.running[run.task_id]
+        self.recent[run.task_id] = outcome
+        self.recent.move_to_end(run.task_id)
+        while len(self.recent) > _RECENT:
+            self.recent.popitem(last=False)
+        if run.registered:
+            self._finishes.append(run.entry)
+            self._schedule()
+        return run.abort_requested
+
+    async def confirm(self, task_id: str, outcome: str) -> None:
+        try:
+            await self.backend.confirm(task_id, outcome, self.worker_id)
+        except TaskiqAbortError as exc:
+            logger.warning("taskiq-abort: could not confirm abort of task %s: %s", task_id, exc)
+
+    # --- abort requests --------------------------------------------------------------
+    def on_abort(self, task_id: str, reason: str | None) -> None:
+        run = self.running.get(task_id)
+        if run is not None:
+            run.request_abort(reason)
+            return  # confirmed when the attempt ends, after its result is stored
+        outcome = self.recent.get(task_id)
+        if outcome is not None:  # it ended here a moment ago: say so, don't leave them waiting
+            task = asyncio.get_running_loop().create_task(self.confirm(task_id, outcome))
+            self._confirms.add(task)
+            task.add_done_callback(self._confirms.discard)
+
+    # --- registry --------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._starts or self._finishes:
+            async with self._lock:
+                starts, self._starts = self._starts, []
+                finishes, self._finishes = self._finishes, []
+                try:
+                    alive, aborted = await self.backend.sync(
+                        self.worker_id, [run.entry for run, _ in starts], finishes
+                    )
+                except Exception as exc:  # never let the registry stop task processing
+                    self._unavailable(exc)
+                    for run, fut in starts:
+                        if self.fail_closed:
+                            run.refused = exc
+                        if not fut.done():
+                            fut.set_result(None)
+                    continue
+                revoked = dict(aborted)
+                for run, fut in starts:
+                    if run.task_id in revoked:
+                        run.revoke(revoked[run.task_id])
+                    else:
+                        run.registered = True
+                    if not fut.done():
+                        fut.set_result(None)
+                if not alive:  # our registration is gone (Redis restarted?): rewrite it now
+                    self._dirty = True
+                    self._wake.set()
+
+    async def _register_all(self) -> None:
+        """Rewrite our whole registration; apply requests for anything we hold. Lock held."""
+        runs = [run for run in self.running.values() if not run.done and not run.revoked]
+        aborted = await self.backend.register(
+            self.worker_id, self.info, [run.entry for run in runs]
+        )
+        for run in runs:
+            run.registered = True
+        self._dirty = False
+        for task_id, reason in aborted:
+            self.on_abort(task_id, reason)
+
+    async def _resync(self) -> None:
+        async with self._lock:
+            await self._register_all()
+        self._recovered()
+        self._ready.set()
+
+    async def _heartbeat_loop(self) -> None:
+        interval = max(self.backend.lease / 3, 0.05)
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
+            try:
+                async with self._lock:
+                    if self._dirty or not await self.backend.heartbeat(self.worker_id):
+                        await self._register_all()
+                self._recovered()
+            except Exception as exc:
+                self._unavailable(exc)
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self._dirty = True
+        if not self._outage:
+            self._outage = True
+            logger.warning(
+                "taskiq-abort: abort registry unavailable (%s); tasks keep running%s until it "
+                "is back",
+                exc,
+                " but new tasks are refused (fail_closed)" if self.fail_closed else "",
+            )
+
+    def _recovered(self) -> None:
+        if self._outage:
+            self._outage = False
+            logger.warning("taskiq-abort: abort registry reachable again; registry rewritten")
