@@ -1,0 +1,199 @@
+"""Fixtures: one throwaway redis-server per session, worker processes, event waiting."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from taskiq_abort.testing import RedisServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.proc is None:  # a previous test stopped it
+        redis_server.start()
+    return redis_server.url
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A key prefix of this test's own: tests never see each other's keys."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def rclient(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+class Events:
+    """Waits for the events a test task pushes (see tests/app.py), consuming them with BLPOP."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.seen: dict[str, list[tuple[str, float]]] = {}
+
+    def _key(self, task_id: str) -> str:
+        return f"{self.prefix}:test-events:{task_id}"
+
+    def _take(self, task_id: str, item: str) -> None:
+        name, stamp = item.rsplit(" ", 1)
+        self.seen.setdefault(task_id, []).append((name, float(stamp)))
+
+    def wait(self, task_id: str, event: str, timeout: float = 30.0) -> float:
+        """Block until ``event`` arrives for ``task_id``; return its timestamp."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, stamp in self.seen.get(task_id, []):
+                if name == event:
+                    return stamp
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"task {task_id} never reported {event!r}: {self.all(task_id)}")
+            popped = self.client.blpop([self._key(task_id)], timeout=min(left, 5.0))
+            if popped is not None:
+                self._take(task_id, popped[1])
+
+    def all(self, task_id: str) -> list[str]:
+        """Every event so far, without waiting."""
+        while (item := self.client.lpop(self._key(task_id))) is not None:
+            self._take(task_id, item)
+        return [name for name, _ in self.seen.get(task_id, [])]
+
+
+@pytest.fixture
+def events(rclient: redis.Redis, prefix: str) -> Events:
+    return Events(rclient, prefix)
+
+
+class WorkerProcess:
+    """``taskiq worker tests.app:broker`` in a subprocess; stopped by PID (SIGKILL fallback)."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        *,
+        workers: int = 1,
+        broker: str = "stream",
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.url, self.prefix, self.workers = url, prefix, workers
+        self.env = {
+            **os.environ,
+            "TASKIQ_ABORT_TEST_URL": url,
+            "TASKIQ_ABORT_TEST_PREFIX": prefix,
+            "TASKIQ_ABORT_TEST_BROKER": broker,
+            "PYTHONPATH": str(ROOT),
+            **(env or {}),
+        }
+        self.args = [
+            sys.executable, "-m", "taskiq", "worker", "tests.app:broker",
+            "--workers", str(workers), "--max-async-tasks", "2000",
+            "--shutdown-timeout", "3", *extra_args,
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskiq-abort-worker-{prefix}.log"
+
+    def start(self, wait: bool = True) -> WorkerProcess:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def live_workers(self) -> list[str]:
+        client = redis.Redis.from_url(self.url, decode_responses=True)
+        try:
+            now_ms = int(client.time()[0]) * 1000
+            return list(client.zrangebyscore(f"{self.prefix}:workers", now_ms, "+inf"))
+        finally:
+            client.close()
+
+    def child_pids(self) -> list[int]:
+        out = subprocess.run(
+            ["pgrep", "-P", str(self.proc.pid if self.proc else 0)],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        return [int(pid) for pid in out.split()]
+
+    def wait_ready(self, count: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until the workers have registered (they do that once subscribed)."""
+        want = self.workers if count is None else count
+        deadline = time.monotonic() + timeout
+        while len(self.live_workers()) < want:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; log: {self.log.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not ready; log: {self.log.read_text()[-3000:]}")
+            time.sleep(0.05)  # polling the registry the workers write; no event to block on
+
+    def stop(self, graceful: bool = False, timeout: float = 10.0) -> None:
+        """SIGKILL the whole process group; ``graceful`` tries SIGTERM first."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid
+        if graceful:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pgid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # children that hang on shutdown (taskiq-redis)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout)
+        self.proc = None
+
+    def __enter__(self) -> WorkerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@pytest.fixture
+def worker_factory(redis_url: str, prefix: str) -> Iterator[type[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    class Factory(WorkerProcess):
+        def __init__(self, **kwargs: object) -> None:
+            super().__init__(redis_url, prefix, **kwargs)  # type: ignore[arg-type]
+            started.append(self)
+
+    yield Factory
+    for worker in started:
+        worker.stop()
