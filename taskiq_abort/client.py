@@ -78,6 +78,11 @@ async def abort_task(
             try:
                 # is_result_ready, never get_result: with keep_results=False a read consumes it.
                 if await result_backend.is_result_ready(task_id):
+                    # Either it finished before our request, or a worker started it just
+                    # after and found the request: the record tells which.
+                    record = await backend.get_request(task_id)
+                    if record is not None and record.outcome in ("revoked", "aborted"):
+                        return done(AbortStatus.REVOKED, record.worker)
                     await backend.clear_request(task_id)
                     return done(AbortStatus.FINISHED)
                 await result_backend.set_result(task_id, aborted_result(task_id, reason))

@@ -99,9 +99,12 @@ def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
         return None
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: "[[[[..." nested thousands deep
         return None
-    if not isinstance(data, dict) or data.get("v") != VERSION or data.get("type") != kind:
+    # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
+    if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != VERSION:
+        return None
+    if data.get("type") != kind:
         return None
     task_id = data.get("task_id")
     if not isinstance(task_id, str) or _task_id_problem(task_id):

@@ -16,7 +16,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # KEYS: worker hash, tasks hash
 # ARGV: lease_ms, request_prefix, n_starts, [task_id, value]*n, n_finishes, [task_id, run_id]*n
-# Returns {worker_alive, {task_id, has_reason, reason, ...}} for starts that were already aborted.
+# Returns {worker_alive, {task_id, has_reason, reason, ...}} for starts that were already aborted;
+# those are marked revoked in their request, so an aborter that finds their result knows why.
 SYNC = """
 local lease = tonumber(ARGV[1])
 local req = ARGV[2]
@@ -26,6 +27,7 @@ local aborted = {}
 for _ = 1, nstart do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
   if redis.call('EXISTS', req .. tid) == 1 then
+    redis.call('HSETNX', req .. tid, 'outcome', 'revoked')
     local reason = redis.call('HGET', req .. tid, 'reason')
     aborted[#aborted + 1] = tid
     aborted[#aborted + 1] = reason and 1 or 0

@@ -104,7 +104,8 @@ class WorkerSide:
         if run.registered:
             self._finishes.append(run.entry)
             self._schedule()
-        return run.abort_requested
+        # A revoked attempt never ran: nobody waits for it (the aborter saw no holder).
+        return run.abort_requested and not run.revoked
 
     async def confirm(self, task_id: str, outcome: str) -> None:
         try:

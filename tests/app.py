@@ -45,17 +45,34 @@ def emit_sync(context: Context, event: str) -> None:
 
 
 def make_broker(
-    url: str, prefix: str, kind: str = "stream", abort_first: bool = False, lease: float = 10.0
+    url: str,
+    prefix: str,
+    kind: str = "stream",
+    abort_first: bool = False,
+    lease: float = 10.0,
+    *,
+    abort_url: str | None = None,
+    fail_closed: bool = False,
+    idle_timeout_ms: int | None = None,
 ) -> AsyncBroker:
+    """``abort_url``: a separate Redis for the abort control plane (fault and ACL tests);
+    ``idle_timeout_ms``: how soon a stream message of a killed worker is redelivered."""
     queue = f"{prefix}:queue"
     inner: AsyncBroker
     if kind == "stream":
-        inner = RedisStreamBroker(url, queue_name=queue, consumer_group_name=f"{prefix}:group")
+        stream_kw: dict[str, Any] = {}
+        if idle_timeout_ms is not None:
+            stream_kw["idle_timeout"] = idle_timeout_ms
+        inner = RedisStreamBroker(
+            url, queue_name=queue, consumer_group_name=f"{prefix}:group", **stream_kw
+        )
     elif kind == "list":
         inner = ListQueueBroker(url, queue_name=queue)
     else:
         raise ValueError(kind)
-    abort_mw = AbortMiddleware(url, prefix=prefix, lease=lease)
+    abort_mw = AbortMiddleware(
+        abort_url or url, prefix=prefix, lease=lease, fail_closed=fail_closed
+    )
     retry = SimpleRetryMiddleware(default_retry_count=3)
     middlewares = [abort_mw, retry] if abort_first else [retry, abort_mw]
     broker = inner.with_result_backend(
@@ -65,7 +82,7 @@ def make_broker(
     return broker
 
 
-def _define_tasks(broker: AsyncBroker) -> None:  # noqa: C901
+def _define_tasks(broker: AsyncBroker) -> None:
     @broker.task(task_name="sleeper")
     async def sleeper(seconds: float, context: Context = TaskiqDepends()) -> str:
         await emit(context, "started")
@@ -101,7 +118,9 @@ def _define_tasks(broker: AsyncBroker) -> None:  # noqa: C901
         return "unreachable"
 
     @broker.task(task_name="sync_checker")
-    def sync_checker(token: AbortToken = TaskiqDepends(), context: Context = TaskiqDepends()) -> str:
+    def sync_checker(
+        token: AbortToken = TaskiqDepends(), context: Context = TaskiqDepends()
+    ) -> str:
         emit_sync(context, "started")
         token.wait_sync(60)
         token.raise_if_aborted()
@@ -136,6 +155,51 @@ def _define_tasks(broker: AsyncBroker) -> None:  # noqa: C901
             tg.create_task(child(2))
         return "unreachable"
 
+    _define_fault_tasks(broker)
+
+
+def _define_fault_tasks(broker: AsyncBroker) -> None:
+    """Tasks of the fault, load and chaos tests (tests/test_faults.py and friends)."""
+
+    @broker.task(task_name="idle")
+    async def idle(seconds: float) -> str:
+        await asyncio.sleep(seconds)  # no events: 10,000 of these run at once in the load test
+        return "idled"
+
+    @broker.task(task_name="chaos")
+    async def chaos(seconds: float, fail_times: int, context: Context = TaskiqDepends()) -> str:
+        attempt = int(context.message.labels.get("_retries", 0))
+        await emit(context, f"started-{attempt}")
+        await asyncio.sleep(seconds)
+        if attempt < fail_times:
+            raise RuntimeError(f"attempt {attempt} fails on purpose")  # retried, same task id
+        await emit(context, "body-done")
+        return f"done after {attempt} retries"
+
+    @broker.task(task_name="introspect")
+    async def introspect() -> dict[str, Any]:
+        """What the worker's abort state holds, seen from inside the worker process."""
+        import gc
+
+        from taskiq_abort.execution import RunningTask
+
+        mw = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
+        side = mw.worker
+        with open("/proc/self/statm") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        gc.collect()
+        return {
+            "running": sorted(side.running) if side else None,
+            "recent": len(side.recent) if side else None,
+            "pending_starts": len(side._starts) if side else None,
+            "pending_finishes": len(side._finishes) if side else None,
+            "confirms": len(side._confirms) if side else None,
+            "run_objects": sum(isinstance(o, RunningTask) for o in gc.get_objects()),
+            "asyncio_tasks": len(asyncio.all_tasks()),
+            "rss": rss,
+            "malformed": getattr(mw.backend, "malformed_messages", None),
+        }
+
 
 if "TASKIQ_ABORT_TEST_URL" in os.environ:
     broker = make_broker(
@@ -144,4 +208,7 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         os.environ.get("TASKIQ_ABORT_TEST_BROKER", "stream"),
         os.environ.get("TASKIQ_ABORT_TEST_ABORT_FIRST") == "1",
         float(os.environ.get("TASKIQ_ABORT_TEST_LEASE", "10")),
+        abort_url=os.environ.get("TASKIQ_ABORT_TEST_ABORT_URL") or None,
+        fail_closed=os.environ.get("TASKIQ_ABORT_TEST_FAIL_CLOSED") == "1",
+        idle_timeout_ms=int(os.environ.get("TASKIQ_ABORT_TEST_IDLE_MS", "0")) or None,
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from taskiq_abort.protocol import ReplyMessage
@@ -151,6 +152,11 @@ class AbortBackend(abc.ABC):
     @abc.abstractmethod
     async def get_request(self, task_id: str) -> RequestRecord | None:
         """The stored request for ``task_id``, if any."""
+
+    async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
+        """The stored requests of several ids at once; ids without one are left out."""
+        records = await asyncio.gather(*(self.get_request(tid) for tid in task_ids))
+        return {record.task_id: record for record in records if record is not None}
 
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]:

@@ -73,6 +73,8 @@ class MemoryAbortBackend(AbortBackend):
         for entry in starts:
             record = self._record(entry.task_id)
             if record is not None:
+                if record.outcome is None:
+                    await self.set_outcome(entry.task_id, "revoked")
                 aborted.append((entry.task_id, record.reason))
             elif worker is not None:
                 worker.tasks[entry.task_id] = entry

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -355,16 +355,18 @@ class RedisAbortBackend(AbortBackend):
             f"reading the abort request of {task_id}",
             self._cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
         )
-        if not data:
-            return None
-        return RequestRecord(
-            task_id=task_id,
-            reason=data.get("reason"),
-            requested_at=int(data.get("at", 0)) / 1000,
-            requested_by=data.get("by", ""),
-            outcome=data.get("outcome") or None,
-            worker=data.get("worker") or None,
-        )
+        return _record(task_id, data)
+
+    async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
+        """One pipelined round trip for many ids (``taskiq-abort ls``)."""
+        if not task_ids:
+            return {}
+        async with self._cmd.pipeline(transaction=False) as pipe:
+            for tid in task_ids:
+                pipe.hgetall(self.keys.request(tid))
+            rows: list[dict[str, str]] = await self._call("reading abort requests", pipe.execute())
+        records = (_record(tid, data) for tid, data in zip(task_ids, rows, strict=True))
+        return {record.task_id: record for record in records if record is not None}
 
     async def workers(self) -> list[WorkerInfo]:
         rows = await self._call(
@@ -399,6 +401,19 @@ class RedisAbortBackend(AbortBackend):
             self.discard_reply(tid)
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(self._cmd.aclose(), 1.0)
+
+
+def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:
+    if not data:
+        return None
+    return RequestRecord(
+        task_id=task_id,
+        reason=data.get("reason"),
+        requested_at=int(data.get("at", 0)) / 1000,
+        requested_by=data.get("by", ""),
+        outcome=data.get("outcome") or None,
+        worker=data.get("worker") or None,
+    )
 
 
 def _triples(flat: list[Any]) -> list[tuple[str, str | None]]:

@@ -1,0 +1,23 @@
+"""``taskiq-abort`` (and ``taskiq abort``): abort, list and inspect tasks from a shell.
+
+Built on argparse, like TaskIQ's own CLI, so it adds no dependency to the install.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from taskiq.abc.cmd import TaskiqCMD
+
+from taskiq_abort.cli.main import main
+
+__all__ = ["AbortCMD", "main"]
+
+
+class AbortCMD(TaskiqCMD):
+    """``taskiq abort ...``: the same commands as ``taskiq-abort``, as a TaskIQ CLI plugin."""
+
+    short_help = "Abort tasks, list running tasks"
+
+    def exec(self, args: Sequence[str]) -> int | None:
+        return main(list(args), prog="taskiq abort")
