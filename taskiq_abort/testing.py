@@ -88,9 +88,10 @@ class RedisServer:
                 try:
                     client.ping()
                     return self
-                except redis.ConnectionError:
+                except redis.ConnectionError as exc:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server on port {self.port} did not start")
+                        msg = f"{self.binary} on port {self.port} did not start"
+                        raise RuntimeError(msg) from exc
                     time.sleep(0.02)  # the server is starting; there is no event to wait on
         finally:
             client.close()
