@@ -1,0 +1,111 @@
+"""The application the benchmark workers run: ``taskiq worker benchmarks.app:broker``.
+
+Built from environment variables so that one module serves every variant: ``BENCH_URL``,
+``BENCH_PREFIX``, ``BENCH_BROKER`` (``stream`` or ``list``) and ``BENCH_ABORT`` (``1`` adds
+``AbortMiddleware``, ``0`` is the bare broker, the baseline).
+
+Clocks: tasks stamp events with ``CLOCK_MONOTONIC``, which is system-wide on Linux, so a stamp
+taken in a worker compares directly with one taken in the benchmark process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import redis.asyncio as aredis
+from taskiq import AsyncBroker, Context, TaskiqDepends
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
+
+from taskiq_abort import AbortMiddleware
+
+
+def now() -> float:
+    """Seconds on the system-wide monotonic clock (comparable across processes)."""
+    return time.clock_gettime(time.CLOCK_MONOTONIC)
+
+
+def events_key(prefix: str, task_id: str) -> str:
+    return f"{prefix}:ev:{task_id}"
+
+
+def result_prefix(prefix: str) -> str:
+    return f"{prefix}:result"
+
+
+def make_broker(url: str, prefix: str, kind: str = "stream", abort: bool = True) -> AsyncBroker:
+    queue = f"{prefix}:queue"
+    inner: AsyncBroker
+    if kind == "stream":
+        inner = RedisStreamBroker(url, queue_name=queue, consumer_group_name=f"{prefix}:group")
+    elif kind == "list":
+        inner = ListQueueBroker(url, queue_name=queue)
+    else:
+        raise ValueError(f"unknown broker kind {kind!r}")
+    app = inner.with_result_backend(RedisAsyncResultBackend(url, prefix_str=result_prefix(prefix)))
+    if abort:
+        app = app.with_middlewares(AbortMiddleware(url, prefix=prefix))
+    _define_tasks(app, url, prefix)
+    return app
+
+
+def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
+    state: dict[str, Any] = {"client": None, "pending": set()}
+
+    def client() -> aredis.Redis:
+        if state["client"] is None:
+            state["client"] = aredis.Redis.from_url(url)
+        return state["client"]  # type: ignore[no-any-return]
+
+    def report_later(task_id: str, event: str, stamp: float) -> None:
+        # A task of its own: an aborted task's cancel scope would cancel an await in `finally`.
+        task = asyncio.get_running_loop().create_task(
+            client().rpush(events_key(prefix, task_id), f"{event} {stamp!r}")
+        )
+        state["pending"].add(task)
+        task.add_done_callback(state["pending"].discard)
+
+    @broker.task(task_name="hold")
+    async def hold(
+        report: bool = False, count: bool = False, context: Context = TaskiqDepends()
+    ) -> str:
+        """Runs for an hour unless aborted; reports ``started`` and its ``finally`` stamp.
+
+        ``count``: add one to ``<prefix>:running`` once started (how the benchmark knows that N
+        background tasks are running, the same way with and without the middleware).
+        """
+        task_id = context.message.task_id
+        if count:
+            await client().incr(f"{prefix}:running")
+        if report:
+            await client().rpush(events_key(prefix, task_id), f"started {now()!r}")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stamp = now()  # first thing in `finally`: the moment the abort reached the body
+            if report:
+                report_later(task_id, "finally", stamp)
+        return "held"
+
+    @broker.task(task_name="hold_named")
+    async def hold_named() -> str:
+        """Like ``hold``, under another name: the target of aborts by task name."""
+        await client().incr(f"{prefix}:running_named")
+        await asyncio.sleep(3600)
+        return "held"
+
+    @broker.task(task_name="noop")
+    async def noop() -> float:
+        """The throughput task: does nothing, returns when it ran."""
+        return now()
+
+
+if "BENCH_URL" in os.environ:
+    broker = make_broker(
+        os.environ["BENCH_URL"],
+        os.environ["BENCH_PREFIX"],
+        os.environ.get("BENCH_BROKER", "stream"),
+        os.environ.get("BENCH_ABORT", "1") == "1",
+    )
