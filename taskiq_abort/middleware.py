@@ -20,6 +20,7 @@ from taskiq_abort.errors import TaskAbortedError
 from taskiq_abort.execution import MESSAGE_ATTR, RunningTask, current_run, wrap_task_function
 from taskiq_abort.handle import install_abortable_handles
 from taskiq_abort.keys import DEFAULT_PREFIX
+from taskiq_abort.logs import install_log_filter
 from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.worker import WorkerSide
 
@@ -140,6 +141,7 @@ class AbortMiddleware(TaskiqMiddleware):
                 self._run_after_retry_middlewares(self.broker)
                 for task in self.broker.get_all_tasks().values():
                     task.original_func = wrap_task_function(task.original_func)
+                install_log_filter()
                 worker = WorkerSide(self.backend, fail_closed=self.fail_closed)
                 await worker.start()
                 self.worker = worker

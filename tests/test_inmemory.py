@@ -1,0 +1,205 @@
+"""The in-process backend with ``InMemoryBroker``: the same semantics, no Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from taskiq import InMemoryBroker, TaskiqDepends
+from taskiq.middlewares import SimpleRetryMiddleware
+
+from taskiq_abort import (
+    AbortableTask,
+    AbortConfigError,
+    AbortMiddleware,
+    AbortStatus,
+    AbortToken,
+    InvalidTaskIdError,
+    MemoryAbortBackend,
+    TaskAbortedError,
+    abort,
+    shield,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+class Probe:
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.log: list[str] = []
+
+
+@pytest.fixture
+async def setup():
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+    probe = Probe()
+
+    @broker.task
+    async def sleeper() -> str:
+        probe.log.append("started")
+        probe.started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            probe.log.append("finally")
+        return "slept"
+
+    @broker.task
+    async def quick(x: int) -> int:
+        probe.log.append(f"quick {x}")
+        return x + 1
+
+    @broker.task
+    async def critical() -> str:
+        probe.started.set()
+        async with shield():
+            await asyncio.sleep(0.05)
+            probe.log.append("committed")
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    await broker.startup()
+    yield broker, probe, sleeper, quick, critical
+    await broker.shutdown()
+
+
+async def test_abort_running(setup) -> None:
+    _broker, probe, sleeper, _, _ = setup
+    task = await sleeper.kiq()
+    assert isinstance(task, AbortableTask)
+    await probe.started.wait()
+    outcome = await task.abort(reason="enough")
+    assert outcome.status is AbortStatus.ABORTED
+    assert probe.log == ["started", "finally"]
+    result = await task.wait_result(timeout=5)
+    assert isinstance(result.error, TaskAbortedError)
+    assert result.error.reason == "enough"
+
+
+async def test_revoked_before_it_starts(setup) -> None:
+    broker, probe, _, quick, _ = setup
+    outcome = await abort(broker, "later-id", reason="not wanted")
+    assert outcome.status is AbortStatus.REVOKED
+    task = await quick.kicker().with_task_id("later-id").kiq(1)
+    result = await task.wait_result(timeout=5)
+    assert isinstance(result.error, TaskAbortedError)
+    assert probe.log == []  # the body never ran
+
+
+async def test_finished(setup) -> None:
+    _broker, _, _, quick, _ = setup
+    task = await quick.kiq(1)
+    assert (await task.wait_result(timeout=5)).return_value == 2
+    assert (await task.abort()).status is AbortStatus.FINISHED
+    assert (await task.wait_result(timeout=5)).return_value == 2
+
+
+async def test_shield(setup) -> None:
+    _broker, probe, _, _, critical = setup
+    task = await critical.kiq()
+    await probe.started.wait()
+    assert (await task.abort()).status is AbortStatus.ABORTED
+    assert probe.log == ["committed"]
+
+
+async def test_direct_calls_are_untouched(setup) -> None:
+    _, _, _, quick, _ = setup
+    assert await quick(41) == 42
+
+
+async def test_unknown_broker_and_bad_ids() -> None:
+    plain = InMemoryBroker()
+    with pytest.raises(AbortConfigError, match="with_middlewares"):
+        await abort(plain, "x")
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+    for bad in ["", "x" * 300, "a\nb", "\x00"]:
+        with pytest.raises(InvalidTaskIdError):
+            await abort(broker, bad)
+
+
+async def test_sync_task_token() -> None:
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(backend=MemoryAbortBackend()))
+    entered = threading.Event()
+
+    @broker.task
+    def checker(token: AbortToken = TaskiqDepends()) -> str:
+        entered.set()
+        token.wait_sync(30)
+        token.raise_if_aborted()
+        return "ran"
+
+    await broker.startup()
+    try:
+        task = await checker.kiq()
+        await asyncio.to_thread(entered.wait, 30)
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+    finally:
+        await broker.shutdown()
+
+
+async def test_await_inplace_does_not_cancel_the_caller() -> None:
+    broker = InMemoryBroker(await_inplace=True).with_middlewares(AbortMiddleware())
+    await broker.startup()
+    try:
+
+        @broker.task
+        async def plain() -> int:
+            return 1
+
+        await abort(broker, "inplace-id")
+        task = await plain.kicker().with_task_id("inplace-id").kiq()
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+        assert (await (await plain.kiq()).wait_result(timeout=5)).return_value == 1
+        await asyncio.sleep(0)  # the caller (this test) was not cancelled
+    finally:
+        await broker.shutdown()
+
+
+@pytest.mark.parametrize("abort_first", [False, True])
+async def test_no_retry_after_abort(abort_first: bool) -> None:
+    retry = SimpleRetryMiddleware(default_retry_count=5)
+    mw = AbortMiddleware()
+    broker = InMemoryBroker().with_middlewares(*([mw, retry] if abort_first else [retry, mw]))
+    runs: list[int] = []
+    started = asyncio.Event()
+
+    @broker.task(retry_on_error=True)
+    async def flaky() -> None:
+        runs.append(1)
+        started.set()
+        await asyncio.sleep(60)
+
+    await broker.startup()
+    try:
+        task = await flaky.kiq()
+        await started.wait()
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+        await broker.wait_all()
+        assert runs == [1]
+    finally:
+        await broker.shutdown()
+
+
+async def test_tasks_decorated_before_the_middleware_are_abortable() -> None:
+    broker = InMemoryBroker()
+    started = asyncio.Event()
+
+    @broker.task
+    async def early() -> int:
+        started.set()
+        await asyncio.sleep(60)
+        return 1
+
+    broker.add_middlewares(AbortMiddleware())
+    await broker.startup()
+    try:
+        task = await early.kiq()
+        assert isinstance(task, AbortableTask)
+        await started.wait()
+        assert (await task.abort()).status is AbortStatus.ABORTED
+    finally:
+        await broker.shutdown()
