@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from taskiq_abort.cli import commands
+from taskiq_abort.cli.commands import run
 from taskiq_abort.cli.connect import ENV_URL, CLIError, scrub
 from taskiq_abort.errors import TaskiqAbortError
 
@@ -32,13 +32,13 @@ list the running tasks; show what became of one task.
 """
 
 _EPILOG = f"""\
-connection:
+where to connect:
   --broker module:broker loads your application's broker the way `taskiq worker`
   does and uses its AbortMiddleware (Redis URL, prefix, timeout) and its result
   backend, so a revoked task's result is stored at once. With only --redis-url
-  (or ${ENV_URL}) there is no result backend: a revoked task gets its result when
-  a worker picks it up, and a task that already finished is reported revoked
-  (nothing can tell it apart from a queued one).
+  (or ${ENV_URL}) there is no result backend: a revoked task
+  gets its result when a worker picks it up, and a task that already finished
+  is reported revoked (nothing can tell it apart from a queued one).
 
 outcomes:
   aborted      it was running; its worker cancelled it and confirmed
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
             parser.error("give task ids to abort, --name TASK_NAME, or a command (ls, status)")
         if command == "" and args.task_ids and args.name is not None:
             parser.error("give task ids or --name, not both")
-        return asyncio.run(commands.run(args))
+        return asyncio.run(run(args))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,0 +1,192 @@
+"""The CLI's commands: abort ids, bulk abort by name, ``ls``, ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from taskiq_abort.backends.base import WorkerInfo
+from taskiq_abort.cli import fmt
+from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, connect
+from taskiq_abort.client import abort_task
+from taskiq_abort.errors import TaskiqAbortError
+from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.protocol import validate_task_id
+
+CONCURRENCY = 32
+"""Aborts in flight at once: enough to be quick, few enough not to flood Redis connections."""
+
+
+def out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Connect, run the chosen command, close; returns the exit status."""
+    task_ids: list[str] = []
+    if args.command == "":
+        task_ids = list(dict.fromkeys(args.task_ids))  # once each, in the order given
+    elif args.command == "status":
+        task_ids = [args.task_id]
+    for task_id in task_ids:  # all refused before anything is sent
+        validate_task_id(task_id)
+    conn = await connect(args.redis_url, os.environ.get(ENV_URL), args.broker, args.prefix)
+    try:
+        if args.command == "ls":
+            return await list_running(conn, args.name, args.worker, args.json)
+        if args.command == "status":
+            return await show_status(conn, args.task_id, args.json)
+        timeout = conn.timeout if args.timeout is None else args.timeout
+        if args.name is not None:
+            return await abort_by_name(conn, args, timeout)
+        await conn.backend.get_requests(task_ids)  # fail fast when Redis is unreachable
+        outcomes = await abort_ids(
+            conn, task_ids, args.reason, not args.no_wait, timeout, args.json
+        )
+        return exit_status(outcomes)
+    finally:
+        await conn.close()
+
+
+async def abort_ids(
+    conn: Connection,
+    task_ids: Sequence[str],
+    reason: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> list[AbortOutcome]:
+    """Abort each id concurrently and print one line per id (errors: raised after)."""
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(task_id: str) -> AbortOutcome:
+        async with limit:
+            return await abort_task(
+                conn.backend,
+                conn.result_backend,
+                task_id,
+                reason=reason,
+                wait=wait,
+                timeout=timeout,
+            )
+
+    results = await asyncio.gather(*(one(t) for t in task_ids), return_exceptions=True)
+    outcomes = [r for r in results if isinstance(r, AbortOutcome)]
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, (TaskiqAbortError, OSError)):
+            raise failure  # a bug: let main() report it
+    if as_json:
+        for outcome in outcomes:
+            out(fmt.json_line(outcome.to_dict()))
+    else:
+        for line in fmt.outcome_lines(outcomes):
+            out(line)
+    if failures:
+        if len(failures) > 1:  # main() reports the first; say what else went wrong
+            for failure in failures[1:]:
+                err(f"error: {' '.join(str(failure).split())}")
+        raise failures[0]
+    return outcomes
+
+
+def exit_status(outcomes: Sequence[AbortOutcome]) -> int:
+    """0 when every task was aborted or revoked, else 1."""
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+async def abort_by_name(conn: Connection, args: argparse.Namespace, timeout: float) -> int:
+    """Abort every running task called ``args.name``, after a confirmation."""
+    name: str = args.name
+    workers = await conn.backend.workers()
+    task_ids = list(
+        dict.fromkeys(e.task_id for w in workers for e in w.tasks if e.task_name == name)
+    )
+    if not task_ids:
+        err(f"no running task named {name!r} (prefix {conn.prefix!r}); nothing to abort")
+        return 0
+    holders = len({w.worker_id for w in workers for e in w.tasks if e.task_name == name})
+    what = (
+        f"{len(task_ids)} running task{'s' if len(task_ids) != 1 else ''} named {name!r} "
+        f"on {holders} worker{'s' if holders != 1 else ''}"
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CLIError(f"not aborting {what} without confirmation: pass --yes")
+        err(f"Abort {what}? [y/N] ")
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if answer.strip().lower() not in ("y", "yes"):
+            err("nothing aborted")
+            return 1
+    outcomes = await abort_ids(conn, task_ids, args.reason, not args.no_wait, timeout, args.json)
+    # One line per task is printed; the count goes where it cannot spoil --json output.
+    stopped = sum(1 for o in outcomes if o.ok)
+    (err if args.json else out)(f"aborted {stopped} of {what}")
+    return exit_status(outcomes)
+
+
+async def _running_rows(conn: Connection) -> tuple[list[fmt.Row], list[WorkerInfo]]:
+    workers = await conn.backend.workers()
+    entries = [(entry, info) for info in workers for entry in info.tasks]
+    requests = await conn.backend.get_requests([entry.task_id for entry, _ in entries])
+    rows = [fmt.Row(entry, info, requests.get(entry.task_id)) for entry, info in entries]
+    return rows, workers
+
+
+async def list_running(
+    conn: Connection, name: str | None, worker: str | None, as_json: bool
+) -> int:
+    rows, workers = await _running_rows(conn)
+    now = time.time()
+    if worker is not None:
+        workers = [w for w in workers if w.worker_id.startswith(worker)]
+    wanted = {w.worker_id for w in workers}
+    rows = [
+        r
+        for r in rows
+        if r.worker.worker_id in wanted and (name is None or r.entry.task_name == name)
+    ]
+    if as_json:
+        for row in rows:
+            out(fmt.json_line(row.to_dict(now)))
+        return 0
+    if not workers:
+        hint = "" if worker is not None else " (do the workers use this Redis and --prefix?)"
+        out(f"no live workers under prefix {conn.prefix!r} on {conn.where}{hint}")
+        return 0
+    for line in fmt.ls_lines(workers, rows, now, show_idle=name is None):
+        out(line)
+    shown = {r.worker.worker_id for r in rows}
+    if rows:
+        out()
+    out(
+        f"{len(rows)} running task{'' if len(rows) == 1 else 's'}"
+        f"{'' if name is None else f' named {name!r}'} on {len(shown)} of "
+        f"{len(workers)} live worker{'' if len(workers) == 1 else 's'}"
+    )
+    return 0
+
+
+async def show_status(conn: Connection, task_id: str, as_json: bool) -> int:
+    rows, _ = await _running_rows(conn)
+    running = next((r for r in rows if r.entry.task_id == task_id), None)
+    request = await conn.backend.get_request(task_id)
+    has_result: bool | None = None
+    if conn.result_backend is not None:
+        has_result = bool(await conn.result_backend.is_result_ready(task_id))
+    now = time.time()
+    status = fmt.status_dict(task_id, running, request, has_result, now)
+    if as_json:
+        out(fmt.json_line(status))
+    else:
+        for line in fmt.status_lines(status, now, conn.result_backend is not None):
+            out(line)
+    return 1 if status["state"] == "unknown" else 0

@@ -1,0 +1,147 @@
+"""Where the CLI connects: a bare Redis URL, or the application's broker and its middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from taskiq import AsyncBroker, AsyncResultBackend
+from taskiq.cli.utils import import_object
+from taskiq.result_backends.dummy import DummyResultBackend
+
+from taskiq_abort.api import find_middleware
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.memory import MemoryAbortBackend
+from taskiq_abort.backends.redis import RedisAbortBackend, safe_url
+from taskiq_abort.keys import DEFAULT_PREFIX
+
+ENV_URL = "TASKIQ_ABORT_REDIS_URL"
+DEFAULT_TIMEOUT = 5.0
+_CLOSE_TIMEOUT = 3.0
+_secrets: set[str] = set()
+
+
+class CLIError(Exception):
+    """A problem the user can fix (exit status 2), reported as one line."""
+
+
+def scrub(message: str, url: str | None = None) -> str:
+    """``message`` without any Redis password the CLI has seen (or ``url``'s)."""
+    for secret in {*_secrets, *_password(url)}:
+        message = message.replace(secret, "***")
+    return message
+
+
+def _password(url: str | None) -> set[str]:
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url or "").password
+        if password:
+            return {password}
+    return set()
+
+
+@dataclass
+class Connection:
+    """The control plane, and the result backend when a broker was loaded."""
+
+    backend: AbortBackend
+    result_backend: AsyncResultBackend[Any] | None
+    timeout: float
+    """Default seconds to wait for a worker's confirmation."""
+    where: str
+    """Where we are connected, safe to print (no password)."""
+
+    @property
+    def prefix(self) -> str:
+        keys = getattr(self.backend, "keys", None)
+        return str(getattr(keys, "prefix", DEFAULT_PREFIX))
+
+    async def close(self) -> None:
+        """Release connections, in bounded time whatever state Redis is in."""
+        if self.result_backend is not None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(self.result_backend.shutdown(), _CLOSE_TIMEOUT)
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(self.backend.close(), _CLOSE_TIMEOUT)
+
+
+def load_broker(spec: str) -> AsyncBroker:
+    """Import ``module:variable`` like ``taskiq worker`` does (a factory function is called)."""
+    if spec.count(":") != 1 or not all(spec.split(":")):
+        raise CLIError(f"--broker {spec!r}: expected module:variable, e.g. myapp.tasks:broker")
+    try:
+        obj = import_object(spec)
+        if inspect.isfunction(obj):
+            obj = obj()
+    except Exception as exc:
+        detail = " ".join(str(exc).split()) or "(no message)"
+        raise CLIError(f"cannot load broker {spec!r}: {type(exc).__name__}: {detail}") from exc
+    if not isinstance(obj, AsyncBroker):
+        raise CLIError(
+            f"--broker {spec!r} is a {type(obj).__name__}, not a TaskIQ broker "
+            "(or a function that returns one)"
+        )
+    return obj
+
+
+async def connect(
+    redis_url: str | None, env_url: str | None, broker_spec: str | None, prefix: str | None
+) -> Connection:
+    """Open the connection the options ask for; :class:`CLIError` when they do not add up."""
+    if broker_spec is not None:
+        if redis_url is not None:
+            raise CLIError("give --redis-url or --broker, not both (the broker sets the URL)")
+        return await _from_broker(broker_spec, prefix)
+    url = redis_url or env_url
+    if not url:
+        raise CLIError(
+            f"nowhere to connect: pass --redis-url URL, set ${ENV_URL}, "
+            "or pass --broker module:broker"
+        )
+    _secrets.update(_password(url))
+    try:
+        backend = RedisAbortBackend(url, prefix=prefix or DEFAULT_PREFIX)
+    except ValueError as exc:
+        raise CLIError(f"bad Redis URL {safe_url(url)!r}: {exc}") from exc
+    return Connection(backend, None, DEFAULT_TIMEOUT, safe_url(url))
+
+
+async def _from_broker(spec: str, prefix: str | None) -> Connection:
+    broker = load_broker(spec)
+    try:
+        middleware = find_middleware(broker)
+    except Exception as exc:
+        raise CLIError(f"--broker {spec!r}: {exc}") from exc
+    backend = middleware.backend
+    url = getattr(backend, "url", None)
+    if isinstance(url, str):
+        _secrets.update(_password(url))
+    if isinstance(backend, MemoryAbortBackend):
+        raise CLIError(
+            f"--broker {spec!r}: its AbortMiddleware has no Redis URL (in-process backend), "
+            "so no other process can reach its workers"
+        )
+    conn = Connection(
+        backend,
+        None,
+        middleware.abort_timeout,
+        f"{safe_url(url) if isinstance(url, str) else repr(backend)} (broker {spec})",
+    )
+    if prefix is not None and prefix != conn.prefix:
+        raise CLIError(
+            f"--prefix {prefix!r} contradicts the broker's AbortMiddleware "
+            f"(prefix {conn.prefix!r}); drop --prefix"
+        )
+    result_backend = broker.result_backend
+    if not isinstance(result_backend, DummyResultBackend):
+        try:
+            await result_backend.startup()
+        except Exception as exc:
+            await conn.close()
+            raise CLIError(f"--broker {spec!r}: its result backend did not start: {exc}") from exc
+        conn.result_backend = result_backend
+    return conn

@@ -1,0 +1,178 @@
+"""Text and JSON rendering of the CLI's answers. Pure functions: easy to test, no I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
+from taskiq_abort.outcome import AbortOutcome
+
+WIDTH = 80
+_ID_WIDTH = 32  # TaskIQ ids are uuid4().hex
+
+
+def duration(seconds: float) -> str:
+    """A short human duration.
+
+    >>> [duration(s) for s in (0.04, 12.34, 245, 3 * 3600 + 240, 2 * 86400 + 3 * 3600)]
+    ['0.0s', '12.3s', '4m05s', '3h04m', '2d03h']
+    """
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def json_line(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def outcome_lines(outcomes: Sequence[AbortOutcome]) -> list[str]:
+    """One aligned line per outcome: id, status, worker, elapsed milliseconds."""
+    id_w = max((len(o.task_id) for o in outcomes), default=0)
+    worker_w = max((len(o.worker or "-") for o in outcomes), default=1)
+    return [
+        f"{o.task_id:<{id_w}}  {o.status.value:<11}  {o.worker or '-':<{worker_w}}  "
+        f"{o.elapsed * 1000:8.1f} ms"
+        for o in outcomes
+    ]
+
+
+@dataclass(frozen=True)
+class Row:
+    """A running task as ``ls`` shows it."""
+
+    entry: RunningEntry
+    worker: WorkerInfo
+    request: RequestRecord | None
+
+    def abort_state(self) -> str:
+        if self.request is None:
+            return "-"
+        return self.request.outcome or "requested"
+
+    def to_dict(self, now: float) -> dict[str, Any]:
+        return {
+            "task_id": self.entry.task_id,
+            "task_name": self.entry.task_name,
+            "worker": self.worker.worker_id,
+            "host": self.worker.host,
+            "pid": self.worker.pid,
+            "started": self.entry.started,
+            "running_for_s": round(max(0.0, now - self.entry.started), 3),
+            "abort_requested": self.request is not None,
+            "abort_reason": self.request.reason if self.request else None,
+        }
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def ls_lines(
+    workers: Sequence[WorkerInfo], rows: Iterable[Row], now: float, show_idle: bool
+) -> list[str]:
+    """Running tasks grouped by worker, within 80 columns for TaskIQ's 32-character ids."""
+    by_worker: dict[str, list[Row]] = {w.worker_id: [] for w in workers}
+    for row in rows:
+        by_worker[row.worker.worker_id].append(row)
+    all_rows = [row for group in by_worker.values() for row in group]
+    id_w = max([_ID_WIDTH, *(len(r.entry.task_id) for r in all_rows)])
+    # 2 indent + id + 2 + name + 2 + running (7) + 2 + abort (11) = 80 for 32-char ids
+    name_w = max(4, min(max((len(r.entry.task_name) for r in all_rows), default=4), 22))
+    lines: list[str] = []
+    for info in workers:
+        group = by_worker[info.worker_id]
+        if not group and not show_idle:
+            continue
+        if lines:
+            lines.append("")
+        count = f"{len(group)} task{'' if len(group) == 1 else 's'}"
+        lines.append(
+            f"worker {info.worker_id}  {info.host} pid {info.pid}  "
+            f"up {duration(now - info.started)}  {count}"
+        )
+        if group:
+            lines.append(f"  {'TASK ID':<{id_w}}  {'NAME':<{name_w}}  {'RUNNING':>7}  ABORT")
+        for row in group:
+            lines.append(
+                f"  {row.entry.task_id:<{id_w}}  {_fit(row.entry.task_name, name_w):<{name_w}}  "
+                f"{duration(now - row.entry.started):>7}  {row.abort_state()}"
+            )
+    return lines
+
+
+def status_dict(
+    task_id: str,
+    running: Row | None,
+    request: RequestRecord | None,
+    has_result: bool | None,
+    now: float,
+) -> dict[str, Any]:
+    """The ``status --json`` object; ``state`` sums it up."""
+    if running is not None:
+        state = "running"
+    elif request is not None:
+        state = request.outcome or "requested"
+    elif has_result:
+        state = "finished"
+    else:
+        state = "unknown"
+    return {
+        "task_id": task_id,
+        "state": state,
+        "running": None if running is None else running.to_dict(now),
+        "abort_request": None
+        if request is None
+        else {
+            "reason": request.reason,
+            "requested_at": request.requested_at,
+            "requested_by": request.requested_by,
+            "outcome": request.outcome,
+            "worker": request.worker,
+        },
+        "has_result": has_result,
+    }
+
+
+def status_lines(status: Mapping[str, Any], now: float, has_result_backend: bool) -> list[str]:
+    """``status`` as text: a headline, then the abort request if there is one."""
+    task_id, state = status["task_id"], status["state"]
+    running, request = status["running"], status["abort_request"]
+    if running is not None:
+        head = (
+            f"running: {running['task_name']} on worker {running['worker']} "
+            f"({running['host']} pid {running['pid']}) for {duration(running['running_for_s'])}"
+        )
+    elif state == "aborted":
+        head = f"aborted: cancelled on worker {request['worker'] or '?'}"
+    elif state == "revoked":
+        head = "revoked: it had not started and never will"
+    elif state == "finished":
+        head = "finished: it has a result"
+    elif state == "requested":
+        head = "abort requested, not running: it will not start"
+    elif has_result_backend:
+        head = "not known: not running, no abort request, no result"
+    else:
+        head = (
+            "not known: not running, no abort request "
+            "(queued, finished or never sent; --broker can tell finished tasks)"
+        )
+    lines = [f"task {task_id}", f"  {head}"]
+    if request is not None:
+        reason = f", reason: {request['reason']!r}" if request["reason"] else ""
+        pending = " (waiting for the worker)" if running is not None else ""
+        lines.append(
+            f"  abort requested {duration(now - request['requested_at'])} ago "
+            f"by {request['requested_by'] or '?'}{reason}{pending}"
+        )
+    return lines
