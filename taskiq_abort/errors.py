@@ -20,7 +20,7 @@ class TaskAbortedError(TaskiqAbortError):
     >>> err.task_id, err.reason
     ('4f2a', 'user pressed stop')
     >>> str(err)
-    "task 4f2a was aborted: user pressed stop"
+    'task 4f2a was aborted: user pressed stop'
     """
 
     def __init__(self, task_id: str = "", reason: str | None = None) -> None:
