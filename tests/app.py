@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import anyio
 import redis
 import redis.asyncio as aredis
 from taskiq import AsyncBroker, Context, TaskiqDepends
@@ -33,7 +34,10 @@ async def emit(context: Context, event: str) -> None:
     client = _signals.get("async")
     if client is None:
         client = _signals["async"] = aredis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
-    await client.rpush(events_key(prefix, context.message.task_id), f"{event} {time.time()}")
+    # Shielded: after an abort, anyio cancels every await still inside the task's scope, so an
+    # unshielded report from a ``finally`` block could be cancelled and lost.
+    with anyio.CancelScope(shield=True):
+        await client.rpush(events_key(prefix, context.message.task_id), f"{event} {time.time()}")
 
 
 def emit_sync(context: Context, event: str) -> None:
@@ -156,6 +160,24 @@ def _define_tasks(broker: AsyncBroker) -> None:
         return "unreachable"
 
     _define_fault_tasks(broker)
+    _define_cli_tasks(broker)
+
+
+def _define_cli_tasks(broker: AsyncBroker) -> None:
+    """Tasks of the admin CLI tests (tests/test_cli.py)."""
+
+    @broker.task(task_name="cli_blocker")
+    def cli_blocker(release_key: str, context: Context = TaskiqDepends()) -> str:
+        """A sync task that never checks its token: its abort stays unconfirmed."""
+        emit_sync(context, "started")
+        # socket_timeout=None: redis-py 8 defaults to 5 s, which would end a longer BLPOP early.
+        client = redis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"], socket_timeout=None)
+        try:
+            client.blpop([release_key], timeout=120)  # until the test releases it
+        finally:
+            client.close()
+        emit_sync(context, "finished")
+        return "ignored the abort"
 
 
 def _define_fault_tasks(broker: AsyncBroker) -> None:

@@ -79,7 +79,8 @@ class Events:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"task {task_id} never reported {event!r}: {self.all(task_id)}")
-            popped = self.client.blpop([self._key(task_id)], timeout=min(left, 5.0))
+            # Below redis-py 8's default 5 s socket timeout, or the read times out first.
+            popped = self.client.blpop([self._key(task_id)], timeout=min(left, 2.0))
             if popped is not None:
                 self._take(task_id, popped[1])
 
