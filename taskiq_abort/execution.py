@@ -1,8 +1,15 @@
 """Running a task body so that an abort can stop it: per-attempt state and the function wrapper.
 
-The wrapper puts an anyio cancel scope around the task body only, never around the receiver's
-code that stores the result and acks, so an aborted task always ends with a stored
-``TaskAbortedError`` and an acked message.
+The wrapper covers the task body only, never the receiver's code around it that stores the
+result and acks, so an aborted task always ends with a stored ``TaskAbortedError`` and an acked
+message. Two ways to deliver the cancellation, chosen by ``AbortMiddleware(cancel_mode=...)``:
+
+- ``"edge"`` (default): asyncio's own semantics. One ``CancelledError`` at the task's current
+  ``await``; ``except``/``finally`` blocks may then ``await`` their clean-up (close a session,
+  roll back) as they would after ``Task.cancel()``.
+- ``"level"``: anyio's semantics. The body runs in an anyio cancel scope that stays cancelled:
+  every later ``await`` inside it is cancelled too (clean-up must be shielded), so even a body
+  that swallows ``CancelledError`` cannot carry on.
 """
 
 from __future__ import annotations
@@ -10,23 +17,27 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 
 from taskiq_abort.backends.base import RunningEntry
 from taskiq_abort.errors import TaskAbortedError
 
+CancelMode = Literal["edge", "level"]
+
 MESSAGE_ATTR = "_taskiq_abort_run"
 """Attribute the middleware attaches to a ``TaskiqMessage`` (not a field: never serialized)."""
 
 current_run: ContextVar[RunningTask | None] = ContextVar("taskiq_abort_run", default=None)
 _WRAPPED = "__taskiq_abort_wrapped__"
+_CANCEL_MSG = "aborted by taskiq-abort"
 
 
 class RunningTask:
@@ -36,19 +47,29 @@ class RunningTask:
         "_async_event",
         "_event",
         "abort_requested",
+        "delivered",
         "done",
         "entered",
         "entry",
+        "host",
+        "mode",
         "reason",
         "refused",
         "registered",
         "revoked",
         "scope",
+        "shields",
     )
 
-    def __init__(self, task_id: str, task_name: str, worker_id: str) -> None:
+    def __init__(
+        self, task_id: str, task_name: str, worker_id: str, mode: CancelMode = "edge"
+    ) -> None:
         self.entry = RunningEntry(task_id, task_name, uuid.uuid4().hex[:12], time.time(), worker_id)
-        self.scope: anyio.CancelScope | None = None
+        self.mode = mode
+        self.host: asyncio.Task[Any] | None = None  # the task running the body, while it runs
+        self.scope: anyio.CancelScope | None = None  # level mode only
+        self.shields = 0  # open ``shield()`` sections: the cancel waits for them
+        self.delivered = False
         self.abort_requested = False  # an abort arrived while this attempt was held
         self.revoked = False  # an abort request existed when this attempt started
         self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
@@ -72,13 +93,23 @@ class RunningTask:
         if self.aborted or self.done:
             return False
         self.abort_requested, self.reason = True, reason
-        if self.scope is not None:
-            self.scope.cancel()
+        self.deliver()
         if self._event is not None:
             self._event.set()
         if self._async_event is not None:
             self._async_event.set()
         return True
+
+    def deliver(self) -> None:
+        """Cancel the body now, unless a shielded section is open (then at its end)."""
+        if not self.abort_requested or self.delivered or self.shields:
+            return
+        if self.scope is not None:
+            self.delivered = True
+            self.scope.cancel()
+        elif self.host is not None:
+            self.delivered = True
+            self.host.cancel(_CANCEL_MSG)
 
     def revoke(self, reason: str | None) -> None:
         self.revoked, self.reason = True, reason
@@ -117,20 +148,44 @@ def _enter(run: RunningTask | None) -> RunningTask | None:
     return run
 
 
-async def _run_async(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    host = asyncio.current_task()
+    run.host = host
+    try:
+        result = await func(*args, **kwargs)
+    except asyncio.CancelledError:
+        if not run.delivered:
+            raise  # not ours (worker shutdown...): let it through
+        if host is not None and sys.version_info >= (3, 11):
+            host.uncancel()  # we consumed our own cancellation
+        raise TaskAbortedError(run.task_id, run.reason) from None
+    except Exception as exc:
+        if run.abort_requested:  # an error raised while cleaning up after the abort
+            raise TaskAbortedError(run.task_id, run.reason) from exc
+        raise
+    finally:
+        run.host = None  # no cancel may land outside the body
+    if run.abort_requested:  # the body caught the cancellation and returned: the abort wins
+        if run.delivered and host is not None and sys.version_info >= (3, 11):
+            while host.cancelling():  # a cancel that had not landed yet must not escape
+                host.uncancel()
+        raise TaskAbortedError(run.task_id, run.reason)
+    return result
+
+
+async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     with anyio.CancelScope() as scope:
         run.scope = scope
+        run.deliver()  # an abort that arrived during a shield before the body started
         try:
             result = await func(*args, **kwargs)
         except Exception as exc:
-            if run.abort_requested:  # an error raised while cleaning up after the abort
+            if run.abort_requested:
                 raise TaskAbortedError(run.task_id, run.reason) from exc
             raise
         finally:
             run.scope = None
-    # Reached with the cancel swallowed by our scope, or with a body that caught the
-    # CancelledError and returned: either way the abort was delivered, and it wins.
-    if run.abort_requested:
+    if run.abort_requested:  # our scope swallowed the cancel, or the body returned anyway
         raise TaskAbortedError(run.task_id, run.reason)
     return result
 
@@ -146,7 +201,9 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
             run = _enter(current_run.get())
             if run is None:
                 return await func(*args, **kwargs)
-            return await _run_async(run, func, args, kwargs)
+            if run.mode == "level":
+                return await _run_level(run, func, args, kwargs)
+            return await _run_edge(run, func, args, kwargs)
 
         wrapper: Callable[..., Any] = async_wrapper
     else:

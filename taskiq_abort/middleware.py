@@ -17,7 +17,13 @@ from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.client import abort_task
 from taskiq_abort.errors import TaskAbortedError
-from taskiq_abort.execution import MESSAGE_ATTR, RunningTask, current_run, wrap_task_function
+from taskiq_abort.execution import (
+    MESSAGE_ATTR,
+    CancelMode,
+    RunningTask,
+    current_run,
+    wrap_task_function,
+)
 from taskiq_abort.handle import install_abortable_handles
 from taskiq_abort.keys import DEFAULT_PREFIX
 from taskiq_abort.logs import install_log_filter
@@ -48,6 +54,9 @@ class AbortMiddleware(TaskiqMiddleware):
     :param abort_timeout: default seconds ``abort()`` waits for a worker's confirmation.
     :param fail_closed: refuse to start tasks while the registry is unreachable (default: run
         them, and log a warning once per outage).
+    :param cancel_mode: ``"edge"`` (default): asyncio's semantics, one ``CancelledError`` at the
+        current ``await``, after which ``finally`` blocks may ``await`` their clean-up.
+        ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
     :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...).
     """
 
@@ -62,6 +71,7 @@ class AbortMiddleware(TaskiqMiddleware):
         lease: float = DEFAULT_LEASE,
         abort_timeout: float = 5.0,
         fail_closed: bool = False,
+        cancel_mode: CancelMode = "edge",
         **connection_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -82,6 +92,9 @@ class AbortMiddleware(TaskiqMiddleware):
         self.backend = backend
         self.abort_timeout = abort_timeout
         self.fail_closed = fail_closed
+        if cancel_mode not in ("edge", "level"):
+            raise ValueError(f"cancel_mode must be 'edge' or 'level', not {cancel_mode!r}")
+        self.cancel_mode: CancelMode = cancel_mode
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
         self._inplace = False
@@ -142,7 +155,9 @@ class AbortMiddleware(TaskiqMiddleware):
                 for task in self.broker.get_all_tasks().values():
                     task.original_func = wrap_task_function(task.original_func)
                 install_log_filter()
-                worker = WorkerSide(self.backend, fail_closed=self.fail_closed)
+                worker = WorkerSide(
+                    self.backend, fail_closed=self.fail_closed, cancel_mode=self.cancel_mode
+                )
                 await worker.start()
                 self.worker = worker
         return self.worker

@@ -11,7 +11,7 @@ import anyio
 from taskiq import Context, TaskiqDepends
 
 from taskiq_abort.errors import TaskAbortedError
-from taskiq_abort.execution import MESSAGE_ATTR, RunningTask
+from taskiq_abort.execution import MESSAGE_ATTR, RunningTask, current_run
 
 
 class AbortToken:
@@ -68,9 +68,21 @@ class AbortToken:
 async def shield() -> AsyncIterator[None]:
     """Let a critical step finish before an abort takes effect::
 
-    async with shield():
-        await db.commit()       # runs to the end even if the task is aborted meanwhile
-    await next_step()           # an abort that arrived during the commit lands here
+        async with shield():
+            await db.commit()  # runs to the end even if the task is aborted meanwhile
+        await next_step()  # an abort that arrived during the commit lands here
+
+    Also protects clean-up in ``finally`` blocks under ``cancel_mode="level"``.
     """
+    run = current_run.get()
+    if run is None:  # outside a worker attempt: only anyio's shield applies
+        with anyio.CancelScope(shield=True):
+            yield
+        return
     with anyio.CancelScope(shield=True):
-        yield
+        run.shields += 1
+        try:
+            yield
+        finally:
+            run.shields -= 1
+    run.deliver()  # an abort that arrived meanwhile lands at the next await

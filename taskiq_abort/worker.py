@@ -17,7 +17,7 @@ from collections import OrderedDict
 
 from taskiq_abort.backends.base import AbortBackend, RunningEntry
 from taskiq_abort.errors import TaskiqAbortError
-from taskiq_abort.execution import RunningTask
+from taskiq_abort.execution import CancelMode, RunningTask
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -31,9 +31,16 @@ def make_worker_id() -> str:
 class WorkerSide:
     """Per-process worker state; started by ``AbortMiddleware.startup()`` on workers."""
 
-    def __init__(self, backend: AbortBackend, *, fail_closed: bool = False) -> None:
+    def __init__(
+        self,
+        backend: AbortBackend,
+        *,
+        fail_closed: bool = False,
+        cancel_mode: CancelMode = "edge",
+    ) -> None:
         self.backend = backend
         self.fail_closed = fail_closed
+        self.cancel_mode: CancelMode = cancel_mode
         self.worker_id = make_worker_id()
         self.running: dict[str, RunningTask] = {}
         self.recent: OrderedDict[str, str] = OrderedDict()
@@ -79,7 +86,7 @@ class WorkerSide:
 
     # --- task path -------------------------------------------------------------------
     def begin(self, task_id: str, task_name: str) -> RunningTask:
-        run = RunningTask(task_id, task_name, self.worker_id)
+        run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode)
         self.running[task_id] = run
         return run
 

@@ -203,3 +203,94 @@ async def test_tasks_decorated_before_the_middleware_are_abortable() -> None:
         assert (await task.abort()).status is AbortStatus.ABORTED
     finally:
         await broker.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["edge", "level"])
+async def test_cleanup_in_finally(mode: str) -> None:
+    """Edge mode: finally blocks await their clean-up as after Task.cancel(). Level mode
+    (anyio): awaits in the body stay cancelled, so clean-up must be shielded."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(cancel_mode=mode))  # type: ignore[arg-type]
+    started = asyncio.Event()
+    log: list[str] = []
+
+    @broker.task
+    async def with_cleanup() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            try:
+                await asyncio.sleep(0.01)  # e.g. await session.close()
+                log.append("cleaned up")
+            except asyncio.CancelledError:
+                log.append("clean-up cancelled")
+            async with shield():
+                await asyncio.sleep(0.01)
+                log.append("shielded clean-up")
+
+    await broker.startup()
+    try:
+        task = await with_cleanup.kiq()
+        await started.wait()
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        expected = "cleaned up" if mode == "edge" else "clean-up cancelled"
+        assert log == [expected, "shielded clean-up"]
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+    finally:
+        await broker.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["edge", "level"])
+async def test_body_that_keeps_going_after_swallowing(mode: str) -> None:
+    """A body that swallows the cancellation and awaits on: level mode stops it at its next
+    await; edge mode lets it run to its end, and the abort still decides the result."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(cancel_mode=mode))  # type: ignore[arg-type]
+    started = asyncio.Event()
+    log: list[str] = []
+
+    @broker.task
+    async def stubborn() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            log.append("swallowed")
+        try:
+            await asyncio.sleep(0.01)
+            log.append("kept going")
+        except asyncio.CancelledError:
+            log.append("stopped")
+            raise
+        return "done"
+
+    await broker.startup()
+    try:
+        task = await stubborn.kiq()
+        await started.wait()
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        assert log == ["swallowed", "kept going" if mode == "edge" else "stopped"]
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+    finally:
+        await broker.shutdown()
+
+
+async def test_external_cancellation_is_not_an_abort() -> None:
+    """A cancel that is not ours (e.g. worker shutdown) passes through untouched."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+    started = asyncio.Event()
+
+    @broker.task
+    async def victim() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await broker.startup()
+    try:
+        task = await victim.kiq()
+        await started.wait()
+        for running in list(broker._running_tasks):
+            running.cancel()
+        result = await task.wait_result(timeout=5)
+        assert isinstance(result.error, asyncio.CancelledError)  # taskiq's usual behaviour
+    finally:
+        await broker.shutdown()
