@@ -112,8 +112,8 @@ class RedisAbortBackend(AbortBackend):
         # Aborter side: one reply subscription per process, shared by every waiting abort().
         self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = {}
         self._reply_task: asyncio.Task[None] | None = None
-        self._reply_ready: asyncio.Event | None = None
-        self._reply_failure: BaseException | None = None
+        # Set once the reply subscription works, or has failed once (then we poll instead).
+        self._reply_settled: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"RedisAbortBackend({safe_url(self.url)!r}, prefix={self.keys.prefix!r})"
@@ -217,7 +217,11 @@ class RedisAbortBackend(AbortBackend):
             )
 
     async def _subscription(
-        self, channel: str, on_subscribed: Callable[[], Awaitable[None]], role: str
+        self,
+        channel: str,
+        on_subscribed: Callable[[], Awaitable[None]],
+        role: str,
+        on_error: Callable[[], None] | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield message payloads forever, reconnecting with backoff; log once per outage."""
         backoff, outage_since = 0.05, 0.0
@@ -244,6 +248,8 @@ class RedisAbortBackend(AbortBackend):
                             data = msg["data"]
                             yield data if isinstance(data, bytes) else str(data).encode()
                 except _REDIS_ERRORS as exc:
+                    if on_error is not None:
+                        on_error()
                     if not outage_since:
                         outage_since = time.monotonic()
                         logger.warning(
@@ -289,15 +295,14 @@ class RedisAbortBackend(AbortBackend):
         loop = asyncio.get_running_loop()
         self._waiters.setdefault(task_id, []).append(loop.create_future())
         if self._reply_task is None or self._reply_task.done():
-            self._reply_ready = asyncio.Event()
-            self._reply_failure = None
+            self._reply_settled = asyncio.Event()
             self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
-        ready = self._reply_ready
-        assert ready is not None
-        if not ready.is_set():
-            # A missing subscription only costs latency (we poll the record), so wait briefly.
+        settled = self._reply_settled
+        assert settled is not None
+        if not settled.is_set():
+            # A failed subscription only costs latency (we poll the record): don't wait long.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(ready.wait(), self.timeout)
+                await asyncio.wait_for(settled.wait(), self.timeout)
 
     def discard_reply(self, task_id: str) -> None:
         futures = self._waiters.pop(task_id, [])
@@ -305,11 +310,13 @@ class RedisAbortBackend(AbortBackend):
             fut.cancel()
 
     async def _reply_loop(self) -> None:
-        async def subscribed() -> None:
-            assert self._reply_ready is not None
-            self._reply_ready.set()
+        settled = self._reply_settled
+        assert settled is not None
 
-        async for raw in self._subscription(self.keys.reply, subscribed, "reply"):
+        async def subscribed() -> None:
+            settled.set()
+
+        async for raw in self._subscription(self.keys.reply, subscribed, "reply", settled.set):
             reply = parse_reply(raw)
             if reply is None:
                 continue
