@@ -15,8 +15,8 @@ from typing import Any
 import anyio
 import redis
 import redis.asyncio as aredis
-from taskiq import AsyncBroker, Context, TaskiqDepends
-from taskiq.middlewares import SimpleRetryMiddleware
+from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqMiddleware
+from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_abort import AbortMiddleware, AbortToken, shield
@@ -77,7 +77,9 @@ def make_broker(
     abort_mw = AbortMiddleware(
         abort_url or url, prefix=prefix, lease=lease, fail_closed=fail_closed
     )
-    retry = SimpleRetryMiddleware(default_retry_count=3)
+    retry: TaskiqMiddleware = SimpleRetryMiddleware(default_retry_count=3)
+    if os.environ.get("TASKIQ_ABORT_TEST_RETRY") == "smart":
+        retry = SmartRetryMiddleware(default_retry_count=3, default_delay=0, use_jitter=False)
     middlewares = [abort_mw, retry] if abort_first else [retry, abort_mw]
     broker = inner.with_result_backend(
         RedisAsyncResultBackend(url, prefix_str=f"{prefix}:result")

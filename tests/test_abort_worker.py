@@ -279,3 +279,39 @@ async def test_unreachable_redis_at_abort_time() -> None:
     assert isinstance(middleware, AbortMiddleware)
     assert not middleware.backend._waiters  # type: ignore[attr-defined]
     await middleware.backend.close()
+
+
+async def test_finished_consumes_nothing_with_keep_results_false(
+    redis_url, prefix, worker_factory
+) -> None:
+    from taskiq_redis import RedisAsyncResultBackend
+
+    broker = make_broker(redis_url, prefix)
+    broker.result_backend = RedisAsyncResultBackend(
+        redis_url, prefix_str=f"{prefix}:result", keep_results=False
+    )
+    await broker.startup()
+    try:
+        worker_factory().start()
+        task = await broker.find_task("quick").kiq(7)
+        while not await task.is_ready():  # is_ready (EXISTS) reads nothing
+            await asyncio.sleep(0.01)
+        assert (await task.abort()).status is AbortStatus.FINISHED
+        assert (await task.get_result()).return_value == 14  # still there, read once
+    finally:
+        await broker.shutdown()
+
+
+async def test_smart_retry_middleware_does_not_retry_an_abort(
+    redis_url, prefix, worker_factory, events, rclient
+) -> None:
+    worker_factory(env={"TASKIQ_ABORT_TEST_RETRY": "smart"}).start()
+    broker = make_broker(redis_url, prefix)
+    await broker.startup()
+    try:
+        task = await _running(broker, events, "flaky")
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+        assert rclient.xlen(f"{prefix}:queue") == 1
+    finally:
+        await broker.shutdown()
