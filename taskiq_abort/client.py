@@ -53,18 +53,18 @@ async def abort_task(
     def done(status: AbortStatus, worker: str | None = None) -> AbortOutcome:
         return AbortOutcome(task_id, status, worker, reason, time.perf_counter() - started)
 
-    if wait:  # listen before we publish, or a fast reply could slip past us
-        await backend.prepare_reply(task_id)
+    # Listen before we publish, or a fast reply could slip past us.
+    waiter = await backend.prepare_reply(task_id) if wait else None
     try:
         found = await backend.request(task_id, reason, _BY)
         if found.outcome in ("aborted", "revoked"):  # aborting twice is harmless
             record = await backend.get_request(task_id)
             return done(AbortStatus(found.outcome), record.worker if record else None)
         if found.holder is not None:
-            if not wait:
+            if waiter is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
             remaining = max(0.0, timeout - (time.perf_counter() - started))
-            reply = await backend.wait_reply(task_id, remaining)
+            reply = await backend.wait_reply(task_id, waiter, remaining)
             if reply is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
             if reply.status == "aborted":
@@ -96,5 +96,5 @@ async def abort_task(
         await backend.set_outcome(task_id, "revoked")
         return done(AbortStatus.REVOKED)
     finally:
-        if wait:
-            backend.discard_reply(task_id)
+        if waiter is not None:
+            backend.discard_reply(task_id, waiter)

@@ -111,8 +111,9 @@ class WorkerSide:
         if run.registered:
             self._finishes.append(run.entry)
             self._schedule()
-        # A revoked attempt never ran: nobody waits for it (the aborter saw no holder).
-        return run.abort_requested and not run.revoked
+        # Also for an attempt revoked at its start: a resync may have shown it as running to an
+        # aborter now waiting for us (an aborter that saw no holder takes this as revoked).
+        return run.abort_requested
 
     async def confirm(self, task_id: str, outcome: str) -> None:
         try:

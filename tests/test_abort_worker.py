@@ -70,9 +70,10 @@ async def test_running_task_aborted_on_both_brokers(
 async def test_abort_twice_is_harmless(kind_client, worker_factory, events, kind) -> None:
     worker_factory(broker=kind).start()
     task = await _running(kind_client, events, "sleeper", 60)
-    first = await task.abort()
+    first, concurrent = await asyncio.gather(task.abort(), task.abort())
     second = await task.abort()
     assert first.status is AbortStatus.ABORTED
+    assert concurrent.status is AbortStatus.ABORTED
     assert second.status is AbortStatus.ABORTED
     assert second.worker == first.worker
 

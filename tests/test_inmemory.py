@@ -294,3 +294,11 @@ async def test_external_cancellation_is_not_an_abort() -> None:
         assert isinstance(result.error, asyncio.CancelledError)  # taskiq's usual behaviour
     finally:
         await broker.shutdown()
+
+
+async def test_concurrent_aborts_of_one_task(setup) -> None:
+    _, probe, sleeper, _, _ = setup
+    task = await sleeper.kiq()
+    await probe.started.wait()
+    outcomes = await asyncio.gather(*(task.abort() for _ in range(3)))
+    assert [o.status for o in outcomes] == [AbortStatus.ABORTED] * 3

@@ -76,6 +76,7 @@ class RequestRecord:
     worker: str | None
 
 
+ReplyWaiter = asyncio.Future[ReplyMessage]
 AbortHandler = Callable[[str, str | None], None]
 """Called on the worker for each abort request: ``(task_id, reason)``."""
 ResyncHook = Callable[[], Awaitable[None]]
@@ -129,17 +130,44 @@ class AbortBackend(abc.ABC):
     async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
         """Record the request durably, then broadcast it."""
 
-    @abc.abstractmethod
-    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
-        """Wait for the holder's reply (or a recorded outcome); ``None`` on timeout."""
+    # Each abort() call waits on a future of its own, so concurrent aborts of one id (a bulk
+    # abort with duplicates, two operators) never cancel each other's wait.
+    _waiters: dict[str, set[ReplyWaiter]]
 
-    @abc.abstractmethod
-    async def prepare_reply(self, task_id: str) -> None:
+    async def prepare_reply(self, task_id: str) -> ReplyWaiter:
         """Be ready to receive ``task_id``'s reply before the request is broadcast."""
+        waiter: ReplyWaiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, set()).add(waiter)
+        return waiter
 
-    @abc.abstractmethod
-    def discard_reply(self, task_id: str) -> None:
-        """Stop waiting for ``task_id``'s reply."""
+    async def wait_reply(
+        self, task_id: str, waiter: ReplyWaiter, timeout: float
+    ) -> ReplyMessage | None:
+        """Wait for the holder's reply; ``None`` on timeout."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            return None
+
+    def discard_reply(self, task_id: str, waiter: ReplyWaiter) -> None:
+        """Stop waiting (always called, after ``prepare_reply``)."""
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[task_id]
+        waiter.cancel()
+
+    def _deliver_reply(self, reply: ReplyMessage) -> None:
+        for waiter in self._waiters.get(reply.task_id, ()):
+            if not waiter.done():
+                waiter.set_result(reply)
+
+    def _cancel_waiters(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.cancel()
+        self._waiters.clear()
 
     @abc.abstractmethod
     async def set_outcome(self, task_id: str, outcome: str) -> None:

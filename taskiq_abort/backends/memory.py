@@ -42,7 +42,7 @@ class MemoryAbortBackend(AbortBackend):
         self._requests: dict[str, tuple[float, RequestRecord]] = {}
         self._workers: dict[str, _Worker] = {}
         self._handlers: list[AbortHandler] = []
-        self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = {}
+        self._waiters = {}
 
     def __repr__(self) -> str:
         return "MemoryAbortBackend()"
@@ -109,10 +109,7 @@ class MemoryAbortBackend(AbortBackend):
 
     async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
         await self.set_outcome(task_id, outcome, worker_id)
-        reply = ReplyMessage(task_id, outcome, worker_id)
-        for fut in self._waiters.get(task_id, ()):
-            if not fut.done():
-                fut.set_result(reply)
+        self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
 
     async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
         self._handlers.append(handler)
@@ -141,28 +138,6 @@ class MemoryAbortBackend(AbortBackend):
             outcome=record.outcome,
             receivers=len(self._handlers),
         )
-
-    async def prepare_reply(self, task_id: str) -> None:
-        self._waiters.setdefault(task_id, []).append(asyncio.get_running_loop().create_future())
-
-    def discard_reply(self, task_id: str) -> None:
-        for fut in self._waiters.pop(task_id, []):
-            fut.cancel()
-
-    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
-        futures = self._waiters.get(task_id) or []
-        if not futures:
-            return None
-        fut = futures[-1]
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            if fut in futures:
-                futures.remove(fut)
-            if not futures:
-                self._waiters.pop(task_id, None)
 
     async def set_outcome(self, task_id: str, outcome: str, worker_id: str = "") -> None:
         item = self._requests.get(task_id)
@@ -203,5 +178,4 @@ class MemoryAbortBackend(AbortBackend):
         ]
 
     async def close(self) -> None:
-        for tid in list(self._waiters):
-            self.discard_reply(tid)
+        self._cancel_waiters()

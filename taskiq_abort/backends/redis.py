@@ -28,6 +28,7 @@ from taskiq_abort.backends.base import (
     DEFAULT_REQUEST_TTL,
     AbortBackend,
     AbortHandler,
+    ReplyWaiter,
     RequestRecord,
     RequestResult,
     ResyncHook,
@@ -110,7 +111,7 @@ class RedisAbortBackend(AbortBackend):
         self._confirm = self._cmd.register_script(scripts.CONFIRM)
         self._list = self._cmd.register_script(scripts.LIST)
         # Aborter side: one reply subscription per process, shared by every waiting abort().
-        self._waiters: dict[str, list[asyncio.Future[ReplyMessage]]] = {}
+        self._waiters = {}
         self._reply_task: asyncio.Task[None] | None = None
         # Set once the reply subscription works, or has failed once (then we poll instead).
         self._reply_settled: asyncio.Event | None = None
@@ -291,9 +292,8 @@ class RedisAbortBackend(AbortBackend):
             receivers=int(receivers),
         )
 
-    async def prepare_reply(self, task_id: str) -> None:
-        loop = asyncio.get_running_loop()
-        self._waiters.setdefault(task_id, []).append(loop.create_future())
+    async def prepare_reply(self, task_id: str) -> ReplyWaiter:
+        waiter = await super().prepare_reply(task_id)
         if self._reply_task is None or self._reply_task.done():
             self._reply_settled = asyncio.Event()
             self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
@@ -303,11 +303,7 @@ class RedisAbortBackend(AbortBackend):
             # A failed subscription only costs latency (we poll the record): don't wait long.
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(settled.wait(), self.timeout)
-
-    def discard_reply(self, task_id: str) -> None:
-        futures = self._waiters.pop(task_id, [])
-        for fut in futures:
-            fut.cancel()
+        return waiter
 
     async def _reply_loop(self) -> None:
         settled = self._reply_settled
@@ -318,35 +314,25 @@ class RedisAbortBackend(AbortBackend):
 
         async for raw in self._subscription(self.keys.reply, subscribed, "reply", settled.set):
             reply = parse_reply(raw)
-            if reply is None:
-                continue
-            for fut in self._waiters.get(reply.task_id, ()):
-                if not fut.done():
-                    fut.set_result(reply)
+            if reply is not None:
+                self._deliver_reply(reply)
 
-    async def wait_reply(self, task_id: str, timeout: float) -> ReplyMessage | None:
-        futures = self._waiters.get(task_id)
-        fut = futures[-1] if futures else asyncio.get_running_loop().create_future()
+    async def wait_reply(
+        self, task_id: str, waiter: ReplyWaiter, timeout: float
+    ) -> ReplyMessage | None:
         deadline = time.monotonic() + timeout
         poll = _FIRST_POLL
-        try:
-            while True:
-                left = deadline - time.monotonic()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    return await asyncio.wait_for(asyncio.shield(fut), max(0.0, min(poll, left)))
-                # The reply may have been lost (reconnect): the durable record is the truth.
-                record = await self.get_request(task_id)
-                if record is not None and record.outcome in ("aborted", "finished"):
-                    return ReplyMessage(task_id, record.outcome, record.worker or "")
-                if deadline - time.monotonic() <= 0:
-                    return None
-                poll = min(poll * 2, 5.0)
-        finally:
-            if futures is not None:
-                with contextlib.suppress(ValueError):
-                    futures.remove(fut)
-                if not futures:
-                    self._waiters.pop(task_id, None)
+        while True:
+            left = deadline - time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, min(poll, left)))
+            # The reply may have been lost (reconnect): the durable record is the truth.
+            record = await self.get_request(task_id)
+            if record is not None and record.outcome in ("aborted", "finished"):
+                return ReplyMessage(task_id, record.outcome, record.worker or "")
+            if deadline - time.monotonic() <= 0:
+                return None
+            poll = min(poll * 2, 5.0)
 
     async def set_outcome(self, task_id: str, outcome: str) -> None:
         await self._call(
@@ -404,8 +390,7 @@ class RedisAbortBackend(AbortBackend):
             task.cancel()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 1.0)
-        for tid in list(self._waiters):
-            self.discard_reply(tid)
+        self._cancel_waiters()
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(self._cmd.aclose(), 1.0)
 
