@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import pty
@@ -16,6 +17,8 @@ import redis
 from taskiq.task import AsyncTaskiqTask
 
 from taskiq_abort import TaskAbortedError
+from taskiq_abort.backends.base import RunningEntry, WorkerInfo
+from taskiq_abort.cli import fmt
 from taskiq_abort.testing import free_port
 from tests.app import make_broker
 from tests.conftest import ROOT, Events
@@ -211,7 +214,7 @@ async def test_ls_and_status(client, worker_factory, events: Events, conn) -> No
         sleepers[1]: ("sleeper", "-"),
         grouped: ("group_sleeper", "-"),
     }
-    assert out[-1] == "3 running tasks on 1 of 1 live worker"
+    assert out[-1] == "3 running tasks, 1 live worker"
 
     only = json_lines(cli(*conn, "ls", "--json", "--name", "group_sleeper").stdout)
     assert [(r["task_id"], r["task_name"], r["worker"]) for r in only] == [
@@ -434,3 +437,26 @@ async def test_broker_from_current_directory(client, worker_factory, events, app
 
     assert proc.returncode == 0, proc.stderr
     assert [r["task_id"] for r in json_lines(proc.stdout)] == [task_id]
+
+
+# --- rendering, in-process --------------------------------------------------------------
+def test_fmt_doctests() -> None:
+    failures, _ = doctest.testmod(fmt)
+    assert failures == 0
+
+
+def test_ls_fits_80_columns_with_long_names() -> None:
+    now = 1_000_000.0
+    worker = WorkerInfo("somehost-123-abcdef", "somehost", 123, now - 90_000)
+    entries = [
+        RunningEntry(uuid.uuid4().hex, "reports.generate_quarterly_pdf_for_every_customer", "r", 0),
+        RunningEntry(uuid.uuid4().hex, "x", "r", now - 5),
+    ]
+    rows = [fmt.Row(entries[0], worker, None), fmt.Row(entries[1], worker, None)]
+
+    lines = fmt.ls_lines([worker], rows, now, show_idle=True)
+
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    assert "reports.generate_quar…" in lines[2]
+    assert lines[2].split()[-2:] == ["11d13h", "-"]
+    assert lines[0] == "worker somehost-123-abcdef  somehost pid 123  up 1d01h  2 tasks"

@@ -146,6 +146,7 @@ async def list_running(
 ) -> int:
     rows, workers = await _running_rows(conn)
     now = time.time()
+    workers.sort(key=lambda w: (w.host, w.started, w.worker_id))  # a stable order across calls
     if worker is not None:
         workers = [w for w in workers if w.worker_id.startswith(worker)]
     wanted = {w.worker_id for w in workers}
@@ -164,12 +165,10 @@ async def list_running(
         return 0
     for line in fmt.ls_lines(workers, rows, now, show_idle=name is None):
         out(line)
-    shown = {r.worker.worker_id for r in rows}
-    if rows:
-        out()
+    out()
     out(
         f"{len(rows)} running task{'' if len(rows) == 1 else 's'}"
-        f"{'' if name is None else f' named {name!r}'} on {len(shown)} of "
+        f"{'' if name is None else f' named {name!r}'}, "
         f"{len(workers)} live worker{'' if len(workers) == 1 else 's'}"
     )
     return 0
