@@ -65,8 +65,10 @@ def own_server(extra: list[str] | None = None) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def client_broker(url: str, prefix: str, **kwargs: Any) -> AsyncIterator[AsyncBroker]:
-    broker = make_broker(url, prefix, **kwargs)
+async def client_broker(
+    url: str, prefix: str, kind: str = "stream", **kwargs: Any
+) -> AsyncIterator[AsyncBroker]:
+    broker = make_broker(url, prefix, kind, **kwargs)
     await broker.startup()
     try:
         yield broker
@@ -111,5 +113,8 @@ def spawn(url: str, prefix: str, *, ready: bool = True, **kwargs: Any) -> Iterat
     try:
         worker.start(wait=ready)
         yield worker
+    except BaseException:
+        print(f"--- {worker.log} ---\n{worker_log(worker)[-4000:]}")  # shown when a test fails
+        raise
     finally:
         worker.stop()
