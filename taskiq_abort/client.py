@@ -51,12 +51,14 @@ async def abort_task(
     started = time.perf_counter()
 
     def done(status: AbortStatus, worker: str | None = None) -> AbortOutcome:
-        return AbortOutcome(task_id, status, worker, reason, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        return AbortOutcome(task_id, status, worker, reason, elapsed)
 
     # Listen before we publish, or a fast reply could slip past us.
     waiter = await backend.prepare_reply(task_id) if wait else None
     try:
         found = await backend.request(task_id, reason, _BY)
+        reason = found.reason  # the first request's reason stands, as in TaskAbortedError
         if found.outcome in ("aborted", "revoked"):  # aborting twice is harmless
             record = await backend.get_request(task_id)
             return done(AbortStatus(found.outcome), record.worker if record else None)

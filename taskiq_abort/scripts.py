@@ -101,7 +101,8 @@ return 1
 # Durable before fast: record the request, then find its holder, then broadcast.
 # KEYS: request hash, workers zset
 # ARGV: task_id, has_reason, reason, ttl_ms, requested_by, tasks_prefix, channel, payload
-# Returns {holder or false, holder's entry or false, outcome so far or false, receivers}.
+# Returns {holder or false, holder's entry or false, outcome so far or false, receivers,
+# the stored reason or false} (the first request's reason stands).
 REQUEST = (
     _NOW
     + """
@@ -118,15 +119,18 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
   if v then holder, entry = wid, v; break end
 end
 local receivers = redis.call('PUBLISH', ARGV[7], ARGV[8])
-return {holder, entry, outcome, receivers}
+return {holder, entry, outcome, receivers, redis.call('HGET', KEYS[1], 'reason')}
 """
 )
 
-# Record how an abort ended (if the request still exists), then tell the aborters.
+# Record how an abort ended (if the request still exists and no outcome was recorded yet: the
+# first word stands), then tell the aborters.
 # KEYS: request hash; ARGV: outcome, worker_id, channel, payload (payload '' = no publish)
 CONFIRM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'outcome', ARGV[1], 'worker', ARGV[2])
+  if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
+    redis.call('HSET', KEYS[1], 'worker', ARGV[2])
+  end
 end
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return 1

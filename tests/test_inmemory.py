@@ -302,3 +302,13 @@ async def test_concurrent_aborts_of_one_task(setup) -> None:
     await probe.started.wait()
     outcomes = await asyncio.gather(*(task.abort() for _ in range(3)))
     assert [o.status for o in outcomes] == [AbortStatus.ABORTED] * 3
+
+
+async def test_a_second_abort_reports_the_stored_reason(setup) -> None:
+    _, probe, sleeper, _, _ = setup
+    task = await sleeper.kiq()
+    await probe.started.wait()
+    assert (await task.abort(reason="first")).reason == "first"
+    second = await task.abort(reason="second")
+    assert (second.status, second.reason) == (AbortStatus.ABORTED, "first")
+    assert (await task.wait_result(timeout=5)).error.reason == "first"

@@ -25,7 +25,6 @@ class RunningEntry:
     run_id: str
     started: float
     worker: str = ""
-    abort_requested: bool = False
 
     def encode(self) -> str:
         return f"{self.run_id} " + json.dumps(
@@ -62,6 +61,8 @@ class RequestResult:
     outcome: str | None
     """An outcome already recorded for this id by an earlier abort ("aborted", "revoked"...)."""
     receivers: int
+    reason: str | None = None
+    """The stored reason: the first request's, when the task was aborted before."""
 
 
 @dataclass(frozen=True)

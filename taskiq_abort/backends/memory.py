@@ -137,11 +137,12 @@ class MemoryAbortBackend(AbortBackend):
             entry=holder[1] if holder else None,
             outcome=record.outcome,
             receivers=len(self._handlers),
+            reason=record.reason,
         )
 
     async def set_outcome(self, task_id: str, outcome: str, worker_id: str = "") -> None:
         item = self._requests.get(task_id)
-        if item is not None:
+        if item is not None and item[1].outcome is None:  # the first word stands
             expires, record = item
             updated = RequestRecord(
                 record.task_id,

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from redis import exceptions as rexc
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
@@ -96,13 +97,19 @@ class RedisAbortBackend(AbortBackend):
         self.malformed_messages = 0
         """Control messages received that were not valid; they are dropped."""
         self._kwargs = connection_kwargs
-        self._cmd = Redis.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
-            **connection_kwargs,
+        # A blocking pool: a burst of concurrent aborts (or of a worker's confirmations) waits
+        # for a free connection instead of failing with "Too many connections" once redis-py's
+        # 100 are in use, which would read as "Redis unreachable".
+        pool_kwargs: dict[str, Any] = {"max_connections": 100, "timeout": 10 * timeout}
+        self._cmd = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                url,
+                decode_responses=True,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
+                **{**pool_kwargs, **connection_kwargs},
+            )
         )
         self._sync = self._cmd.register_script(scripts.SYNC)
         self._register = self._cmd.register_script(scripts.REGISTER)
@@ -147,8 +154,8 @@ class RedisAbortBackend(AbortBackend):
             raise
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise AbortBackendUnavailableError(
-                f"cannot reach Redis at {safe_url(self.url)} for {what}: {exc}. "
-                "Check the URL and that Redis is running."
+                f"cannot reach Redis at {safe_url(self.url)} for {what}: "
+                f"{str(exc).rstrip('.')}. Check the URL and that Redis is running."
             ) from exc
 
     # --- worker side -----------------------------------------------------------------
@@ -281,7 +288,7 @@ class RedisAbortBackend(AbortBackend):
             self.keys.control,
             payload,
         ]
-        holder, entry, outcome, receivers = await self._call(
+        holder, entry, outcome, receivers, stored_reason = await self._call(
             f"recording the abort of task {task_id}",
             self._request([self.keys.request(task_id), self.keys.workers], args),
         )
@@ -290,6 +297,7 @@ class RedisAbortBackend(AbortBackend):
             entry=RunningEntry.decode(task_id, entry, holder) if holder and entry else None,
             outcome=outcome or None,
             receivers=int(receivers),
+            reason=stored_reason or None,
         )
 
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
@@ -328,8 +336,10 @@ class RedisAbortBackend(AbortBackend):
                 return await asyncio.wait_for(asyncio.shield(waiter), max(0.0, min(poll, left)))
             # The reply may have been lost (reconnect): the durable record is the truth.
             record = await self.get_request(task_id)
-            if record is not None and record.outcome in ("aborted", "finished"):
-                return ReplyMessage(task_id, record.outcome, record.worker or "")
+            if record is not None and record.outcome in ("aborted", "revoked", "finished"):
+                # "revoked" here: a worker refused the attempt it had just shown as running.
+                status = "finished" if record.outcome == "finished" else "aborted"
+                return ReplyMessage(task_id, status, record.worker or "")
             if deadline - time.monotonic() <= 0:
                 return None
             poll = min(poll * 2, 5.0)
