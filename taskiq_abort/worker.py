@@ -22,6 +22,7 @@ from taskiq_abort.execution import CancelMode, RunningTask
 logger = logging.getLogger("taskiq_abort")
 
 _RECENT = 10_000  # finished ids remembered, to answer aborts that arrive just after the end
+_FINISH_DELAY = 0.05  # finishes wait this long to ride along with a start batch (one call)
 
 
 def make_worker_id() -> str:
@@ -52,6 +53,7 @@ class WorkerSide:
         self._starts: list[tuple[RunningTask, asyncio.Future[None]]] = []
         self._finishes: list[RunningEntry] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._finish_timer: asyncio.TimerHandle | None = None
         self._lock = asyncio.Lock()  # registry writes happen in order, one at a time
         self._dirty = True  # the registry in Redis may not match ours: rewrite it
         self._outage = False
@@ -74,6 +76,8 @@ class WorkerSide:
             await asyncio.wait_for(self._ready.wait(), ready_timeout)
 
     async def stop(self, timeout: float = 2.0) -> None:
+        if self._finish_timer is not None:
+            self._finish_timer.cancel()
         tasks = [*self._tasks, *self._confirms]
         if self._flusher is not None:
             tasks.append(self._flusher)
@@ -109,8 +113,10 @@ class WorkerSide:
         while len(self.recent) > _RECENT:
             self.recent.popitem(last=False)
         if run.registered:
+            # Not urgent (`recent` answers aborts of it meanwhile): ride along with the next
+            # start batch, or go on their own shortly; a busy worker pays one call, not two.
             self._finishes.append(run.entry)
-            self._schedule()
+            self._arm_finish_timer()
         # Also for an attempt revoked at its start: a resync may have shown it as running to an
         # aborter now waiting for us (an aborter that saw no holder takes this as revoked).
         return run.abort_requested
@@ -134,12 +140,26 @@ class WorkerSide:
             task.add_done_callback(self._confirms.discard)
 
     # --- registry --------------------------------------------------------------------
+    def _flush_finishes(self) -> None:
+        self._finish_timer = None
+        if self._finishes:
+            self._schedule()
+
+    def _arm_finish_timer(self) -> None:
+        if self._finish_timer is None:
+            self._finish_timer = asyncio.get_running_loop().call_later(
+                _FINISH_DELAY, self._flush_finishes
+            )
+
     def _schedule(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        while self._starts or self._finishes:
+        first = True
+        # Pending finishes join every start batch; on their own they go when their timer fires.
+        while self._starts or (first and self._finishes):
+            first = False
             async with self._lock:
                 starts, self._starts = self._starts, []
                 finishes, self._finishes = self._finishes, []
@@ -166,6 +186,8 @@ class WorkerSide:
                 if not alive:  # our registration is gone (Redis restarted?): rewrite it now
                     self._dirty = True
                     self._wake.set()
+        if self._finishes:  # ended while we were busy (their timer may have found us so)
+            self._arm_finish_timer()
 
     async def _register_all(self) -> None:
         """Rewrite our whole registration; apply requests for anything we hold. Lock held."""
