@@ -199,7 +199,10 @@ class AbortMiddleware(TaskiqMiddleware):
         if run is None or self.worker is None:
             return
         if isinstance(result.error, NoResultError):  # nothing will be saved: end it here
-            self.worker.finish(run, "finished")
+            # Not "finished": a retry middleware reports a failed attempt this way while it
+            # kicks the next one (same id). An aborter told "finished" would drop its request
+            # and the retry would run; "unknown" makes it revoke the id instead.
+            self.worker.finish(run, "unknown")
         elif not self._inplace:
             # post_save is skipped when storing the result fails: don't leave a ghost.
             task = asyncio.current_task()

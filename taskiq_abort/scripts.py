@@ -126,8 +126,10 @@ return {holder, entry, outcome, receivers, redis.call('HGET', KEYS[1], 'reason')
 # Record how an abort ended (if the request still exists and no outcome was recorded yet: the
 # first word stands), then tell the aborters.
 # KEYS: request hash; ARGV: outcome, worker_id, channel, payload (payload '' = no publish)
+# 'unknown' (the attempt ended without a result, e.g. a retry is coming) only replies: it is not
+# how the abort ended, and the first outcome recorded is the one that stands.
 CONFIRM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if ARGV[1] ~= 'unknown' and redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
     redis.call('HSET', KEYS[1], 'worker', ARGV[2])
   end

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,8 +66,8 @@ def make_broker(
     inner: AsyncBroker
     if kind == "stream":
         stream_kw: dict[str, Any] = {}
-        if idle_timeout_ms is not None:
-            stream_kw["idle_timeout"] = idle_timeout_ms
+        if idle_timeout_ms is not None:  # and don't let a killed worker keep the claim lock
+            stream_kw.update(idle_timeout=idle_timeout_ms, unacknowledged_lock_timeout=2.0)
         inner = RedisStreamBroker(
             url, queue_name=queue, consumer_group_name=f"{prefix}:group", **stream_kw
         )
@@ -190,7 +191,7 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
         await asyncio.sleep(seconds)  # no events: 10,000 of these run at once in the load test
         return "idled"
 
-    @broker.task(task_name="chaos")
+    @broker.task(task_name="chaos", retry_on_error=True, max_retries=3)
     async def chaos(seconds: float, fail_times: int, context: Context = TaskiqDepends()) -> str:
         attempt = int(context.message.labels.get("_retries", 0))
         await emit(context, f"started-{attempt}")
@@ -209,10 +210,11 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
 
         mw = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
         side = mw.worker
+        gc.collect()
         with open("/proc/self/statm") as statm:
             rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        gc.collect()
         return {
+            "blocks": sys.getallocatedblocks(),  # live Python objects; RSS keeps freed arenas
             "running": sorted(side.running) if side else None,
             "recent": len(side.recent) if side else None,
             "pending_starts": len(side._starts) if side else None,

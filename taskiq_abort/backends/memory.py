@@ -108,7 +108,8 @@ class MemoryAbortBackend(AbortBackend):
         self._workers.pop(worker_id, None)
 
     async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
-        await self.set_outcome(task_id, outcome, worker_id)
+        if outcome != "unknown":  # "unknown" only replies (see scripts.CONFIRM)
+            await self.set_outcome(task_id, outcome, worker_id)
         self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
 
     async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
