@@ -22,6 +22,7 @@ from taskiq_abort.execution import CancelMode, RunningTask
 logger = logging.getLogger("taskiq_abort")
 
 _RECENT = 10_000  # finished ids remembered, to answer aborts that arrive just after the end
+_MIN_INTERVAL = 0.005  # seconds between two registry calls of a busy worker
 _FINISH_DELAY = 0.05  # finishes wait this long to ride along with a start batch (one call)
 
 
@@ -54,6 +55,7 @@ class WorkerSide:
         self._finishes: list[RunningEntry] = []
         self._flusher: asyncio.Task[None] | None = None
         self._finish_timer: asyncio.TimerHandle | None = None
+        self._last_sync = float("-inf")
         self._lock = asyncio.Lock()  # registry writes happen in order, one at a time
         self._dirty = True  # the registry in Redis may not match ours: rewrite it
         self._outage = False
@@ -134,7 +136,9 @@ class WorkerSide:
             run.request_abort(reason)
             return  # confirmed when the attempt ends, after its result is stored
         outcome = self.recent.get(task_id)
-        if outcome is not None:  # it ended here a moment ago: say so, don't leave them waiting
+        # It ended here a moment ago: say so, don't leave them waiting. Unless it ended without
+        # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
+        if outcome is not None and outcome != "unknown":
             task = asyncio.get_running_loop().create_task(self.confirm(task_id, outcome))
             self._confirms.add(task)
             task.add_done_callback(self._confirms.discard)
@@ -156,10 +160,18 @@ class WorkerSide:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
         first = True
         # Pending finishes join every start batch; on their own they go when their timer fires.
         while self._starts or (first and self._finishes):
             first = False
+            # Under load, at most one call per _MIN_INTERVAL: starts arriving meanwhile join the
+            # next batch, so the bookkeeping CPU stays bounded however fast tasks come. An idle
+            # worker's first start goes at once.
+            wait = self._last_sync + _MIN_INTERVAL - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last_sync = loop.time()
             async with self._lock:
                 starts, self._starts = self._starts, []
                 finishes, self._finishes = self._finishes, []
