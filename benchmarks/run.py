@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -784,6 +785,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     samples = results["latency"]["samples_ms"]
@@ -797,6 +799,13 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ys = [(i + 1) / len(xs) for i in range(len(xs))]
         ax.step(xs, ys, where="post", label=f"{label} (p50 {percentile(xs, 50):.2f} ms)")
     ax.set_xscale("log")
+    ticks = [
+        t
+        for t in (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50)
+        if t <= max(max(v) for v in samples.values()) * 2
+    ]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("latency (ms, log scale)")
     ax.set_ylabel("fraction of aborts")
     ax.set_title(f"taskiq-abort: abort latency CDF, {len(samples['to_finally'])} aborts")
@@ -858,8 +867,16 @@ def main(argv: list[str] | None = None) -> int:
         "holds at most 100 connections per client)",
     )
     parser.add_argument("--url", help="use this Redis instead of starting one (not 6379!)")
+    parser.add_argument("--tp-tasks", type=int, help="override: tasks per throughput run")
+    parser.add_argument("--tp-rounds", type=int, help="override: throughput rounds")
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or ("quick" if args.quick else "full")]
+    if args.tp_tasks or args.tp_rounds:
+        profile = dataclasses.replace(
+            profile,
+            tp_tasks=args.tp_tasks or profile.tp_tasks,
+            tp_rounds=args.tp_rounds or profile.tp_rounds,
+        )
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
