@@ -659,6 +659,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_commit() -> str:
+    """The commit measured (``BENCH_COMMIT`` when run from an exported tree)."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+    out = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "taskiq_abort", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return (out.stdout.strip() or "?") + (" (with uncommitted changes)" if dirty else "")
+
+
 def load_snapshot() -> dict[str, Any]:
     top = subprocess.run(
         ["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
@@ -899,6 +916,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date,
         "profile": asdict(profile),
         "command": " ".join(["python3 -m benchmarks", *(argv or sys.argv[1:])]),
+        "commit": git_commit(),
         "machine": {**machine(), "redis_server": server_version},
         "load_before": load_before,
         "load_after": load_snapshot(),
@@ -915,5 +933,6 @@ def main(argv: list[str] | None = None) -> int:
         f"load before {load_before['loadavg']}, after {report['load_after']['loadavg']}, "
         f"{report['duration_s']} s"
     )
+    print(f"commit {report['commit']}")
     print(f"JSON: {json_path}" + (f"; plot: {stem}-latency-cdf.png" if plotted else ""))
     return 0
