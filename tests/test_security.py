@@ -1,0 +1,150 @@
+"""Security (issue 4): the minimal ACL rules of docs/acl.md work, missing rights give a clear
+``AbortPermissionError`` fast, passwords never reach logs or error messages.
+
+Each test starts its own redis-server, so ACL users never leak into the session server.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from taskiq_abort import (
+    AbortBackendUnavailableError,
+    AbortMiddleware,
+    AbortPermissionError,
+    AbortStatus,
+    TaskAbortedError,
+)
+from tests.conftest import Events
+from tests.faultkit import apoll, client_broker, held, own_server, spawn, wait_log, worker_log
+
+pytestmark = pytest.mark.anyio
+
+PASSWORD = "s3cr3t-Pa55-do-not-log"
+
+# Exactly the rules of docs/acl.md, with the prefix filled in (keep the two in step).
+WORKER_RULES = (
+    "on >{pw} resetkeys resetchannels ~{p}:* &{p}:control &{p}:control:reply -@all "
+    "+hello +auth +ping +evalsha +eval +script|load "
+    "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +time "
+    "+zadd +zrem +zrangebyscore +zremrangebyscore +multi +exec +publish +subscribe +unsubscribe"
+)
+ABORTER_RULES = (
+    "on >{pw} resetkeys resetchannels ~{p}:req:* ~{p}:workers %R~{p}:worker:* %R~{p}:tasks:* "
+    "&{p}:control &{p}:control:reply -@all "
+    "+hello +auth +ping +evalsha +eval +script|load "
+    "+exists +hget +hgetall +hset +hsetnx +del +pexpire +time +zrangebyscore "
+    "+publish +subscribe +unsubscribe"
+)
+
+
+def _setuser(server, name: str, rules: str, prefix: str) -> str:
+    client = server.client()
+    try:
+        client.execute_command("ACL", "SETUSER", name, *rules.format(pw=PASSWORD, p=prefix).split())
+    finally:
+        client.close()
+    return f"redis://{name}:{PASSWORD}@127.0.0.1:{server.port}/0"
+
+
+async def test_minimal_acl_worker_and_aborter(redis_url, prefix, events: Events) -> None:
+    """A worker and an aborter holding only the documented rights abort a running task."""
+    with own_server() as plane:
+        worker_url = _setuser(plane, "abort-worker", WORKER_RULES, prefix)
+        aborter_url = _setuser(plane, "abort-client", ABORTER_RULES, prefix)
+        env = {"TASKIQ_ABORT_TEST_ABORT_URL": worker_url}
+        with spawn(redis_url, prefix, ready=False, env=env) as worker:
+            async with client_broker(redis_url, prefix, abort_url=aborter_url) as client:
+                task = await client.find_task("sleeper").kiq(60)
+                events.wait(task.task_id, "started")
+                await apoll(lambda: _holds(client, task.task_id), 30, "the task registered")
+                outcome = await task.abort(reason="acl", timeout=10)
+                assert outcome.status is AbortStatus.ABORTED
+                events.wait(task.task_id, "finally")
+                result = await task.wait_result(timeout=10)
+                assert isinstance(result.error, TaskAbortedError)
+                queued = await client.find_task("quick").kicker().with_task_id("q-acl").kiq(1)
+                assert (await abort_id(client, queued.task_id)).status in (
+                    AbortStatus.REVOKED,
+                    AbortStatus.FINISHED,
+                )
+            log = worker_log(worker)
+            assert "NOPERM" not in log and "refused" not in log, log[-3000:]
+            assert PASSWORD not in log
+
+
+async def abort_id(client, task_id: str):
+    from taskiq_abort import abort
+
+    return await abort(client, task_id, timeout=5)
+
+
+async def _holds(client, task_id: str) -> bool:
+    return task_id in await held(client)
+
+
+async def test_aborter_without_rights_gets_clear_error_fast(redis_url, prefix) -> None:
+    with own_server() as plane:
+        # A user of another app: all commands, but only that app's keys and channels.
+        url = _setuser(plane, "other-app", "on >{pw} ~otherapp:* &otherapp:* +@all", prefix)
+        async with client_broker(redis_url, prefix, abort_url=url) as client:
+            task = await client.find_task("quick").kiq(1)
+            started = time.monotonic()
+            with pytest.raises(AbortPermissionError) as info:
+                await task.abort(timeout=5)
+            assert time.monotonic() - started < 10  # not a hang, not a retry loop
+            message = str(info.value)
+            assert f"{prefix}:" in message  # says which keys to grant
+            assert PASSWORD not in message and PASSWORD not in repr(info.value)
+
+
+async def test_worker_without_rights_keeps_running_and_says_why(redis_url, prefix) -> None:
+    with own_server() as plane:
+        url = _setuser(plane, "other-app", "on >{pw} ~otherapp:* &otherapp:* +@all", prefix)
+        env = {"TASKIQ_ABORT_TEST_ABORT_URL": url}
+        with spawn(redis_url, prefix, ready=False, env=env) as worker:
+            async with client_broker(redis_url, prefix) as client:
+                task = await client.find_task("quick").kiq(3)  # fail open: it still runs
+                assert (await task.wait_result(timeout=30)).return_value == 6
+            log = wait_log(worker, "abort registry unavailable")
+            assert "refused" in log or "NOPERM" in log, log[-3000:]
+            assert PASSWORD not in log
+
+
+async def test_password_never_logged_during_outages(redis_url, prefix) -> None:
+    """Worker logs of lost connections and failed registry calls mask the password."""
+    with own_server() as plane:
+        url = _setuser(plane, "app", "on >{pw} ~* &* +@all", prefix)
+        env = {"TASKIQ_ABORT_TEST_ABORT_URL": url}
+        with spawn(redis_url, prefix, ready=False, env=env) as worker:
+            async with client_broker(redis_url, prefix, abort_url=url) as client:
+                await apoll(lambda: _any_worker(client), 30, "the worker to register")
+                plane.stop()
+                task = await client.find_task("quick").kiq(2)
+                assert (await task.wait_result(timeout=30)).return_value == 4
+                wait_log(worker, "abort registry unavailable")
+                log = wait_log(worker, "lost the control channel")
+                assert PASSWORD not in log
+                assert "***" in log
+                with pytest.raises(AbortBackendUnavailableError) as info:
+                    await task.abort(timeout=2)
+                assert PASSWORD not in str(info.value) and PASSWORD not in repr(info.value)
+                cause = info.value.__cause__
+                assert cause is None or PASSWORD not in str(cause)
+
+
+async def _any_worker(client) -> bool:
+    from taskiq_abort import find_middleware
+
+    return bool(await find_middleware(client).backend.workers())
+
+
+def test_tls_url_and_password_pass_through_to_redis_py() -> None:
+    mw = AbortMiddleware(f"rediss://user:{PASSWORD}@db.example:6380/0", prefix="app")
+    assert PASSWORD not in repr(mw) and "***" in repr(mw)
+    pool = mw.backend._cmd.connection_pool  # type: ignore[attr-defined]
+    assert pool.connection_class.__name__ == "SSLConnection"  # rediss:// speaks TLS
+    assert pool.connection_kwargs["password"] == PASSWORD
+    assert pool.connection_kwargs["username"] == "user"
