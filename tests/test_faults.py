@@ -366,3 +366,51 @@ async def test_prefixes_isolate_apps(redis_url, rclient, prefix, worker_factory)
         finally:
             worker_b.stop()
     assert worker_a.proc is not None
+
+
+# --- cleanup after an abort: edge (default) vs level cancellation --------------------------
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("edge", ["plain await in finally completed"]),
+        ("level", ["plain await in finally cancelled", "shielded await completed"]),
+    ],
+)
+async def test_awaits_in_finally_after_abort(mode: str, expected: list[str]) -> None:
+    """docs/guarantees.md: by default async clean-up in ``finally`` runs as after
+    ``Task.cancel()``; with ``cancel_mode="level"`` every await in the scope is cancelled, so
+    clean-up must use ``shield()``."""
+    import asyncio
+
+    from taskiq import InMemoryBroker
+
+    from taskiq_abort import AbortMiddleware, shield
+
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(cancel_mode=mode))
+    started, log = asyncio.Event(), []
+
+    @broker.task
+    async def cleans_up() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            try:
+                await asyncio.sleep(0.01)
+                log.append("plain await in finally completed")
+            except asyncio.CancelledError:
+                log.append("plain await in finally cancelled")
+                async with shield():
+                    await asyncio.sleep(0.01)
+                    log.append("shielded await completed")
+                raise
+
+    await broker.startup()
+    try:
+        task = await cleans_up.kiq()
+        await started.wait()
+        assert (await task.abort(timeout=5)).status is AbortStatus.ABORTED
+        assert isinstance((await task.wait_result(timeout=5)).error, TaskAbortedError)
+        assert log == expected
+    finally:
+        await broker.shutdown()
