@@ -55,8 +55,9 @@ def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
     state: dict[str, Any] = {"client": None, "pending": set()}
 
     def client() -> aredis.Redis:
-        if state["client"] is None:
-            state["client"] = aredis.Redis.from_url(url)
+        if state["client"] is None:  # thousands of tasks start at once: wait for a connection
+            pool = aredis.BlockingConnectionPool.from_url(url, max_connections=50, timeout=60)
+            state["client"] = aredis.Redis(connection_pool=pool)
         return state["client"]  # type: ignore[no-any-return]
 
     def report_later(task_id: str, event: str, stamp: float) -> None:
