@@ -54,8 +54,9 @@ async def apoll(
 @contextlib.contextmanager
 def own_server(extra: list[str] | None = None) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which it may stop, kill, pause or restart."""
-    server = RedisServer(extra=extra).start()
+    server = RedisServer(extra=extra)
     try:
+        server.start()  # inside the try: a server that fails its start-up check is still stopped
         yield server
     finally:
         if server.proc is not None:  # a SIGSTOPped server ignores SIGTERM until continued
