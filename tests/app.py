@@ -72,7 +72,9 @@ def make_broker(
             url, queue_name=queue, consumer_group_name=f"{prefix}:group", **stream_kw
         )
     elif kind == "list":
-        inner = ListQueueBroker(url, queue_name=queue)
+        # socket_timeout=None: its BRPOP blocks without a timeout, which redis-py 8's default
+        # 5 s socket timeout would turn into a worker crash and restart every 5 s when idle.
+        inner = ListQueueBroker(url, queue_name=queue, socket_timeout=None)
     else:
         raise ValueError(kind)
     abort_mw = AbortMiddleware(

@@ -107,7 +107,9 @@ class RedisAbortBackend(AbortBackend):
                 decode_responses=True,
                 socket_connect_timeout=timeout,
                 socket_timeout=timeout,
-                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2),
+                # Retry a dropped connection, not a timeout: a hung Redis must fail abort()
+                # after one ``timeout``, not three.
+                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2, (rexc.ConnectionError,)),
                 **{**pool_kwargs, **connection_kwargs},
             )
         )
