@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
+import itertools
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 import anyio
@@ -38,6 +38,7 @@ MESSAGE_ATTR = "_taskiq_abort_run"
 current_run: ContextVar[RunningTask | None] = ContextVar("taskiq_abort_run", default=None)
 _WRAPPED = "__taskiq_abort_wrapped__"
 _CANCEL_MSG = "aborted by taskiq-abort"
+_run_ids = itertools.count(1)
 
 
 class RunningTask:
@@ -47,10 +48,12 @@ class RunningTask:
         "_async_event",
         "_event",
         "abort_requested",
+        "context",
         "delivered",
         "done",
         "entered",
         "entry",
+        "executed",
         "host",
         "mode",
         "reason",
@@ -59,12 +62,14 @@ class RunningTask:
         "revoked",
         "scope",
         "shields",
+        "stale",
     )
 
     def __init__(
         self, task_id: str, task_name: str, worker_id: str, mode: CancelMode = "edge"
     ) -> None:
-        self.entry = RunningEntry(task_id, task_name, uuid.uuid4().hex[:12], time.time(), worker_id)
+        run_id = f"{next(_run_ids):x}"  # unique within this worker, which is all it needs
+        self.entry = RunningEntry(task_id, task_name, run_id, time.time(), worker_id)
         self.mode = mode
         self.host: asyncio.Task[Any] | None = None  # the task running the body, while it runs
         self.scope: anyio.CancelScope | None = None  # level mode only
@@ -76,7 +81,10 @@ class RunningTask:
         self.reason: str | None = None
         self.entered = False
         self.registered = False
+        self.executed = False  # post_execute ran: only storing the result is left
+        self.stale = False  # seen executed by a sweep: finished if the next sweep sees it too
         self.done = False
+        self.context: Token[RunningTask | None] | None = None  # to reset ``current_run``
         self._event: threading.Event | None = None
         self._async_event: asyncio.Event | None = None
 

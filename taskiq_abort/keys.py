@@ -57,5 +57,5 @@ class KeySpace:
         return f"{self.prefix}:tasks:"
 
     def tasks(self, worker_id: str) -> str:
-        """HASH: task id -> "<run id> <json>" per task the worker runs; expires with the lease."""
+        """HASH: task id -> "<run id> <started> <name>" per running task; expires with the lease."""
         return self.tasks_prefix + worker_id

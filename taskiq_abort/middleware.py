@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from contextvars import Token
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -31,7 +30,6 @@ from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
-_CTX_TOKEN = "_taskiq_abort_ctx"
 _RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
 
 
@@ -97,7 +95,7 @@ class AbortMiddleware(TaskiqMiddleware):
         self.cancel_mode: CancelMode = cancel_mode
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
-        self._inplace = False
+        self._wrapped: set[str] = set()
 
     def __repr__(self) -> str:
         return f"AbortMiddleware({self.backend!r})"
@@ -126,7 +124,6 @@ class AbortMiddleware(TaskiqMiddleware):
     def set_broker(self, broker: AsyncBroker) -> None:
         super().set_broker(broker)
         install_abortable_handles(broker)
-        self._inplace = isinstance(broker, InMemoryBroker) and broker.await_inplace
 
     def _is_worker(self) -> bool:
         return self.broker is not None and (
@@ -152,8 +149,8 @@ class AbortMiddleware(TaskiqMiddleware):
             if self.worker is None:
                 assert self.broker is not None
                 self._run_after_retry_middlewares(self.broker)
-                for task in self.broker.get_all_tasks().values():
-                    task.original_func = wrap_task_function(task.original_func)
+                for name in self.broker.get_all_tasks():
+                    self._wrap(name)
                 install_log_filter()
                 worker = WorkerSide(
                     self.backend, fail_closed=self.fail_closed, cancel_mode=self.cancel_mode
@@ -175,14 +172,19 @@ class AbortMiddleware(TaskiqMiddleware):
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         worker = self.worker or await self._ensure_worker()
-        task = self.broker.find_task(message.task_name) if self.broker else None
-        if task is not None:  # tasks registered after start-up
-            task.original_func = wrap_task_function(task.original_func)
+        if message.task_name not in self._wrapped:  # a task registered after start-up
+            self._wrap(message.task_name)
         run = worker.begin(message.task_id, message.task_name)
         object.__setattr__(message, MESSAGE_ATTR, run)
-        object.__setattr__(message, _CTX_TOKEN, current_run.set(run))
+        run.context = current_run.set(run)
         await worker.admit(run)
         return message
+
+    def _wrap(self, task_name: str) -> None:
+        task = self.broker.find_task(task_name) if self.broker else None
+        if task is not None:
+            task.original_func = wrap_task_function(task.original_func)
+            self._wrapped.add(task_name)
 
     def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
@@ -191,27 +193,20 @@ class AbortMiddleware(TaskiqMiddleware):
             message.labels["retry_on_error"] = False  # never retry an aborted task
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        token: Token[RunningTask | None] | None = getattr(message, _CTX_TOKEN, None)
-        if token is not None:
-            with contextlib.suppress(ValueError):  # set in another context (can't happen)
-                current_run.reset(token)
         run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
         if run is None or self.worker is None:
             return
+        if run.context is not None:
+            with contextlib.suppress(ValueError):  # set in another context (can't happen)
+                current_run.reset(run.context)
+            run.context = None
         if isinstance(result.error, NoResultError):  # nothing will be saved: end it here
             # Not "finished": a retry middleware reports a failed attempt this way while it
             # kicks the next one (same id). An aborter told "finished" would drop its request
             # and the retry would run; "unknown" makes it revoke the id instead.
             self.worker.finish(run, "unknown")
-        elif not self._inplace:
-            # post_save is skipped when storing the result fails: don't leave a ghost.
-            task = asyncio.current_task()
-            if task is not None:
-                task.add_done_callback(lambda _: self._finish_quietly(run))
-
-    def _finish_quietly(self, run: RunningTask) -> None:
-        if self.worker is not None and not run.done:
-            self.worker.finish(run, "finished")
+        else:
+            run.executed = True  # post_save comes next, unless storing the result fails
 
     async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)

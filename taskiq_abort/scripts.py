@@ -40,7 +40,7 @@ local nfin = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nfin do
   local tid, run = ARGV[i], ARGV[i + 1]; i = i + 2
   local cur = redis.call('HGET', KEYS[2], tid)
-  if cur and string.sub(cur, 1, #run) == run then
+  if cur and string.sub(cur, 1, #run + 1) == run .. ' ' then
     redis.call('HDEL', KEYS[2], tid)
   end
 end

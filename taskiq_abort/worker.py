@@ -225,6 +225,7 @@ class WorkerSide:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
+            self._sweep()
             try:
                 async with self._lock:
                     if self._dirty or not await self.backend.heartbeat(self.worker_id):
@@ -232,6 +233,15 @@ class WorkerSide:
                 self._recovered()
             except Exception as exc:
                 self._unavailable(exc)
+
+    def _sweep(self) -> None:
+        """End attempts whose result taskiq never stored (``set_result`` failed, so no
+        ``post_save``): one heartbeat marks them, the next ends them, so no ghost stays."""
+        for run in [run for run in self.running.values() if run.executed]:
+            if run.stale:
+                self.finish(run, "finished")
+            else:
+                run.stale = True
 
     def _unavailable(self, exc: BaseException) -> None:
         self._dirty = True

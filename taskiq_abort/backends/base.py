@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -27,17 +26,17 @@ class RunningEntry:
     worker: str = ""
 
     def encode(self) -> str:
-        return f"{self.run_id} " + json.dumps(
-            {"name": self.task_name, "started": self.started}, separators=(",", ":")
-        )
+        # "<run id> <started> <task name>": the name goes last, so it may contain spaces.
+        # Plain text, not JSON: this runs for every task start.
+        return f"{self.run_id} {self.started:.3f} {self.task_name}"
 
     @classmethod
     def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
         run_id, _, rest = raw.partition(" ")
+        started, _, name = rest.partition(" ")
         try:
-            data = json.loads(rest)
-            return cls(task_id, str(data["name"]), run_id, float(data["started"]), worker)
-        except (ValueError, KeyError, TypeError):
+            return cls(task_id, name or "?", run_id, float(started), worker)
+        except ValueError:
             return cls(task_id, "?", run_id, 0.0, worker)
 
 
