@@ -13,6 +13,7 @@ Quick start::
 from taskiq_abort.api import abort, find_middleware
 from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
 from taskiq_abort.errors import (
+    AbortBackendError,
     AbortBackendUnavailableError,
     AbortConfigError,
     AbortPermissionError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AbortBackend",
+    "AbortBackendError",
     "AbortBackendUnavailableError",
     "AbortConfigError",
     "AbortMiddleware",

@@ -16,8 +16,6 @@ from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, 
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.protocol import clean_reason, validate_task_id
 
-_BY = f"{socket.gethostname()}:{os.getpid()}"
-
 
 def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
     """The result stored for an aborted task."""
@@ -57,10 +55,14 @@ async def abort_task(
     # Listen before we publish, or a fast reply could slip past us.
     waiter = await backend.prepare_reply(task_id) if wait else None
     try:
-        found = await backend.request(task_id, reason, _BY)
+        found = await backend.request(task_id, reason, f"{socket.gethostname()}:{os.getpid()}")
         reason = found.reason  # the first request's reason stands, as in TaskAbortedError
-        if found.outcome in ("aborted", "revoked"):  # aborting twice is harmless
+        if found.outcome in ("aborted", "revoked") or (
+            found.outcome == "finished" and found.holder is None
+        ):  # aborting twice is harmless, and says the same again
             record = await backend.get_request(task_id)
+            if found.outcome == "finished":
+                await backend.clear_request(task_id)
             return done(AbortStatus(found.outcome), record.worker if record else None)
         if found.holder is not None:
             if waiter is None:

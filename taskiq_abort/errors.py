@@ -42,9 +42,13 @@ class InvalidTaskIdError(TaskiqAbortError, ValueError):
     """A task id that cannot be a TaskIQ task id (empty, too long, control characters)."""
 
 
-class AbortBackendUnavailableError(TaskiqAbortError, ConnectionError):
+class AbortBackendError(TaskiqAbortError):
+    """The abort control plane (Redis) failed: refused, unreachable, or answered an error."""
+
+
+class AbortBackendUnavailableError(AbortBackendError, ConnectionError):
     """The abort control plane (Redis) could not be reached within the time allowed."""
 
 
-class AbortPermissionError(TaskiqAbortError, PermissionError):
+class AbortPermissionError(AbortBackendError, PermissionError):
     """Redis refused a command (ACL): the user lacks rights on the abort keys or channel."""

@@ -15,7 +15,7 @@ from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, Abort
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.client import abort_task
-from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.errors import AbortConfigError, TaskAbortedError
 from taskiq_abort.execution import (
     MESSAGE_ATTR,
     CancelMode,
@@ -110,7 +110,11 @@ class AbortMiddleware(TaskiqMiddleware):
         timeout: float | None = None,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
-        assert self.broker is not None, "AbortMiddleware is not attached to a broker"
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
+                "add it with broker.with_middlewares(middleware)"
+            )
         return await abort_task(
             self.backend,
             self.broker.result_backend,

@@ -51,7 +51,8 @@ def _task_id_problem(task_id: str) -> str | None:
     return None
 
 
-def _clean_reason(reason: object) -> str | None:
+def clean_reason(reason: object) -> str | None:
+    """Validate a user-supplied reason (``str`` or ``None``), cutting very long ones."""
     if reason is None:
         return None
     if not isinstance(reason, str):
@@ -70,6 +71,7 @@ class AbortMessage:
         return json.dumps(
             {"v": VERSION, "type": _ABORT, "task_id": self.task_id, "reason": self.reason},
             separators=(",", ":"),
+            ensure_ascii=False,  # an emoji is 4 bytes, not a 12-byte escape pair
         )
 
 
@@ -91,6 +93,7 @@ class ReplyMessage:
                 "worker": self.worker,
             },
             separators=(",", ":"),
+            ensure_ascii=False,  # an emoji is 4 bytes, not a 12-byte escape pair
         )
 
 
@@ -126,7 +129,7 @@ def parse_abort(raw: bytes | str) -> AbortMessage | None:
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         return None
-    return AbortMessage(data["task_id"], _clean_reason(reason))
+    return AbortMessage(data["task_id"], clean_reason(reason))
 
 
 def parse_reply(raw: bytes | str) -> ReplyMessage | None:
@@ -138,8 +141,3 @@ def parse_reply(raw: bytes | str) -> ReplyMessage | None:
     if status not in REPLY_STATUSES or not isinstance(worker, str):
         return None
     return ReplyMessage(data["task_id"], status, worker[:MAX_TASK_ID_LENGTH])
-
-
-def clean_reason(reason: object) -> str | None:
-    """Validate a user-supplied reason (``str`` or ``None``), truncating very long ones."""
-    return _clean_reason(reason)

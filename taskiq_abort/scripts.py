@@ -100,9 +100,9 @@ return 1
 
 # Durable before fast: record the request, then find its holder, then broadcast.
 # KEYS: request hash, workers zset
-# ARGV: task_id, has_reason, reason, ttl_ms, requested_by, tasks_prefix, channel, payload
+# ARGV: task_id, has_reason, reason, ttl_ms, requested_by, tasks_prefix, channel
 # Returns {holder or false, holder's entry or false, outcome so far or false, receivers,
-# the stored reason or false} (the first request's reason stands).
+# the stored reason or false}. The first request's reason stands, and is the one broadcast.
 REQUEST = (
     _NOW
     + """
@@ -118,8 +118,10 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
   local v = redis.call('HGET', ARGV[6] .. wid, tid)
   if v then holder, entry = wid, v; break end
 end
-local receivers = redis.call('PUBLISH', ARGV[7], ARGV[8])
-return {holder, entry, outcome, receivers, redis.call('HGET', KEYS[1], 'reason')}
+local reason = redis.call('HGET', KEYS[1], 'reason')
+local message = cjson.encode({v = 1, type = 'abort', task_id = tid, reason = reason or cjson.null})
+local receivers = redis.call('PUBLISH', ARGV[7], message)
+return {holder, entry, outcome, receivers, reason}
 """
 )
 

@@ -25,6 +25,12 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _worker_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Worker logs go to pytest's temporary directory (it keeps the last three runs)."""
+    WorkerProcess.log_dir = tmp_path_factory.mktemp("workers")
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
@@ -99,6 +105,8 @@ def events(rclient: redis.Redis, prefix: str) -> Events:
 class WorkerProcess:
     """``taskiq worker tests.app:broker`` in a subprocess; stopped by PID (SIGKILL fallback)."""
 
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp"))  # pytest's tmp dir, set per session below
+
     def __init__(
         self,
         url: str,
@@ -124,7 +132,7 @@ class WorkerProcess:
             "--shutdown-timeout", "3", *extra_args,
         ]  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"taskiq-abort-worker-{prefix}.log"
+        self.log = self.log_dir / f"worker-{prefix}-{uuid.uuid4().hex[:6]}.log"
 
     def start(self, wait: bool = True) -> WorkerProcess:
         with self.log.open("ab") as log:
@@ -144,13 +152,15 @@ class WorkerProcess:
             client.close()
 
     def child_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid if self.proc else 0)],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        return [int(pid) for pid in out.split()]
+        """The worker processes (children of ``taskiq worker``), read from /proc."""
+        parent = self.proc.pid if self.proc else 0
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # "pid (comm) state ppid ...": comm may contain spaces, so split after ')'.
+                if int(stat.read_text().rpartition(")")[2].split()[1]) == parent:
+                    children.append(int(stat.parent.name))
+        return sorted(children)
 
     def wait_ready(self, count: int | None = None, timeout: float = 30.0) -> None:
         """Wait until the workers have registered (they do that once subscribed)."""

@@ -316,3 +316,29 @@ async def test_smart_retry_middleware_does_not_retry_an_abort(
         assert rclient.xlen(f"{prefix}:queue") == 1
     finally:
         await broker.shutdown()
+
+
+async def test_a_long_non_ascii_reason_still_aborts(client, worker_factory, events) -> None:
+    worker_factory().start()
+    task = await _running(client, events, "sleeper", 60)
+    reason = "😀" * 1024  # the longest reason kept; 4 bytes a character on the wire
+    outcome = await task.abort(reason=reason)
+    assert outcome.status is AbortStatus.ABORTED
+    assert (await task.wait_result(timeout=10)).error.reason == reason
+
+
+async def test_a_read_only_replica_gives_a_clear_error(redis_server) -> None:
+    from taskiq import InMemoryBroker
+
+    from taskiq_abort import AbortBackendError
+    from taskiq_abort.testing import RedisServer
+
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(redis_server.port)]).start()
+    try:
+        broker = InMemoryBroker().with_middlewares(AbortMiddleware(replica.url))
+        with pytest.raises(AbortBackendError, match="writable Redis") as info:
+            await abort(broker, "task-on-a-replica")
+        assert "task-on-a-replica" in str(info.value)
+        await broker.middlewares[0].backend.close()
+    finally:
+        replica.cleanup()

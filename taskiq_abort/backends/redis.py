@@ -36,15 +36,20 @@ from taskiq_abort.backends.base import (
     RunningEntry,
     WorkerInfo,
 )
-from taskiq_abort.errors import AbortBackendUnavailableError, AbortPermissionError
+from taskiq_abort.errors import (
+    AbortBackendError,
+    AbortBackendUnavailableError,
+    AbortPermissionError,
+)
 from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
-from taskiq_abort.protocol import AbortMessage, ReplyMessage, parse_abort, parse_reply
+from taskiq_abort.protocol import ReplyMessage, parse_abort, parse_reply
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
 
 _REDIS_ERRORS = (rexc.RedisError, OSError)
 _FIRST_POLL = 1.0
+_SUBSCRIBE_WAIT = 0.5
 
 
 def safe_url(url: str) -> str:
@@ -139,25 +144,25 @@ class RedisAbortBackend(AbortBackend):
         )
 
     async def _call(self, what: str, op: Awaitable[_T]) -> _T:
+        where = f"Redis at {safe_url(self.url)}"
         try:
             return await op
-        except rexc.NoPermissionError as exc:
-            raise AbortPermissionError(
-                f"Redis at {safe_url(self.url)} refused {what}: {exc}. Grant this user the keys "
-                f"'{self.keys.prefix}:*' and the channels '{self.keys.control}*' "
-                "(see docs/protocol.md, 'ACL')."
-            ) from exc
-        except rexc.ResponseError as exc:
-            if "NOPERM" in str(exc) or "no permissions" in str(exc):
-                raise AbortPermissionError(
-                    f"Redis at {safe_url(self.url)} refused {what}: {exc}. Grant this user the "
-                    f"keys '{self.keys.prefix}:*' and the channels '{self.keys.control}*'."
-                ) from exc
-            raise
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
             raise AbortBackendUnavailableError(
-                f"cannot reach Redis at {safe_url(self.url)} for {what}: "
-                f"{str(exc).rstrip('.')}. Check the URL and that Redis is running."
+                f"cannot reach {where} for {what}: {str(exc).rstrip('.')}. "
+                "Check the URL and that Redis is running."
+            ) from exc
+        except rexc.RedisError as exc:
+            text = str(exc).rstrip(".")
+            if isinstance(exc, rexc.NoPermissionError) or "NOPERM" in text:
+                raise AbortPermissionError(
+                    f"{where} refused {what}: {text}. Grant this user the keys "
+                    f"'{self.keys.prefix}:*' and the channels '{self.keys.control}*' "
+                    "(see docs/acl.md)."
+                ) from exc
+            raise AbortBackendError(
+                f"{where} failed {what}: {type(exc).__name__}: {text}. taskiq-abort needs a "
+                "writable Redis >= 6.2 primary (not a replica or a proxy) with Lua scripting."
             ) from exc
 
     # --- worker side -----------------------------------------------------------------
@@ -279,7 +284,6 @@ class RedisAbortBackend(AbortBackend):
 
     # --- aborter side ----------------------------------------------------------------
     async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
-        payload = AbortMessage(task_id, reason).encode()
         args = [
             task_id,
             "0" if reason is None else "1",
@@ -288,7 +292,6 @@ class RedisAbortBackend(AbortBackend):
             requested_by,
             self.keys.tasks_prefix,
             self.keys.control,
-            payload,
         ]
         holder, entry, outcome, receivers, stored_reason = await self._call(
             f"recording the abort of task {task_id}",
@@ -310,9 +313,10 @@ class RedisAbortBackend(AbortBackend):
         settled = self._reply_settled
         assert settled is not None
         if not settled.is_set():
-            # A failed subscription only costs latency (we poll the record): don't wait long.
+            # A missing subscription only costs latency (we poll the record): don't wait long,
+            # or a hung Redis would cost one timeout here before the request costs another.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(settled.wait(), self.timeout)
+                await asyncio.wait_for(settled.wait(), min(self.timeout, _SUBSCRIBE_WAIT))
         return waiter
 
     async def _reply_loop(self) -> None:

@@ -17,7 +17,7 @@ from taskiq_abort.api import find_middleware
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend, safe_url
-from taskiq_abort.keys import DEFAULT_PREFIX
+from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
 
 ENV_URL = "TASKIQ_ABORT_REDIS_URL"
 DEFAULT_TIMEOUT = 5.0
@@ -103,8 +103,12 @@ async def connect(
             "or pass --broker module:broker"
         )
     _secrets.update(_password(url))
+    try:  # an empty --prefix is refused, never silently the default
+        KeySpace(DEFAULT_PREFIX if prefix is None else prefix)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
     try:
-        backend = RedisAbortBackend(url, prefix=prefix or DEFAULT_PREFIX)
+        backend = RedisAbortBackend(url, prefix=DEFAULT_PREFIX if prefix is None else prefix)
     except ValueError as exc:
         raise CLIError(f"bad Redis URL {safe_url(url)!r}: {exc}") from exc
     return Connection(backend, None, DEFAULT_TIMEOUT, safe_url(url))
