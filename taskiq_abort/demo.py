@@ -14,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
@@ -137,19 +138,22 @@ def main() -> int:
     server = RedisServer().start()
     print(f"throwaway Redis: {server.binary} on {server.url}")
     env = {**os.environ, _URL_ENV: server.url}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "taskiq", "worker", "taskiq_abort.demo:broker", "--workers", "1"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    log = Path(server.dir) / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "taskiq", "worker", "taskiq_abort.demo:broker", "--workers", "1"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         client = server.client()
         deadline = time.monotonic() + 30
         while not client.zcard(f"{_PREFIX}:workers"):  # registered once it listens
             if worker.poll() is not None or time.monotonic() > deadline:
-                print("the worker did not start", file=sys.stderr)
+                tail = log.read_text(errors="replace")[-2000:]
+                print(f"the worker did not start; its log:\n{tail}", file=sys.stderr)
                 return 1
             time.sleep(0.05)
         print(f"worker process pid {worker.pid} is listening")

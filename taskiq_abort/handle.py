@@ -6,18 +6,21 @@ TaskIQ has no hook for the handle class, so we take the one it has for the decor
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Coroutine
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask
+from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqResult
 from taskiq.abc.result_backend import AsyncResultBackend
+from taskiq.compat import parse_obj_as
 from taskiq.kicker import AsyncKicker
 from taskiq.task import AsyncTaskiqTask
 
 if TYPE_CHECKING:
     from taskiq_abort.outcome import AbortOutcome
 
+logger = logging.getLogger("taskiq.task")  # where taskiq's own handle logs
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -48,6 +51,21 @@ class AbortableTask(AsyncTaskiqTask[_R]):
         if isinstance(task, AbortableTask):
             return task
         return AbortableTask(task.task_id, task.result_backend, task.return_type, broker=broker)
+
+    async def get_result(self, with_logs: bool = False) -> TaskiqResult[_R]:
+        """As ``AsyncTaskiqTask.get_result``, without taskiq's spurious "Cannot parse return
+        type" warning for an error result (an aborted task has no return value to parse)."""
+        return_type, self.return_type = self.return_type, None
+        try:
+            result = await super().get_result(with_logs)
+        finally:
+            self.return_type = return_type
+        if return_type is not None and not result.is_err:
+            try:
+                result.return_value = parse_obj_as(return_type, result.return_value)
+            except ValueError:
+                logger.warning("Cannot parse return type into %s", return_type)
+        return result
 
     async def abort(
         self, *, reason: str | None = None, wait: bool = True, timeout: float | None = None

@@ -55,7 +55,12 @@ class AbortMiddleware(TaskiqMiddleware):
     :param cancel_mode: ``"edge"`` (default): asyncio's semantics, one ``CancelledError`` at the
         current ``await``, after which ``finally`` blocks may ``await`` their clean-up.
         ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
+    :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
+        (default 3).
     :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...).
+
+    ``prefix``, ``channel``, ``request_ttl``, ``lease``, ``redis_timeout`` and the redis-py
+    options configure the backend built from ``url``; with ``backend=``, configure that instead.
     """
 
     def __init__(
@@ -70,23 +75,37 @@ class AbortMiddleware(TaskiqMiddleware):
         abort_timeout: float = 5.0,
         fail_closed: bool = False,
         cancel_mode: CancelMode = "edge",
+        redis_timeout: float = 3.0,
         **connection_kwargs: Any,
     ) -> None:
         super().__init__()
-        if backend is not None and url is not None:
-            raise ValueError("pass either a Redis url or a backend, not both")
-        if backend is None:
-            if url is None:
-                backend = MemoryAbortBackend(request_ttl=request_ttl, lease=lease)
-            else:
-                backend = RedisAbortBackend(
-                    url,
-                    prefix=prefix,
-                    channel=channel,
-                    request_ttl=request_ttl,
-                    lease=lease,
-                    **connection_kwargs,
+        if backend is not None:
+            ignored = (prefix, channel, request_ttl, lease, redis_timeout, connection_kwargs)
+            defaults: tuple[object, ...] = (
+                DEFAULT_PREFIX,
+                None,
+                DEFAULT_REQUEST_TTL,
+                DEFAULT_LEASE,
+                3.0,
+                {},
+            )
+            if url is not None or ignored != defaults:
+                raise ValueError(
+                    "with backend=..., configure that backend (prefix, lease, URL...) "
+                    "instead of passing those options to AbortMiddleware"
                 )
+        elif url is None:
+            backend = MemoryAbortBackend(request_ttl=request_ttl, lease=lease)
+        else:
+            backend = RedisAbortBackend(
+                url,
+                prefix=prefix,
+                channel=channel,
+                request_ttl=request_ttl,
+                lease=lease,
+                timeout=redis_timeout,
+                **connection_kwargs,
+            )
         self.backend = backend
         self.abort_timeout = abort_timeout
         self.fail_closed = fail_closed

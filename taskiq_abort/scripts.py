@@ -14,11 +14,26 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Append {task_id, has_reason, reason} to `list` when `task_id` has an abort request; returns
+# whether it has one.
+_NOTE_REQUEST = """
+local function note_request(list, req, tid)
+  if redis.call('EXISTS', req .. tid) == 0 then return false end
+  local reason = redis.call('HGET', req .. tid, 'reason')
+  list[#list + 1] = tid
+  list[#list + 1] = reason and 1 or 0
+  list[#list + 1] = reason or ''
+  return true
+end
+"""
+
 # KEYS: worker hash, tasks hash
 # ARGV: lease_ms, request_prefix, n_starts, [task_id, value]*n, n_finishes, [task_id, run_id]*n
 # Returns {worker_alive, {task_id, has_reason, reason, ...}} for starts that were already aborted;
 # those are marked revoked in their request, so an aborter that finds their result knows why.
-SYNC = """
+SYNC = (
+    _NOTE_REQUEST
+    + """
 local lease = tonumber(ARGV[1])
 local req = ARGV[2]
 local i = 3
@@ -26,12 +41,8 @@ local nstart = tonumber(ARGV[i]); i = i + 1
 local aborted = {}
 for _ = 1, nstart do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
-  if redis.call('EXISTS', req .. tid) == 1 then
+  if note_request(aborted, req, tid) then
     redis.call('HSETNX', req .. tid, 'outcome', 'revoked')
-    local reason = redis.call('HGET', req .. tid, 'reason')
-    aborted[#aborted + 1] = tid
-    aborted[#aborted + 1] = reason and 1 or 0
-    aborted[#aborted + 1] = reason or ''
   else
     redis.call('HSET', KEYS[2], tid, value)
   end
@@ -47,6 +58,7 @@ end
 if nstart > 0 then redis.call('PEXPIRE', KEYS[2], lease) end
 return {redis.call('EXISTS', KEYS[1]), aborted}
 """
+)
 
 # (Re)register a worker and everything it runs, e.g. at start-up, after a reconnect or after
 # Redis lost its data. Also answers which of those tasks have an abort request pending.
@@ -54,6 +66,7 @@ return {redis.call('EXISTS', KEYS[1]), aborted}
 # ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n
 REGISTER = (
     _NOW
+    + _NOTE_REQUEST
     + """
 local lease = tonumber(ARGV[1])
 local wid, req = ARGV[2], ARGV[3]
@@ -68,12 +81,7 @@ local aborted = {}
 for _ = 1, ntasks do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
   redis.call('HSET', KEYS[2], tid, value)
-  if redis.call('EXISTS', req .. tid) == 1 then
-    local reason = redis.call('HGET', req .. tid, 'reason')
-    aborted[#aborted + 1] = tid
-    aborted[#aborted + 1] = reason and 1 or 0
-    aborted[#aborted + 1] = reason or ''
-  end
+  note_request(aborted, req, tid)
 end
 redis.call('PEXPIRE', KEYS[1], lease)
 if ntasks > 0 then redis.call('PEXPIRE', KEYS[2], lease) end
