@@ -23,6 +23,7 @@ from taskiq_abort import AbortableTask, AbortMiddleware, AbortStatus, TaskAborte
 
 _URL_ENV = "TASKIQ_ABORT_DEMO_URL"
 _PREFIX = "taskiq_abort_demo"
+_APP = "taskiq_abort.demo:broker"  # what the worker process imports
 
 
 def make_broker(url: str) -> AsyncBroker:
@@ -141,7 +142,7 @@ def main() -> int:
     log = Path(server.dir) / "worker.log"
     with log.open("wb") as out:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "taskiq", "worker", "taskiq_abort.demo:broker", "--workers", "1"],
+            [sys.executable, "-m", "taskiq", "worker", _APP, "--workers", "1"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
