@@ -144,15 +144,16 @@ class RedisAbortBackend(AbortBackend):
         )
 
     async def _call(self, what: str, op: Awaitable[_T]) -> _T:
-        where = f"Redis at {safe_url(self.url)}"
         try:
             return await op
         except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+            where = f"Redis at {safe_url(self.url)}"
             raise AbortBackendUnavailableError(
                 f"cannot reach {where} for {what}: {str(exc).rstrip('.')}. "
                 "Check the URL and that Redis is running."
             ) from exc
         except rexc.RedisError as exc:
+            where = f"Redis at {safe_url(self.url)}"
             text = str(exc).rstrip(".")
             if isinstance(exc, rexc.NoPermissionError) or "NOPERM" in text:
                 raise AbortPermissionError(
