@@ -457,20 +457,32 @@ class Bench:
         return statuses, [t for t, o in zip(ids, outcomes, strict=True) if o == "aborted"]
 
     async def bulk_api(self, broker: AsyncBroker, prefix: str, ids: list[str]) -> dict[str, Any]:
-        t0 = now()
+        return await self._timed_bulk(broker, prefix, ids, now(), "bulk via API")
+
+    async def _timed_bulk(
+        self,
+        broker: AsyncBroker,
+        prefix: str,
+        ids: list[str],
+        t0: float,
+        label: str,
+        **extra: float,
+    ) -> dict[str, Any]:
+        """Abort ``ids`` and time it, from ``t0`` until every result is stored."""
         statuses, aborted = await self._bulk_abort(broker, ids)
         t_returned = now()
         await self.wait_results(prefix, aborted)
         t1 = now()
         out = {
             "tasks": len(ids),
+            **extra,
             "all_returned_s": round(t_returned - t0, 3),
             "all_stored_s": round(t1 - t0, 3),
             "aborts_per_s": round(len(ids) / (t1 - t0)),
             "statuses": statuses,
             "concurrency": self.bulk_concurrency,
         }
-        self.log(f"  bulk via API: {out}")
+        self.log(f"  {label}: {out}")
         return out
 
     async def bulk_by_name(
@@ -485,22 +497,8 @@ class Bench:
         t0 = now()
         listing = await backend.workers()
         ids = [t.task_id for w in listing for t in w.tasks if t.task_name == "hold_named"]
-        t_listed = now()
-        statuses, aborted = await self._bulk_abort(broker, ids)
-        t_returned = now()
-        await self.wait_results(prefix, aborted)
-        t1 = now()
-        out = {
-            "tasks": len(ids),
-            "list_s": round(t_listed - t0, 3),
-            "all_returned_s": round(t_returned - t0, 3),
-            "all_stored_s": round(t1 - t0, 3),
-            "aborts_per_s": round(len(ids) / (t1 - t0)),
-            "statuses": statuses,
-            "concurrency": self.bulk_concurrency,
-        }
-        self.log(f"  bulk by name: {out}")
-        return out
+        listed = round(now() - t0, 3)
+        return await self._timed_bulk(broker, prefix, ids, t0, "bulk by name", list_s=listed)
 
     async def _hlen_is(self, key: str, n: int) -> bool:
         return int(await self.r.hlen(key)) == n

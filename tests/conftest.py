@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from taskiq import AsyncBroker
 
 from taskiq_abort.testing import RedisServer
+from tests.app import make_broker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +53,15 @@ def redis_url(redis_server: RedisServer) -> str:
 def prefix() -> str:
     """A key prefix of this test's own: tests never see each other's keys."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def client(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
+    """A started client broker of the test app (``tests/app.py``), on a RedisStreamBroker."""
+    broker = make_broker(redis_url, prefix)
+    await broker.startup()
+    yield broker
+    await broker.shutdown()
 
 
 @pytest.fixture

@@ -34,14 +34,6 @@ def kind(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def client(redis_url: str, prefix: str):
-    broker = make_broker(redis_url, prefix, "stream")
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
-
-
-@pytest.fixture
 async def kind_client(redis_url: str, prefix: str, kind: str):
     broker = make_broker(redis_url, prefix, kind)
     await broker.startup()

@@ -20,7 +20,6 @@ from taskiq_abort import TaskAbortedError
 from taskiq_abort.backends.base import RunningEntry, WorkerInfo
 from taskiq_abort.cli import fmt
 from taskiq_abort.testing import free_port
-from tests.app import make_broker
 from tests.conftest import ROOT, Events
 
 pytestmark = pytest.mark.anyio
@@ -75,14 +74,6 @@ def conn(redis_url: str, prefix: str) -> list[str]:
 def app_env(redis_url: str, prefix: str) -> dict[str, str]:
     """What ``--broker tests.app:broker`` needs to build the same broker as the workers."""
     return {"TASKIQ_ABORT_TEST_URL": redis_url, "TASKIQ_ABORT_TEST_PREFIX": prefix}
-
-
-@pytest.fixture
-async def client(redis_url: str, prefix: str):
-    broker = make_broker(redis_url, prefix)
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
 
 
 async def started(client, events: Events, name: str, *args: Any) -> str:

@@ -5,18 +5,9 @@ from __future__ import annotations
 import pytest
 
 from taskiq_abort import AbortStatus, TaskAbortedError, abort
-from tests.app import make_broker
 from tests.conftest import Events
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def client(redis_url: str, prefix: str):
-    broker = make_broker(redis_url, prefix)
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
 
 
 async def test_abort_running_task(client, worker_factory, events: Events) -> None:
