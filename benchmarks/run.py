@@ -1,6 +1,6 @@
 """Run every taskiq-abort benchmark against a throwaway redis-server and real workers.
 
-``python3 -m benchmarks`` (full, about 10 minutes), ``--quick`` (about a minute). Prints a table,
+``python3 -m benchmarks`` (full, about 3.5 minutes), ``--quick`` (under a minute). Prints a table,
 writes ``benchmarks/results/<date>[-quick].json`` and a latency CDF plot next to it.
 See benchmarks/README.md for what each number means.
 """
