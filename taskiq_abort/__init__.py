@@ -21,7 +21,7 @@ from taskiq_abort.errors import (
     TaskAbortedError,
     TaskiqAbortError,
 )
-from taskiq_abort.handle import AbortableTask
+from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
 from taskiq_abort.middleware import AbortMiddleware
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.token import AbortToken, shield
@@ -38,6 +38,7 @@ __all__ = [
     "AbortPermissionError",
     "AbortStatus",
     "AbortToken",
+    "AbortableDecoratedTask",
     "AbortableTask",
     "InvalidTaskIdError",
     "MemoryAbortBackend",
@@ -46,6 +47,7 @@ __all__ = [
     "TaskiqAbortError",
     "__version__",
     "abort",
+    "abortable_task",
     "find_middleware",
     "shield",
 ]

@@ -7,7 +7,7 @@ TaskIQ has no hook for the handle class, so we take the one it has for the decor
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -154,3 +154,25 @@ def install_abortable_handles(broker: AsyncBroker) -> None:
     for task in broker.local_task_registry.values():
         if type(task) is AsyncTaskiqDecoratedTask:
             task.__class__ = AbortableDecoratedTask
+
+
+def abortable_task(
+    broker: AsyncBroker, task_name: str | None = None, **labels: Any
+) -> Callable[[Callable[_P, _R]], AbortableDecoratedTask[_P, _R]]:
+    """``@broker.task(...)``, typed so that type checkers know ``.kiq()``'s handle has
+    ``.abort()`` (taskiq declares ``broker.task`` as returning its plain classes)::
+
+        @abortable_task(broker, timeout=60)
+        async def crunch(n: int) -> int: ...
+
+        task = await crunch.kiq(42)   # AbortableTask[int]
+        await task.abort()            # type-checks; wait_result() is TaskiqResult[int]
+    """
+
+    def decorate(func: Callable[_P, _R]) -> AbortableDecoratedTask[_P, _R]:
+        task: Any = broker.task(task_name, **labels)(func)
+        if not isinstance(task, AbortableDecoratedTask):  # AbortMiddleware not added yet
+            task.__class__ = AbortableDecoratedTask
+        return task  # type: ignore[no-any-return]
+
+    return decorate

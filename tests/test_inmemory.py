@@ -312,3 +312,27 @@ async def test_a_second_abort_reports_the_stored_reason(setup) -> None:
     second = await task.abort(reason="second")
     assert (second.status, second.reason) == (AbortStatus.ABORTED, "first")
     assert (await task.wait_result(timeout=5)).error.reason == "first"
+
+
+async def test_abortable_task_decorator() -> None:
+    from taskiq_abort import abortable_task
+
+    broker = InMemoryBroker()
+    started = asyncio.Event()
+
+    @abortable_task(broker, task_name="typed_sleeper")
+    async def typed_sleeper(n: int) -> int:
+        started.set()
+        await asyncio.sleep(60)
+        return n
+
+    broker.add_middlewares(AbortMiddleware())  # added after the decoration: still abortable
+    await broker.startup()
+    try:
+        assert typed_sleeper.task_name == "typed_sleeper"
+        assert await typed_sleeper(5) == 5  # a direct call is the plain function
+        task = await typed_sleeper.kiq(1)
+        await started.wait()
+        assert (await task.abort()).status is AbortStatus.ABORTED
+    finally:
+        await broker.shutdown()

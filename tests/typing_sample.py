@@ -5,7 +5,14 @@ from __future__ import annotations
 from taskiq import InMemoryBroker, TaskiqResult
 from typing_extensions import assert_type
 
-from taskiq_abort import AbortableTask, AbortMiddleware, AbortOutcome, AbortStatus, abort
+from taskiq_abort import (
+    AbortableTask,
+    AbortMiddleware,
+    AbortOutcome,
+    AbortStatus,
+    abort,
+    abortable_task,
+)
 
 broker = InMemoryBroker().with_middlewares(AbortMiddleware())
 
@@ -15,7 +22,17 @@ async def crunch(n: int) -> int:
     return n
 
 
+@abortable_task(broker, retry_on_error=False)
+async def typed(n: int) -> str:
+    return str(n)
+
+
 async def main() -> None:
+    handle = await typed.kiq(3)
+    assert_type(handle, AbortableTask[str])
+    assert_type(await handle.abort(), AbortOutcome)
+    assert_type(await handle.wait_result(), TaskiqResult[str])
+
     task = AbortableTask.of(await crunch.kiq(1), broker)
     assert_type(task, AbortableTask[int])
     outcome = await task.abort(reason="typed", timeout=1.0)
