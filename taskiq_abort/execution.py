@@ -48,12 +48,12 @@ class RunningTask:
         "_async_event",
         "_event",
         "abort_requested",
+        "callback",
         "context",
         "delivered",
         "done",
         "entered",
         "entry",
-        "executed",
         "host",
         "mode",
         "reason",
@@ -62,7 +62,6 @@ class RunningTask:
         "revoked",
         "scope",
         "shields",
-        "stale",
     )
 
     def __init__(
@@ -81,8 +80,9 @@ class RunningTask:
         self.reason: str | None = None
         self.entered = False
         self.registered = False
-        self.executed = False  # post_execute ran: only storing the result is left
-        self.stale = False  # seen executed by a sweep: finished if the next sweep sees it too
+        # taskiq's callback task for this attempt: once it is done, the attempt is over, even
+        # if post_save never came (taskiq skips it when storing the result fails).
+        self.callback: asyncio.Task[Any] | None = None
         self.done = False
         self.context: Token[RunningTask | None] | None = None  # to reset ``current_run``
         self._event: threading.Event | None = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
+import sys
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -31,6 +33,7 @@ from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
 _RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
+_PROCESS_POOL_FLAG = "--use-process-pool"
 
 
 class AbortMiddleware(TaskiqMiddleware):
@@ -200,14 +203,21 @@ class AbortMiddleware(TaskiqMiddleware):
         run = worker.begin(message.task_id, message.task_name)
         object.__setattr__(message, MESSAGE_ATTR, run)
         run.context = current_run.set(run)
+        run.callback = asyncio.current_task()
         await worker.admit(run)
         return message
 
     def _wrap(self, task_name: str) -> None:
         task = self.broker.find_task(task_name) if self.broker else None
-        if task is not None:
-            task.original_func = wrap_task_function(task.original_func)
-            self._wrapped.add(task_name)
+        if task is None:
+            return
+        self._wrapped.add(task_name)
+        # `taskiq worker --use-process-pool` pickles a sync task's function to run it in another
+        # process, by reference to the module attribute taskiq sets: a wrapper would not pickle.
+        # Such tasks run unwrapped (no start check, no token: the child has no attempt anyway).
+        if _PROCESS_POOL_FLAG in sys.argv and not inspect.iscoroutinefunction(task.original_func):
+            return
+        task.original_func = wrap_task_function(task.original_func)
 
     def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
@@ -228,8 +238,6 @@ class AbortMiddleware(TaskiqMiddleware):
             # kicks the next one (same id). An aborter told "finished" would drop its request
             # and the retry would run; "unknown" makes it revoke the id instead.
             self.worker.finish(run, "unknown")
-        else:
-            run.executed = True  # post_save comes next, unless storing the result fails
 
     async def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)

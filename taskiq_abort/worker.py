@@ -235,13 +235,12 @@ class WorkerSide:
                 self._unavailable(exc)
 
     def _sweep(self) -> None:
-        """End attempts whose result taskiq never stored (``set_result`` failed, so no
-        ``post_save``): one heartbeat marks them, the next ends them, so no ghost stays."""
-        for run in [run for run in self.running.values() if run.executed]:
-            if run.stale:
-                self.finish(run, "finished")
-            else:
-                run.stale = True
+        """End attempts whose callback ended without ``post_save`` (taskiq skips it when
+        storing the result fails), so that no ghost stays registered. Exact, not timed: a
+        slow result write under load is not mistaken for a lost one."""
+        for run in [r for r in self.running.values() if r.callback and r.callback.done()]:
+            # No stored result to confirm: an aborter waiting for it gets "unconfirmed".
+            self.finish(run, "unknown")
 
     def _unavailable(self, exc: BaseException) -> None:
         self._dirty = True

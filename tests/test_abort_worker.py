@@ -334,3 +334,26 @@ async def test_a_read_only_replica_gives_a_clear_error(redis_server) -> None:
         await broker.middlewares[0].backend.close()
     finally:
         replica.cleanup()
+
+
+async def test_sync_tasks_still_run_in_a_process_pool(
+    redis_url, prefix, worker_factory, monkeypatch
+) -> None:
+    """--use-process-pool pickles sync task functions: the middleware must not break them."""
+    monkeypatch.setenv("TASKIQ_ABORT_TEST_URL", redis_url)
+    monkeypatch.setenv("TASKIQ_ABORT_TEST_PREFIX", prefix)
+    import importlib
+
+    import tests.pool_app
+
+    pool_app = importlib.reload(tests.pool_app)
+    worker = worker_factory(extra_args=("--use-process-pool",))
+    worker.args[worker.args.index("tests.app:broker")] = "tests.pool_app:broker"
+    worker.start()
+    await pool_app.broker.startup()
+    try:
+        task = await pool_app.add_one.kiq(41)
+        result = await task.wait_result(timeout=30)
+        assert (result.return_value, result.error) == (42, None)
+    finally:
+        await pool_app.broker.shutdown()

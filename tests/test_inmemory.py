@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from taskiq import InMemoryBroker, TaskiqDepends
@@ -333,5 +334,33 @@ async def test_abortable_task_decorator() -> None:
         task = await typed_sleeper.kiq(1)
         await started.wait()
         assert (await task.abort()).status is AbortStatus.ABORTED
+    finally:
+        await broker.shutdown()
+
+
+async def test_no_ghost_when_taskiq_cannot_store_the_result() -> None:
+    """taskiq skips post_save when set_result fails; the attempt must still leave the registry."""
+    from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+
+    class Broken(InmemoryResultBackend[Any]):
+        async def set_result(self, task_id: str, result: Any) -> None:
+            raise RuntimeError("result store down")
+
+    backend = MemoryAbortBackend(lease=0.3)  # heartbeat (and sweep) every 0.1 s
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(backend=backend))
+    broker.result_backend = Broken()
+
+    @broker.task
+    async def quick() -> int:
+        return 1
+
+    await broker.startup()
+    try:
+        await quick.kiq()
+        await broker.wait_all()  # the callback ran, storing the result failed
+        deadline = asyncio.get_running_loop().time() + 10
+        while any(w.tasks for w in await backend.workers()):
+            assert asyncio.get_running_loop().time() < deadline, "a ghost stayed registered"
+            await asyncio.sleep(0.05)  # polling the registry until the sweep has run
     finally:
         await broker.shutdown()
