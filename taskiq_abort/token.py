@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,15 +49,16 @@ class AbortToken:
             raise TaskAbortedError(self.task_id, self.reason)
 
     def wait_sync(self, timeout: float | None = None) -> bool:
-        """Block a sync task (thread) until aborted or ``timeout``; ``True`` if aborted."""
+        """Block a sync task (thread) until aborted or ``timeout``; ``True`` if aborted.
+        Outside a worker attempt it is never aborted: it waits out ``timeout`` (forever with
+        ``None``), as ``wait()`` does."""
         if self._run is None:
-            if timeout is not None:
-                time.sleep(timeout)
-            return False
+            return threading.Event().wait(timeout)
         return self._run.event().wait(timeout)
 
     async def wait(self) -> None:
-        """Sleep until the task is aborted (then the cancel scope stops the task anyway)."""
+        """Sleep until the task is aborted (in the task body itself, the abort also cancels
+        this ``await``; in a child task the body started, it is the signal to stop)."""
         if self._run is None:
             await asyncio.Event().wait()
             return
