@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from taskiq_abort.protocol import ReplyMessage
@@ -49,6 +49,19 @@ class WorkerInfo:
     pid: int
     started: float
     tasks: list[RunningEntry] = field(default_factory=list)
+
+    @classmethod
+    def from_info(
+        cls, worker_id: str, info: dict[str, str], tasks: Iterable[RunningEntry]
+    ) -> WorkerInfo:
+        """From stored info fields (``host``, ``pid``, ``started``); oldest task first."""
+        return cls(
+            worker_id=worker_id,
+            host=info.get("host", "?"),
+            pid=int(info.get("pid", 0) or 0),
+            started=float(info.get("started", 0) or 0),
+            tasks=sorted(tasks, key=lambda entry: entry.started),
+        )
 
 
 @dataclass(frozen=True)

@@ -163,17 +163,12 @@ class MemoryAbortBackend(AbortBackend):
 
     async def workers(self) -> list[WorkerInfo]:
         return [
-            WorkerInfo(
-                worker_id=wid,
-                host=state.info.get("host", "?"),
-                pid=int(state.info.get("pid", 0) or 0),
-                started=float(state.info.get("started", 0) or 0),
-                tasks=sorted(
-                    (
-                        RunningEntry(e.task_id, e.task_name, e.run_id, e.started, wid)
-                        for e in state.tasks.values()
-                    ),
-                    key=lambda e: e.started,
+            WorkerInfo.from_info(
+                wid,
+                state.info,
+                (
+                    RunningEntry(e.task_id, e.task_name, e.run_id, e.started, wid)
+                    for e in state.tasks.values()
                 ),
             )
             for wid, state in self._live().items()

@@ -383,23 +383,17 @@ class RedisAbortBackend(AbortBackend):
             "listing workers",
             self._list([self.keys.workers], [self.keys.worker(""), self.keys.tasks_prefix]),
         )
-        result = []
-        for wid, info_flat, tasks_flat in rows:
-            info = dict(zip(info_flat[::2], info_flat[1::2], strict=True))
-            tasks = [
-                RunningEntry.decode(tid, raw, wid)
-                for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
-            ]
-            result.append(
-                WorkerInfo(
-                    worker_id=wid,
-                    host=info.get("host", "?"),
-                    pid=int(info.get("pid", 0) or 0),
-                    started=float(info.get("started", 0) or 0),
-                    tasks=sorted(tasks, key=lambda e: e.started),
-                )
+        return [
+            WorkerInfo.from_info(
+                wid,
+                dict(zip(info_flat[::2], info_flat[1::2], strict=True)),
+                (
+                    RunningEntry.decode(tid, raw, wid)
+                    for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
+                ),
             )
-        return result
+            for wid, info_flat, tasks_flat in rows
+        ]
 
     async def close(self) -> None:
         task, self._reply_task = self._reply_task, None
