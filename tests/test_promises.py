@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
+import os
 import pickle
+import signal
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
@@ -22,14 +26,21 @@ import anyio
 import pytest
 import redis
 from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends, TaskiqMessage
+from taskiq.kicker import AsyncKicker
+from taskiq.task import AsyncTaskiqTask
 
 from taskiq_abort import (
+    AbortableTask,
+    AbortBackendUnavailableError,
     AbortMiddleware,
     AbortStatus,
     AbortToken,
     TaskAbortedError,
+    abort,
 )
-from tests.conftest import WorkerProcess
+from tests.app import make_broker
+from tests.conftest import Events, WorkerProcess
+from tests.faultkit import apoll, own_server
 
 pytestmark = pytest.mark.anyio
 
@@ -200,3 +211,175 @@ async def test_token_reason_and_wait_inside_a_worker() -> None:
         assert seen["child"] == (True, "enough")
     finally:
         await broker.shutdown()
+
+
+# --- AbortableTask.of ---------------------------------------------------------------------------
+async def test_abortable_task_of_a_plain_handle_aborts_a_running_task(
+    client: AsyncBroker, worker_factory: type[WorkerProcess], events: Events
+) -> None:
+    worker_factory().start()
+    plain = await AsyncKicker(task_name="sleeper", broker=client, labels={}).kiq(60)
+    assert type(plain) is AsyncTaskiqTask  # taskiq's own handle, no .abort()
+    events.wait(plain.task_id, "started")
+    handle = AbortableTask.of(plain, client)
+    assert isinstance(handle, AbortableTask) and handle.task_id == plain.task_id
+    assert AbortableTask.of(handle, client) is handle
+    outcome = await handle.abort(reason="converted")
+    assert (outcome.status, outcome.reason) == (AbortStatus.ABORTED, "converted")
+    events.wait(plain.task_id, "finally")
+    result = await handle.wait_result(timeout=10)
+    assert isinstance(result.error, TaskAbortedError) and result.error.reason == "converted"
+
+
+# --- request_ttl --------------------------------------------------------------------------------
+async def test_request_ttl_sets_when_a_revocation_expires(
+    redis_url: str,
+    prefix: str,
+    client: AsyncBroker,
+    worker_factory: type[WorkerProcess],
+    events: Events,
+    rclient: redis.Redis,
+) -> None:
+    """The request of a revoked task lives ``request_ttl`` seconds; after that the same task id
+    starts again (a 1-day default would keep it revoked, a missing TTL forever)."""
+    ttl = 2.0
+    task_id = uuid.uuid4().hex
+    async with started(make_broker(redis_url, prefix, request_ttl=ttl)) as aborter:
+        outcome = await abort(aborter, task_id, reason="short-lived")
+        assert outcome.status is AbortStatus.REVOKED
+    key = f"{prefix}:req:{task_id}"
+    pttl = rclient.pttl(key)
+    assert 0 < pttl <= ttl * 1000, pttl
+    worker_factory().start()
+    await apoll(lambda: _gone(rclient, key), 10 * ttl, f"{key} to expire")
+    task = await client.find_task("quick").kicker().with_task_id(task_id).kiq(21)
+    events.wait(task_id, "started")  # a revoked task never runs its body
+    assert await apoll(lambda: _return_value(task), 30, "its result") == 42
+
+
+async def _gone(client: redis.Redis, key: str) -> bool:
+    return not client.exists(key)
+
+
+async def _return_value(task: Any) -> Any:
+    result = await task.get_result() if await task.is_ready() else None
+    if result is None or result.is_err:  # the revocation's stored TaskAbortedError, at first
+        return None
+    return result.return_value
+
+
+# --- abort_timeout ------------------------------------------------------------------------------
+async def test_abort_timeout_is_the_default_timeout_of_abort(
+    redis_url: str,
+    prefix: str,
+    worker_factory: type[WorkerProcess],
+    events: Events,
+    rclient: redis.Redis,
+) -> None:
+    """``abort()`` without ``timeout`` waits ``abort_timeout`` for a confirmation that never
+    comes (a sync task that ignores its token), not the 5 s default."""
+    abort_timeout = 1.0
+    worker_factory().start()
+    release = f"{prefix}:release"
+    async with started(make_broker(redis_url, prefix, abort_timeout=abort_timeout)) as broker:
+        task = await broker.find_task("sync_ignorer").kiq(release)
+        events.wait(task.task_id, "started")
+        try:
+            for outcome in (await task.abort(), await abort(broker, task.task_id)):
+                assert outcome.status is AbortStatus.UNCONFIRMED
+                assert abort_timeout - 0.05 <= outcome.elapsed < 4 * abort_timeout, outcome
+        finally:
+            rclient.rpush(release, "go")
+        assert (await task.wait_result(timeout=30)).return_value == "ignored the abort"
+
+
+# --- redis_timeout ------------------------------------------------------------------------------
+async def test_redis_timeout_bounds_abort_against_a_hung_redis(redis_url: str, prefix: str) -> None:
+    """A SIGSTOPped abort-plane Redis accepts connections and never answers: ``abort()`` raises
+    AbortBackendUnavailableError after one ``redis_timeout`` (docs: about redis_timeout + 0.5 s),
+    before a second one could have passed (a retry), and well before the 3 s default."""
+    redis_timeout = 1.0
+    with own_server() as plane:
+        broker = make_broker(redis_url, prefix, abort_url=plane.url, redis_timeout=redis_timeout)
+        async with started(broker):
+            # Connected first (the script loaded, the reply channel subscribed): what is
+            # measured is a call to a Redis that stopped answering.
+            assert (await abort(broker, uuid.uuid4().hex)).status is AbortStatus.REVOKED
+            assert plane.proc is not None
+            os.kill(plane.proc.pid, signal.SIGSTOP)
+            try:
+                begin = time.monotonic()
+                with pytest.raises(AbortBackendUnavailableError):
+                    await abort(broker, uuid.uuid4().hex)
+                elapsed = time.monotonic() - begin
+            finally:
+                os.kill(plane.proc.pid, signal.SIGCONT)
+            assert redis_timeout - 0.05 <= elapsed < 2 * redis_timeout + 0.5, elapsed
+
+
+# --- channel= -----------------------------------------------------------------------------------
+async def test_a_custom_channel_is_the_one_used(
+    redis_url: str,
+    prefix: str,
+    worker_factory: type[WorkerProcess],
+    events: Events,
+    rclient: redis.Redis,
+) -> None:
+    """With ``AbortMiddleware(channel=...)`` on both sides, the abort and its reply travel on
+    that channel (and channels named after it), and nothing on the default ``P:control``."""
+    channel = f"{prefix}-custom-ctl"
+    worker_factory(env={"TASKIQ_ABORT_TEST_CHANNEL": channel}).start()
+    pubsub = rclient.pubsub()
+    pubsub.psubscribe(f"{channel}*", f"{prefix}:control*")
+    try:
+        for _ in range(2):  # both subscriptions are in place before anything is sent
+            assert _next_message(pubsub, "psubscribe") is not None
+        async with started(make_broker(redis_url, prefix, channel=channel)) as broker:
+            task = await broker.find_task("sleeper").kiq(60)
+            events.wait(task.task_id, "started")
+            assert (await task.abort(reason="custom")).status is AbortStatus.ABORTED
+        seen: list[tuple[str, dict[str, Any]]] = []
+        # Redis delivers in publish order: once the reply is here, the abort came before it.
+        while not any(m.get("type") == "reply" for _, m in seen):
+            message = _next_message(pubsub, "pmessage")
+            assert message is not None, f"no reply on {channel}*: {seen}"
+            seen.append((message["channel"], json.loads(message["data"])))
+    finally:
+        pubsub.close()
+    aborts = [(c, m) for c, m in seen if m.get("type") == "abort"]
+    assert aborts and all(m["task_id"] == task.task_id for _, m in aborts), seen
+    assert aborts[0][1]["reason"] == "custom"
+    assert all(c.startswith(channel) for c, _ in seen), seen  # none on the default channel
+
+
+def _next_message(pubsub: Any, kind: str, timeout: float = 30.0) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if message is not None and message["type"] == kind:
+            return message  # type: ignore[no-any-return]
+    return None
+
+
+# --- SmartRetryMiddleware with AbortMiddleware placed first ----------------------------------
+async def test_smart_retry_never_retries_an_abort_with_abort_middleware_first(
+    redis_url: str,
+    prefix: str,
+    worker_factory: type[WorkerProcess],
+    events: Events,
+    rclient: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``with_middlewares(AbortMiddleware(...), SmartRetryMiddleware(...))``: the retry
+    middleware's ``on_error`` would run last and kick the same id again; it must not."""
+    env = {"TASKIQ_ABORT_TEST_RETRY": "smart", "TASKIQ_ABORT_TEST_ABORT_FIRST": "1"}
+    worker_factory(env=env).start()
+    monkeypatch.setenv("TASKIQ_ABORT_TEST_RETRY", "smart")  # the client's middlewares match
+    async with started(make_broker(redis_url, prefix, abort_first=True)) as broker:
+        task = await broker.find_task("flaky").kiq()
+        events.wait(task.task_id, "started")
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+    # A retry is a second message with the same id on the stream, and a second start.
+    assert rclient.xlen(f"{prefix}:queue") == 1
+    assert events.all(task.task_id).count("started") == 1
