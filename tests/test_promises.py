@@ -35,9 +35,13 @@ from taskiq_abort import (
     AbortMiddleware,
     AbortStatus,
     AbortToken,
+    InvalidTaskIdError,
     TaskAbortedError,
+    TaskiqAbortError,
     abort,
+    find_middleware,
 )
+from taskiq_abort.backends.memory import MemoryAbortBackend
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll, own_server
@@ -383,3 +387,39 @@ async def test_smart_retry_never_retries_an_abort_with_abort_middleware_first(
     # A retry is a second message with the same id on the stream, and a second start.
     assert rclient.xlen(f"{prefix}:queue") == 1
     assert events.all(task.task_id).count("started") == 1
+
+
+# --- which errors are which ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (lambda: AbortMiddleware("redis://127.0.0.1:1/0", prefix="has space"), ValueError),
+        (lambda: AbortMiddleware("http://127.0.0.1:1/0"), ValueError),
+        (lambda: AbortMiddleware("redis://127.0.0.1:1/0", request_ttl=0), ValueError),
+        (lambda: AbortMiddleware("redis://127.0.0.1:1/0", lease=-1), ValueError),
+        (lambda: AbortMiddleware("redis://127.0.0.1:1/0", redis_timeout=0), ValueError),
+        (lambda: AbortMiddleware(cancel_mode="soft"), ValueError),  # type: ignore[arg-type]
+        (lambda: AbortMiddleware(backend=MemoryAbortBackend(), prefix="x"), ValueError),
+    ],
+    ids=["prefix", "url", "request_ttl", "lease", "redis_timeout", "cancel_mode", "backend"],
+)
+def test_argument_errors_are_builtin_errors(make: Any, kind: type[Exception]) -> None:
+    """README "Errors": programming errors are ValueError/TypeError, not TaskiqAbortError."""
+    with pytest.raises(kind) as info:
+        make()
+    assert not isinstance(info.value, TaskiqAbortError)
+
+
+async def test_abort_argument_errors_and_invalid_ids() -> None:
+    """Nothing reaches a backend: the port below refuses, which would raise otherwise."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware("redis://127.0.0.1:1/0"))
+    for kwargs, kind in (({"timeout": -1}, ValueError), ({"reason": 5}, TypeError)):
+        with pytest.raises(kind) as info:
+            await abort(broker, "some-task", **kwargs)
+        assert not isinstance(info.value, TaskiqAbortError)
+    with pytest.raises(InvalidTaskIdError) as bad_id:
+        await abort(broker, "")
+    assert isinstance(bad_id.value, TaskiqAbortError) and isinstance(bad_id.value, ValueError)
+    with pytest.raises(AbortBackendUnavailableError):  # a run-time failure: TaskiqAbortError
+        await abort(broker, "some-task")
+    await find_middleware(broker).backend.close()
