@@ -106,6 +106,9 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
         help="abort() calls in flight in the bulk benchmark (default 64: a redis-py pool "
         "holds at most 100 connections per client)",
     )
+    parser.add_argument(
+        "--name", help="file name stem for the JSON and plot (default: <date>[-<profile>])"
+    )
     parser.add_argument("--url", help="use this Redis instead of starting one (not 6379!)")
     parser.add_argument("--tp-tasks", type=int, help="override: tasks per burst throughput run")
     parser.add_argument("--tp-rounds", type=int, help="override: burst throughput rounds")
@@ -155,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             server.cleanup()
     date = dt.date.today().isoformat()
-    stem = date if profile.name == "full" else f"{date}-{profile.name}"
+    stem = args.name or (date if profile.name == "full" else f"{date}-{profile.name}")
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "date": date,
