@@ -122,6 +122,10 @@ def _us(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
+
+
 def table(results: dict[str, Any]) -> list[str]:
     if "fleet" not in results:
         return []
@@ -142,7 +146,7 @@ def table(results: dict[str, Any]) -> list[str]:
             f"| {rep['to_finally_ms']['p50'] / base:.2f}x "
             f"| {_us(rep.get('redis_cpu_us_per_abort'))} "
             f"({_us(rep.get('redis_cpu_us_per_abort_net'))}) "
-            f"| {rep.get('redis_idle_pct_of_core', 'n/a')} "
+            f"| {_pct(rep.get('redis_idle_pct_of_core'))} "
             f"| {_us(rep['fleet_cpu_us_per_abort'])} |"
         )
     lines.append("")

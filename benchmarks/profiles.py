@@ -44,7 +44,7 @@ PROFILES = {
         trickle_tasks=300,
         trickle_rounds=1,
         fleet_sizes=(1, 10, 100),
-        fleet_probes=20,
+        fleet_probes=50,
         fleet_idle_seconds=1.0,
     ),
     "smoke": Profile(
