@@ -161,6 +161,8 @@ class AbortMiddleware(TaskiqMiddleware):
     async def startup(self) -> None:
         if self._is_worker():
             await self._ensure_worker()
+        else:  # a client: make the first abort() cost what the others do
+            await self.backend.warm()
 
     async def shutdown(self) -> None:
         worker = self.worker

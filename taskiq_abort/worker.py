@@ -78,6 +78,7 @@ class WorkerSide:
             ),
             asyncio.create_task(self._heartbeat_loop()),
         ]
+        await self.backend.warm(replies=False)  # the first confirmation costs what others do
         # Aborts are live once the control channel is subscribed; don't hold up a worker whose
         # Redis is down, though: tasks run (fail open) and we catch up when it is back.
         with contextlib.suppress(asyncio.TimeoutError):
