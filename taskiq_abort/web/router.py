@@ -40,6 +40,7 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     403: {"model": models.Problem, "description": "the router is read-only"},
     415: {"model": models.Problem, "description": "the body is not application/json"},
+    400: {"model": models.Problem, "description": "the body cannot be decoded"},
 }
 
 
@@ -180,7 +181,10 @@ def abort_router(
         "/tasks/abort",
         response_model=models.BulkAbortResult,
         dependencies=writes,
-        responses={**_WRITE_ERRORS, 400: {"model": models.Problem, "description": "no confirm"}},
+        responses={
+            **_WRITE_ERRORS,
+            400: {"model": models.Problem, "description": "not confirmed, or not decodable"},
+        },
     )
     async def abort_by_name(body: models.BulkAbortBody) -> models.BulkAbortResult:
         """Abort every running task with this name; ``confirm`` must be ``true``."""
