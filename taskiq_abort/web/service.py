@@ -50,11 +50,24 @@ class TaskService:
         self.middleware = find_middleware(broker)
         self.backend = self.middleware.backend
         self.recent: deque[models.RecentOutcome] = deque(maxlen=RECENT)
+        self._reading: asyncio.Future[list[WorkerInfo]] | None = None
 
-    async def _entries(self) -> list[tuple[RunningEntry, WorkerInfo]]:
+    async def _workers(self) -> list[WorkerInfo]:
+        """The live workers, sorted. Requests that come while a read of the registry is under
+        way share it (a dashboard's parallel polls, several dashboards): with 10,000 running
+        tasks one read takes a while. A finished read is never reused."""
+        current = self._reading
+        if current is None or current.done():
+            current = self._reading = asyncio.ensure_future(self._read_workers())
+        return list(await asyncio.shield(current))
+
+    async def _read_workers(self) -> list[WorkerInfo]:
         workers = await self.backend.workers()
         workers.sort(key=lambda w: (w.host, w.started, w.worker_id))  # stable across calls
-        return [(entry, info) for info in workers for entry in info.tasks]
+        return workers
+
+    async def _entries(self) -> list[tuple[RunningEntry, WorkerInfo]]:
+        return [(entry, info) for info in await self._workers() for entry in info.tasks]
 
     async def list_tasks(
         self, name: str | None, worker: str | None, offset: int, limit: int
@@ -77,8 +90,7 @@ class TaskService:
         )
 
     async def workers(self) -> models.WorkerList:
-        infos = await self.backend.workers()
-        infos.sort(key=lambda w: (w.host, w.started, w.worker_id))
+        infos = await self._workers()
         now = time.time()
         return models.WorkerList(
             workers=[

@@ -146,7 +146,9 @@
     return "tasks?" + q;
   }
 
+  // A poll starts every second (not a second after the last one ended): at most ~1 s stale.
   async function poll() {
+    const began = Date.now();
     try {
       const [workers, page, outcomes] = await Promise.all([
         call("GET", "workers"), call("GET", tasksQuery()), call("GET", "outcomes?limit=50"),
@@ -161,7 +163,7 @@
       $("live").textContent = "not updating: " + error.message;
       $("live").className = "live stale";
     } finally {
-      setTimeout(poll, POLL_MS);
+      setTimeout(poll, Math.max(0, POLL_MS - (Date.now() - began)));
     }
   }
 
