@@ -113,7 +113,7 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any) -> None:
     url, prefix, _, web = setup
     client = redis.Redis.from_url(url, decode_responses=True)
     events = Events(client, prefix)
-    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    page = browser.new_page(viewport={"width": 1400, "height": 600})
     blocked: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(web.base) else blocked.append(r.url))
 
@@ -165,7 +165,8 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any) -> None:
     page.fill("#bulk-name", "sleeper")
     page.click("#bulk button[type=submit]")
     expect(page.locator("#confirm-text")).to_have_text('Abort all 3 running tasks named "sleeper"?')
-    page.click("#confirm-ok")
+    page.fill("#confirm-reason", "bulk from the dashboard")
+    page.press("#confirm-reason", "Enter")  # Enter in the reason field confirms
     expect(page.locator("#toast")).to_have_text('"sleeper": 3 aborted')
     for task_id in others[:3]:
         expect(page.locator(f'#outcomes tr[data-task-id="{task_id}"] td.status')).to_have_text(
@@ -188,7 +189,8 @@ def test_dashboard_with_ten_thousand_running_tasks(
         time.sleep(0.2)  # no event tells that the last of 10,000 tasks started; poll Redis
     client.close()
 
-    page = browser.new_page(viewport={"width": 1400, "height": 820})
+    # bypass_csp: wait_for_function evaluates its predicate in the page, which the CSP forbids
+    page = browser.new_page(viewport={"width": 1400, "height": 820}, bypass_csp=True)
     page.context.add_cookies([{"name": "taskiq_abort_token", "value": TOKEN, "url": web.base}])
     started = time.perf_counter()
     page.goto(f"{web.base}/")

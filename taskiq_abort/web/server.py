@@ -11,6 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
@@ -98,8 +99,8 @@ def create_app(
             if request.method == "GET" and offered is not None:
                 if not auth.matches(offered):
                     return Response("wrong token", status_code=401, media_type="text/plain")
-                query = "&".join(
-                    f"{k}={v}" for k, v in request.query_params.multi_items() if k != "token"
+                query = urlencode(
+                    [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
                 )
                 target = request.url.path + (f"?{query}" if query else "")
                 response = RedirectResponse(target, status_code=303)

@@ -96,8 +96,9 @@
       }
       const tr = el("tr");
       tr.dataset.taskId = t.task_id;
-      tr.append(el("td", t.task_id, "id"), el("td", t.task_name, "name"), el("td", duration(t.running_for_s)));
-      tr.lastChild.previousSibling.title = t.task_name;
+      const name = el("td", t.task_name, "name");
+      name.title = t.task_name;  // the whole name, when the cell cuts it
+      tr.append(el("td", t.task_id, "id"), name, el("td", duration(t.running_for_s)));
       tr.append(t.abort_requested
         ? el("td", "requested" + (t.abort_reason ? ": " + t.abort_reason : ""), "status-requested")
         : el("td", "-"));
