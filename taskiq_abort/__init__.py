@@ -18,18 +18,22 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# The errors, eagerly (a small module that imports nothing): taskiq rebuilds a stored
+# TaskAbortedError only from a module already in sys.modules, so `import taskiq_abort` must be
+# enough for a process that reads results.
+from taskiq_abort.errors import (
+    AbortBackendError,
+    AbortBackendUnavailableError,
+    AbortConfigError,
+    AbortPermissionError,
+    InvalidTaskIdError,
+    TaskAbortedError,
+    TaskiqAbortError,
+)
+
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
     from taskiq_abort.api import abort, find_middleware
     from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
-    from taskiq_abort.errors import (
-        AbortBackendError,
-        AbortBackendUnavailableError,
-        AbortConfigError,
-        AbortPermissionError,
-        InvalidTaskIdError,
-        TaskAbortedError,
-        TaskiqAbortError,
-    )
     from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
     from taskiq_abort.middleware import AbortMiddleware
     from taskiq_abort.outcome import AbortOutcome, AbortStatus
@@ -43,13 +47,6 @@ _WHERE = {
     "AbortBackend": "taskiq_abort.backends",
     "MemoryAbortBackend": "taskiq_abort.backends",
     "RedisAbortBackend": "taskiq_abort.backends",
-    "AbortBackendError": "taskiq_abort.errors",
-    "AbortBackendUnavailableError": "taskiq_abort.errors",
-    "AbortConfigError": "taskiq_abort.errors",
-    "AbortPermissionError": "taskiq_abort.errors",
-    "InvalidTaskIdError": "taskiq_abort.errors",
-    "TaskAbortedError": "taskiq_abort.errors",
-    "TaskiqAbortError": "taskiq_abort.errors",
     "AbortableDecoratedTask": "taskiq_abort.handle",
     "AbortableTask": "taskiq_abort.handle",
     "abortable_task": "taskiq_abort.handle",
