@@ -21,6 +21,8 @@ BULK_CONCURRENCY = 32
 """Aborts in flight at once in a bulk abort, as in the CLI."""
 RECENT = 200
 """Outcomes kept for the dashboard's "recent outcomes"."""
+FINAL = ("aborted", "revoked")
+"""Recorded outcomes after which a task will not run (on)."""
 
 
 def _running(
@@ -114,7 +116,10 @@ class TaskService:
         request = await self.backend.get_request(task_id)
         has_result = await self._has_result(task_id)
         state: models.TaskStateName
-        if running is not None:
+        if request is not None and request.outcome in FINAL:
+            # Its worker confirmed; the registry entry goes in the worker's next batch.
+            state, running = request.outcome, None  # type: ignore[assignment]
+        elif running is not None:
             state = "running"
         elif request is not None:
             state = "requested" if request.outcome is None else request.outcome  # type: ignore[assignment]
@@ -172,6 +177,9 @@ class TaskService:
         ids = list(
             dict.fromkeys(e.task_id for e, _ in await self._entries() if e.task_name == task_name)
         )
+        # Not those already aborted: their entries linger until the worker's next registry batch.
+        done = await self.backend.get_requests(ids)
+        ids = [t for t in ids if t not in done or done[t].outcome not in FINAL]
         limit = asyncio.Semaphore(BULK_CONCURRENCY)
 
         async def one(task_id: str) -> AbortOutcome:
