@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -73,6 +75,7 @@ class Bench:
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its worker children are stopped with it, by group
         )
         deadline = time.monotonic() + 60
         while not self.sync.zcard(f"{self.prefix}:workers"):
@@ -100,7 +103,8 @@ class Bench:
 
     def close(self) -> None:
         if self.worker is not None:
-            self.worker.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.worker.pid, signal.SIGKILL)
             self.worker.wait(10)
         self.sync.close()
 
