@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from taskiq_abort import find_middleware, AbortStatus, TaskAbortedError, abort
+from taskiq_abort import AbortStatus, TaskAbortedError, abort, find_middleware
 from tests.faultkit import apoll, client_broker, held, rss_of
 
 pytestmark = pytest.mark.anyio
