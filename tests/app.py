@@ -104,7 +104,9 @@ def make_broker(
         retry = SmartRetryMiddleware(default_retry_count=3, default_delay=0, use_jitter=False)
     middlewares = [abort_mw, retry] if abort_first else [retry, abort_mw]
     broker = inner.with_result_backend(
-        RedisAsyncResultBackend(url, prefix_str=f"{prefix}:result")
+        # A bounded pool: when thousands of tasks end at once (the load test), waiting for a
+        # free connection beats opening thousands (redis-py connects them one at a time).
+        RedisAsyncResultBackend(url, prefix_str=f"{prefix}:result", max_connection_pool_size=200)
     ).with_middlewares(*middlewares)
     _define_tasks(broker)
     return broker

@@ -78,7 +78,7 @@ class MemoryAbortBackend(AbortBackend):
             record = self._record(entry.task_id)
             if record is not None:
                 if record.outcome is None:
-                    await self.set_outcome(entry.task_id, "revoked")
+                    await self.set_outcome(entry.task_id, "revoked", worker_id)
                 aborted.append(AbortNotice(entry.task_id, record.reason))
             elif worker is not None:
                 worker.tasks[entry.task_id] = entry

@@ -81,7 +81,9 @@ local aborted = {}
 for _ = 1, nstart do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
   if note_request(aborted, req, tid) then
-    redis.call('HSETNX', req .. tid, 'outcome', 'revoked')
+    if redis.call('HSETNX', req .. tid, 'outcome', 'revoked') == 1 then
+      redis.call('HSET', req .. tid, 'worker', wid)  -- who refused it
+    end
   else
     redis.call('HSET', KEYS[2], tid, value)
     holders_add(KEYS[3], tid, wid)
