@@ -23,6 +23,7 @@ from taskiq_abort.errors import (
 )
 from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
 from taskiq_abort.middleware import AbortMiddleware
+from taskiq_abort.observability import AbortObservability
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.token import AbortToken, shield
 
@@ -34,6 +35,7 @@ __all__ = [
     "AbortBackendUnavailableError",
     "AbortConfigError",
     "AbortMiddleware",
+    "AbortObservability",
     "AbortOutcome",
     "AbortPermissionError",
     "AbortStatus",

@@ -66,6 +66,8 @@ class AbortMessage:
 
     task_id: str
     reason: str | None = None
+    at: int | None = None  # optional: when the request was recorded, Redis TIME in ms
+    by: str | None = None  # optional: who asked (host:pid)
 
     def encode(self) -> str:
         return json.dumps(
@@ -119,7 +121,7 @@ def parse_abort(raw: bytes | str) -> AbortMessage | None:
     """Parse a control message; ``None`` for anything malformed.
 
     >>> parse_abort(AbortMessage("t1", "why").encode())
-    AbortMessage(task_id='t1', reason='why')
+    AbortMessage(task_id='t1', reason='why', at=None, by=None)
     >>> parse_abort(b"not json") is None
     True
     """
@@ -129,7 +131,10 @@ def parse_abort(raw: bytes | str) -> AbortMessage | None:
     reason = data.get("reason")
     if reason is not None and not isinstance(reason, str):
         return None
-    return AbortMessage(data["task_id"], clean_reason(reason))
+    at, by = data.get("at"), data.get("by")  # optional; v1 readers ignore them
+    at = at if type(at) is int else None
+    by = by[:MAX_TASK_ID_LENGTH] if isinstance(by, str) else None
+    return AbortMessage(data["task_id"], clean_reason(reason), at, by)
 
 
 def parse_reply(raw: bytes | str) -> ReplyMessage | None:

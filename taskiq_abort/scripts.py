@@ -92,7 +92,8 @@ return aborted
 )
 
 # KEYS: worker hash, tasks hash, workers zset; ARGV: lease_ms, worker_id
-# Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data).
+# Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
+# Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
 HEARTBEAT = (
     _NOW
     + """
@@ -102,7 +103,7 @@ redis.call('PEXPIRE', KEYS[1], lease)
 redis.call('PEXPIRE', KEYS[2], lease)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-return 1
+return now
 """
 )
 
@@ -127,7 +128,8 @@ for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now, '+inf')) do
   if v then holder, entry = wid, v; break end
 end
 local reason = redis.call('HGET', KEYS[1], 'reason')
-local message = cjson.encode({v = 1, type = 'abort', task_id = tid, reason = reason or cjson.null})
+local message = cjson.encode({v = 1, type = 'abort', task_id = tid, reason = reason or cjson.null,
+  at = tonumber(redis.call('HGET', KEYS[1], 'at')), by = redis.call('HGET', KEYS[1], 'by')})
 local receivers = redis.call('PUBLISH', ARGV[7], message)
 return {holder, entry, outcome, receivers, reason}
 """

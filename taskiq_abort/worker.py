@@ -15,6 +15,7 @@ import time
 import uuid
 from collections import OrderedDict
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import AbortBackend, RunningEntry
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
@@ -246,6 +247,7 @@ class WorkerSide:
         self._dirty = True
         if not self._outage:
             self._outage = True
+            observe.registry_outage()
             logger.warning(
                 "taskiq-abort: abort registry unavailable (%s); tasks keep running%s until it "
                 "is back",

@@ -10,6 +10,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -130,6 +131,7 @@ class MemoryAbortBackend(AbortBackend):
             if task_id in worker.tasks:
                 holder = wid, worker.tasks[task_id]
                 break
+        observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()
         for handler in list(self._handlers):  # delivered later, like a real broadcast
             loop.call_soon(handler, task_id, record.reason)

@@ -23,7 +23,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from taskiq_abort import scripts
+from taskiq_abort import observe, scripts
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -198,7 +198,7 @@ class RedisAbortBackend(AbortBackend):
     async def heartbeat(self, worker_id: str) -> bool:
         keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id), self.keys.workers]
         args: list[Any] = [int(self.lease * 1000), worker_id]
-        return bool(await self._call("a heartbeat", self._heartbeat(keys, args)))
+        return observe.redis_time(await self._call("a heartbeat", self._heartbeat(keys, args)))
 
     async def unregister(self, worker_id: str) -> None:
         async with self._cmd.pipeline(transaction=True) as pipe:
@@ -217,6 +217,7 @@ class RedisAbortBackend(AbortBackend):
             if parsed is None:
                 self._count_malformed(message)
                 continue
+            observe.request_seen(parsed.task_id, parsed.at, parsed.by)
             try:
                 handler(parsed.task_id, parsed.reason)
             except Exception:  # a bug in a handler must not end the listener
@@ -224,6 +225,7 @@ class RedisAbortBackend(AbortBackend):
 
     def _count_malformed(self, message: bytes) -> None:
         self.malformed_messages += 1
+        observe.malformed_message()
         if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
             logger.warning(
                 "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",
