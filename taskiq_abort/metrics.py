@@ -103,17 +103,13 @@ _served: set[int] = set()
 
 
 def enable() -> AbortMetrics:
-    """Create the metrics (once per process) and subscribe them to the hub."""
+    """The metrics, created once per process (prometheus-client's registry refuses a second
+    set). Subscribe them with ``observe.subscribe(enable())`` when not using
+    ``AbortObservability``, which delegates to them for its broker only."""
     global _metrics
     if _metrics is None:
         _metrics = AbortMetrics()
-    observe.subscribe(_metrics)
     return _metrics
-
-
-def disable() -> None:
-    if _metrics is not None:
-        observe.unsubscribe(_metrics)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> bool:
