@@ -102,7 +102,7 @@ async def one_run(url: str, variant: str, tasks: int, workdir: str) -> float:
     log = Path(workdir, f"{prefix}.log")
     with log.open("wb") as out:
         proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=out)
-    redis = aredis.Redis.from_url(url, decode_responses=True)
+    redis = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
     try:
         done = await redis.blpop([f"{prefix}:done"], timeout=300)  # an event, not a poll
         if done is None:

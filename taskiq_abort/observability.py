@@ -210,20 +210,23 @@ def keep_aborts_out_of_errors(middleware: TaskiqMiddleware) -> bool:
         return False
     otel = sys.modules.get(_OTEL_MODULE)
     otel_class = getattr(otel, "OpenTelemetryMiddleware", None) if otel else None
+    is_otel = otel_class is not None and isinstance(middleware, otel_class)
     if isinstance(middleware, PrometheusMiddleware):
         counter = "found_errors"
-    elif otel_class is not None and isinstance(middleware, otel_class):
+    elif is_otel:
         counter = "n_errors_counter"
-        middleware.on_error = _span_not_failed(middleware.on_error)
     else:
         return False
     hook = middleware.post_execute
-    if inspect.iscoroutinefunction(hook) or not hasattr(middleware, counter):
+    hooks = (hook, middleware.on_error) if is_otel else (hook,)
+    if any(inspect.iscoroutinefunction(h) for h in hooks) or not hasattr(middleware, counter):
         logger.warning(
             "taskiq-abort: cannot keep aborts out of %s's errors (its hooks changed)",
             type(middleware).__name__,
         )
         return False
+    if is_otel:
+        middleware.on_error = _span_not_failed(middleware.on_error)  # type: ignore[method-assign]
     middleware.post_execute = _without(middleware, counter, hook)  # type: ignore[method-assign]
     setattr(middleware, _PATCHED, True)
     return True

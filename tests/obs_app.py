@@ -3,6 +3,7 @@ taskiq's ``PrometheusMiddleware``, ``AbortMiddleware`` and ``AbortObservability`
 
 ``OBS_ORDER=abort_first`` builds our middlewares, and imports ``taskiq_abort.metrics``, before
 ``PrometheusMiddleware`` sets its multiprocess directory: the import-order trap of issue 11.
+``OBS_ORDER=own_port``: no ``PrometheusMiddleware``; ``AbortObservability`` serves the metrics.
 """
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ def make_broker(
     """With ``metrics_dir``, a worker's broker (with ``PrometheusMiddleware``); without, the
     test's client (which must not set ``PROMETHEUS_MULTIPROC_DIR`` in the test process)."""
     middlewares: list[TaskiqMiddleware] = []
-    if order == "abort_first":
+    if order == "own_port" and metrics_dir is not None:  # a worker without PrometheusMiddleware
+        observability = AbortObservability(metrics_port=metrics_port, metrics_path=metrics_dir)
+        middlewares += [AbortMiddleware(url, prefix=prefix), observability]
+        metrics_dir = None
+    elif order == "abort_first":
         import taskiq_abort.metrics  # noqa: F401  - must not import prometheus-client yet
 
         middlewares += [AbortMiddleware(url, prefix=prefix), AbortObservability()]
     if metrics_dir is not None:
         middlewares.append(PrometheusMiddleware(Path(metrics_dir), server_port=metrics_port))
-    if order != "abort_first":
+    if not middlewares or order == "prometheus_first":
         middlewares += [AbortMiddleware(url, prefix=prefix), AbortObservability()]
     broker = (
         RedisStreamBroker(url, queue_name=f"{prefix}:queue", consumer_group_name=f"{prefix}:g")
