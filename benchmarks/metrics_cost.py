@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -101,7 +103,9 @@ async def one_run(url: str, variant: str, tasks: int, workdir: str) -> float:
     args += ["--workers", "1", "--log-level", "WARNING", "--shutdown-timeout", "2"]
     log = Path(workdir, f"{prefix}.log")
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=out, stderr=out)
+        proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=out, stderr=out, start_new_session=True
+        )
     redis = aredis.Redis.from_url(url, decode_responses=True, socket_timeout=None)
     try:
         done = await redis.blpop([f"{prefix}:done"], timeout=300)  # an event, not a poll
@@ -111,7 +115,8 @@ async def one_run(url: str, variant: str, tasks: int, workdir: str) -> float:
         return last - first
     finally:
         await redis.aclose()
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its worker child too, not only `taskiq worker`
         proc.wait(10)
 
 

@@ -136,6 +136,16 @@ def serve(port: int, addr: str = "0.0.0.0") -> bool:
     return True
 
 
+def write_textfile(path: str) -> None:
+    """Write the aborter's metrics to ``path`` in Prometheus text format (atomically), for a
+    one-shot process such as the CLI; node_exporter's textfile collector can serve it."""
+    from prometheus_client import REGISTRY, write_to_textfile
+
+    names = ["abort_requests_total", "abort_requests_created"]
+    names += [f"abort_request_seconds{s}" for s in ("_bucket", "_count", "_sum", "_created")]
+    write_to_textfile(path, REGISTRY.restricted_registry(names))
+
+
 def _multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 

@@ -169,3 +169,29 @@ def test_taskiq_entry_points_leave_prometheus_client_alone() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+async def test_cli_writes_its_metrics(
+    client, worker_factory, events: Events, tmp_path: Path, redis_url: str, prefix: str
+) -> None:
+    """``taskiq-abort ID... --metrics FILE``: the aborter's metrics of a one-shot run."""
+    from tests.test_cli import cli, started
+
+    worker_factory().start()
+    task_id = await started(client, events, "sleeper", 60)
+    path = tmp_path / "abort.prom"
+
+    proc = cli(
+        "--redis-url", redis_url, "--prefix", prefix, task_id, "never-sent", "--metrics", str(path)
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(path.read_text())
+        for s in family.samples
+    }
+    assert samples[("abort_requests_total", frozenset({("status", "aborted")}))] == 1
+    assert samples[("abort_requests_total", frozenset({("status", "revoked")}))] == 1
+    assert samples[("abort_request_seconds_count", frozenset({("status", "aborted")}))] == 1
+    assert not any(name.startswith(("python_", "process_")) for name, _ in samples)
