@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from taskiq_abort import AbortMiddleware, AbortObservability, AbortStatus, abort
 from taskiq_abort.otel import EVENT
 from taskiq_abort.progress import ABORTED
 from taskiq_abort.protocol import AbortMessage
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -231,3 +234,59 @@ def test_hub_survives_a_failing_observer(caplog: pytest.LogCaptureFixture) -> No
     finally:
         observe.unsubscribe(broken)
     assert "observer" in caplog.text
+
+
+INSTRUMENTOR_SCRIPT = """
+import asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+from taskiq import InMemoryBroker
+from taskiq.instrumentation import TaskiqInstrumentor
+from taskiq_abort import AbortMiddleware, AbortObservability
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+TaskiqInstrumentor().instrument()  # adds OpenTelemetryMiddleware to every broker built now
+broker = InMemoryBroker().with_middlewares(AbortMiddleware(), AbortObservability(metrics=False))
+started = asyncio.Event()
+
+@broker.task(task_name="instrumented")
+async def instrumented() -> None:
+    started.set()
+    await asyncio.sleep(60)
+
+async def main() -> None:
+    await broker.startup()
+    task = await instrumented.kiq()
+    await started.wait()
+    with trace.get_tracer("test").start_as_current_span("caller"):
+        assert (await task.abort(reason="from the instrumentor test")).status == "aborted"
+    await broker.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    execute = spans["execute/instrumented"]
+    assert [e.name for e in execute.events] == ["taskiq_abort.aborted"], execute.events
+    assert execute.status.status_code is StatusCode.UNSET
+    (link,) = spans["abort/instrumented"].links
+    assert link.context.span_id == execute.context.span_id
+    print("ok")
+
+asyncio.run(main())
+"""
+
+
+def test_with_taskiq_instrumentor() -> None:
+    """``TaskiqInstrumentor`` patches every broker of the process: in a process of its own."""
+    proc = subprocess.run(
+        [sys.executable, "-c", INSTRUMENTOR_SCRIPT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.stdout.strip() == "ok", proc.stderr
