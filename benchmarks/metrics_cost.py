@@ -12,6 +12,11 @@ taken in the worker, so start-up is not counted. Three variants, alternating rou
 
 ``on / off`` is what abort observability costs a task that is not aborted. The workers load
 ``benchmarks.metrics_cost:broker``, built from ``BENCH_METRICS_*`` environment variables.
+
+On a busy machine those runs vary more than the effect, so ``micro`` also times, in this
+process, the only code ``AbortObservability`` adds to a task that is not aborted: its wrapper
+around ``PrometheusMiddleware.post_execute`` (and ``OpenTelemetryMiddleware``'s), around a no-op
+hook, best of 9 alternating batches of 200,000 calls; set against a task's time in ``off``.
 """
 
 from __future__ import annotations
@@ -141,14 +146,56 @@ async def run(url: str, tasks: int, rounds: int) -> dict[str, Any]:
     }
 
 
+def micro(calls: int = 200_000, batches: int = 9) -> dict[str, float]:
+    """Seconds per call of a ``post_execute`` hook, plain and through our wrapper; the hook is
+    a no-op, so that only the wrapper is timed. Batches alternate; the best of each counts."""
+    from taskiq import TaskiqMessage, TaskiqResult
+
+    from taskiq_abort.observability import _without
+
+    class Stub:
+        found_errors = None
+
+        def post_execute(self, message: Any, result: Any) -> None:
+            pass
+
+    stub = Stub()
+    patched = _without(stub, "found_errors", stub.post_execute)
+    hooks = {"plain": stub.post_execute, "patched": patched}
+    message = TaskiqMessage(task_id="t", task_name="noop", labels={}, args=[], kwargs={})
+    result: TaskiqResult[None] = TaskiqResult(is_err=False, return_value=None, execution_time=0)
+    best = {name: float("inf") for name in hooks}
+    for _ in range(batches):
+        for name, hook in hooks.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                hook(message, result)
+            best[name] = min(best[name], (time.perf_counter() - start) / calls)
+    return {
+        "plain_s": best["plain"],
+        "patched_s": best["patched"],
+        "added_s": best["patched"] - best["plain"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="300 tasks, 2 rounds")
     parser.add_argument("--json", action="store_true", help="print the raw numbers as JSON")
+    parser.add_argument("--micro", action="store_true", help="only the in-process timing")
     args = parser.parse_args(argv)
     tasks, rounds = (300, 2) if args.quick else (args.tasks, args.rounds)
+    hook = micro(20_000 if args.quick else 200_000)
+    added_us = hook["added_s"] * 1e6
+    print(
+        f"a no-op post_execute: {hook['plain_s'] * 1e6:.3f} us called plainly, "
+        f"{hook['patched_s'] * 1e6:.3f} us through AbortObservability's wrapper "
+        f"(+{added_us:.3f} us per task)"
+    )
+    if args.micro:
+        return 0
     server = RedisServer().start()
     try:
         result = asyncio.run(run(server.url, tasks, rounds))
@@ -161,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         med = result["median_seconds"][variant]
         print(f"  {variant:5} {med * 1000:8.1f} ms  ({tasks / med:7.0f} tasks/s)")
     print(f"on / off (abort observability's cost): {result['ratio_on_off']:.3f}")
+    per_task_us = result["median_seconds"]["off"] / tasks * 1e6
+    print(
+        f"the wrapper's +{added_us:.2f} us against {per_task_us:.0f} us per task ('off'): "
+        f"{1 + added_us / per_task_us:.4f}"
+    )
     print(f"off / abort (taskiq's PrometheusMiddleware): {result['ratio_off_abort']:.3f}")
     print(f"spread of 'off' runs (max - min) / median: {result['spread_off']:.1%}")
     print(f"load average at the end: {' '.join(f'{x:.2f}' for x in result['loadavg'])}")

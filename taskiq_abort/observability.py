@@ -177,17 +177,13 @@ class _NoCount:
 _NO_COUNT = _NoCount()
 
 
-def _aborted(result: TaskiqResult[Any]) -> bool:
-    return isinstance(result.error, TaskAbortedError)
-
-
 def _without(middleware: Any, counter: str, hook: Callable[..., Any]) -> Callable[..., Any]:
     """``hook`` (a sync ``post_execute``) that does not count aborted results in ``counter``.
     The counter is swapped only for the duration of one synchronous call: no other task's
     hook can run meanwhile on this event loop."""
 
     def post_execute(message: TaskiqMessage, result: TaskiqResult[Any]) -> Any:
-        if not _aborted(result):
+        if not result.is_err or not isinstance(result.error, TaskAbortedError):
             return hook(message, result)
         saved = getattr(middleware, counter)
         setattr(middleware, counter, _NO_COUNT)

@@ -31,6 +31,7 @@ from taskiq_abort import AbortMiddleware, AbortObservability, AbortStatus, abort
 from taskiq_abort.otel import EVENT
 from taskiq_abort.progress import ABORTED
 from taskiq_abort.protocol import AbortMessage
+from taskiq_abort.testing import RedisServer
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.anyio
@@ -220,6 +221,53 @@ async def test_one_log_line_per_abort(app: App, caplog: pytest.LogCaptureFixture
     assert " ms" in worker_line  # the delivery time
     aborter_line = next(line for line in lines if line.startswith("taskiq-abort: abort of"))
     assert ": aborted by " in aborter_line
+
+
+async def test_registry_outage_counted_once() -> None:
+    """Redis of the control plane killed under a worker: one outage, however many failed calls."""
+
+    class Watch(observe.Observer):
+        def __init__(self) -> None:
+            self.outage = asyncio.Event()
+
+        def registry_outage(self) -> None:
+            self.outage.set()
+
+    server = RedisServer().start()
+    middleware = AbortMiddleware(server.url, lease=0.3, redis_timeout=0.5)
+    broker = InMemoryBroker().with_middlewares(
+        middleware, AbortObservability(tracing=False, progress=False)
+    )
+    attempts, enough = [0], asyncio.Event()
+    register = middleware.backend.register
+
+    async def counted(*args: Any) -> Any:  # the worker retries by re-registering
+        attempts[0] += 1
+        if attempts[0] >= 5:
+            enough.set()
+        return await register(*args)
+
+    middleware.backend.register = counted  # type: ignore[method-assign]
+    watch = Watch()
+    observe.subscribe(watch)
+    before = prom("abort_registry_outages_total")
+    await broker.startup()
+    try:
+        server.kill()
+        await asyncio.wait_for(watch.outage.wait(), 30)
+        await asyncio.wait_for(enough.wait(), 30)  # several more failed attempts
+        assert prom("abort_registry_outages_total") - before == 1
+    finally:
+        observe.unsubscribe(watch)
+        await broker.shutdown()
+        server.cleanup()
+
+
+async def test_forced_counter(app: App) -> None:
+    """No grace period exists yet, so nothing calls it; the metric is there for when it does."""
+    forced = prom("forced_aborts_total", task_name="obs_sleep")
+    observe.abort_forced("obs_sleep")
+    assert prom("forced_aborts_total", task_name="obs_sleep") - forced == 1
 
 
 def test_hub_survives_a_failing_observer(caplog: pytest.LogCaptureFixture) -> None:
