@@ -6,7 +6,10 @@ message. Two ways to deliver the cancellation, chosen by ``AbortMiddleware(cance
 
 - ``"edge"`` (default): asyncio's own semantics. One ``CancelledError`` at the task's current
   ``await``; ``except``/``finally`` blocks may then ``await`` their clean-up (close a session,
-  roll back) as they would after ``Task.cancel()``.
+  roll back) as they would after ``Task.cancel()``. A cancellation that code inside the body
+  swallows (CPython 3.10/3.11's ``asyncio.wait_for`` drops one when the awaited operation
+  completes at the same moment; redis-py writes every command through it) is delivered again at
+  the body's next ``await``: see :class:`_Body`.
 - ``"level"``: anyio's semantics. The body runs in an anyio cancel scope that stays cancelled:
   every later ``await`` inside it is cancelled too (clean-up must be shielded), so even a body
   that swallows ``CancelledError`` cannot carry on.
@@ -16,12 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from contextvars import ContextVar, Token
 from typing import Any, Literal
 
@@ -41,6 +45,12 @@ _CANCEL_MSG = "aborted by taskiq-abort"
 _run_ids = itertools.count(1)
 
 
+class Redeliveries:
+    """How often this process found an abort's cancellation swallowed and delivered it again."""
+
+    count = 0
+
+
 class RunningTask:
     """One attempt of one task on this worker, from ``pre_execute`` to ``post_save``."""
 
@@ -49,6 +59,7 @@ class RunningTask:
         "_event",
         "abort_requested",
         "callback",
+        "cancels",
         "context",
         "delivered",
         "done",
@@ -73,7 +84,8 @@ class RunningTask:
         self.host: asyncio.Task[Any] | None = None  # the task running the body, while it runs
         self.scope: anyio.CancelScope | None = None  # level mode only
         self.shields = 0  # open ``shield()`` sections: the cancel waits for them
-        self.delivered = False
+        self.delivered = False  # a cancellation of ours is in flight in the body
+        self.cancels = 0  # Task.cancel() calls we made on ``host`` (each one is uncancelled)
         self.abort_requested = False  # an abort arrived while this attempt was held
         self.revoked = False  # an abort request existed when this attempt started
         self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
@@ -117,7 +129,14 @@ class RunningTask:
             self.scope.cancel()
         elif self.host is not None:
             self.delivered = True
+            self.cancels += 1
             self.host.cancel(_CANCEL_MSG)
+
+    def redeliver(self) -> None:
+        """The body swallowed our cancellation: cancel it again (at its current ``await``)."""
+        Redeliveries.count += 1
+        self.delivered = False
+        self.deliver()
 
     def revoke(self, reason: str | None) -> None:
         self.revoked, self.reason = True, reason
@@ -156,29 +175,96 @@ def _enter(run: RunningTask | None) -> RunningTask | None:
     return run
 
 
+def _handling(coro: object, exc: BaseException) -> bool:
+    """Whether a frame of the suspended ``coro`` (or of what it awaits) is still handling
+    ``exc``: in an ``except`` or ``finally`` block it raised, directly or as the cause or context
+    of another exception. Such a frame holds the exception on its stack or in its exception
+    state, which the garbage collector's referents show; a frame that swallowed it does not."""
+    obj: object = coro
+    while obj is not None:
+        for ref in gc.get_referents(obj):
+            depth = 0
+            while isinstance(ref, BaseException) and depth < 8:
+                if ref is exc:
+                    return True
+                ref, depth = ref.__cause__ or ref.__context__, depth + 1
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    return False
+
+
+class _Body:
+    """Awaits the task body exactly as ``await body`` would (``yield from``), and watches the
+    cancellations of an abort go through it.
+
+    After a ``CancelledError`` of ours was thrown into the body, each time the body suspends
+    again we check whether it is still handling that exception (clean-up in ``except`` or
+    ``finally``: let it run, as asyncio does) or has dropped it (swallowed by the body or by
+    code it awaited, e.g. 3.10/3.11's ``asyncio.wait_for``): then the abort is delivered again,
+    at the ``await`` the body is now suspended in. Only costs anything once an abort arrived.
+    """
+
+    __slots__ = ("coro", "run")
+
+    def __init__(self, run: RunningTask, coro: Coroutine[Any, Any, Any]) -> None:
+        self.run, self.coro = run, coro
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        run, coro = self.run, self.coro
+        value: Any = None
+        thrown: BaseException | None = None
+        ours: BaseException | None = None  # our cancellation, in flight in the body
+        while True:
+            try:
+                yielded = coro.send(value) if thrown is None else coro.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            finally:
+                thrown = None
+            if ours is not None and not _handling(coro, ours):
+                ours = None
+                run.redeliver()
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # forwarded into the body, as ``yield from`` does
+                thrown, value = exc, None
+                if run.cancels and isinstance(exc, asyncio.CancelledError):
+                    ours = exc
+
+
 async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     host = asyncio.current_task()
     run.host = host
     try:
-        result = await func(*args, **kwargs)
+        result = await _Body(run, func(*args, **kwargs))
     except asyncio.CancelledError:
-        if not run.delivered:
+        if not run.cancels:
             raise  # not ours (worker shutdown...): let it through
-        if host is not None and sys.version_info >= (3, 11):
-            host.uncancel()  # we consumed our own cancellation
+        _uncancel(run, host)  # we consumed our own cancellations
         raise TaskAbortedError(run.task_id, run.reason) from None
     except Exception as exc:
         if run.abort_requested:  # an error raised while cleaning up after the abort
+            _uncancel(run, host)
             raise TaskAbortedError(run.task_id, run.reason) from exc
         raise
     finally:
         run.host = None  # no cancel may land outside the body
     if run.abort_requested:  # the body caught the cancellation and returned: the abort wins
-        if run.delivered and host is not None and sys.version_info >= (3, 11):
-            while host.cancelling():  # a cancel that had not landed yet must not escape
-                host.uncancel()
+        _uncancel(run, host)
         raise TaskAbortedError(run.task_id, run.reason)
     return result
+
+
+def _uncancel(run: RunningTask, host: asyncio.Task[Any] | None) -> None:
+    """Take back the cancel requests we made, so taskiq's code after the body (storing the
+    result) does not see the task as being cancelled. Never more than we made."""
+    if host is not None and sys.version_info >= (3, 11):
+        for _ in range(run.cancels):
+            if not host.uncancel():
+                break
+    run.cancels = 0
 
 
 async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:

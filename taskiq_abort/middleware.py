@@ -119,6 +119,7 @@ class AbortMiddleware(TaskiqMiddleware):
         self.cancel_mode: CancelMode = cancel_mode
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
+        self._starting_loop: asyncio.AbstractEventLoop | None = None
         self._wrapped: set[str] = set()
 
     def __repr__(self) -> str:
@@ -180,16 +181,23 @@ class AbortMiddleware(TaskiqMiddleware):
             await self._ensure_worker()
 
     async def shutdown(self) -> None:
-        worker, self.worker = self.worker, None
+        worker = self.worker
         if worker is not None:
-            await worker.stop()
+            if worker.loop is asyncio.get_running_loop():
+                self.worker = None
+                await worker.stop()
+            else:
+                await self._drop_stale_worker(worker)
         await self.backend.close()
 
     async def _ensure_worker(self) -> WorkerSide:
+        loop = asyncio.get_running_loop()
         if self.worker is not None:
-            return self.worker
-        if self._worker_starting is None:
-            self._worker_starting = asyncio.Lock()
+            if self.worker.loop is loop:
+                return self.worker
+            await self._drop_stale_worker(self.worker)
+        if self._worker_starting is None or self._starting_loop is not loop:
+            self._worker_starting, self._starting_loop = asyncio.Lock(), loop
         async with self._worker_starting:
             if self.worker is None:
                 assert self.broker is not None
@@ -204,6 +212,18 @@ class AbortMiddleware(TaskiqMiddleware):
                 self.worker = worker
         return self.worker
 
+    async def _drop_stale_worker(self, stale: WorkerSide) -> None:
+        """The worker side was started on an event loop that has since ended (``asyncio.run``
+        per test, pytest's loop per test, a module-level ``InMemoryBroker`` never shut down):
+        its listener and heartbeat died with that loop. Start afresh on this one, and take the
+        old registration out now rather than when its lease runs out."""
+        if self.worker is not stale:
+            return
+        self.worker = None
+        logger.debug("taskiq-abort: worker side restarted on a new event loop")
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.backend.unregister(stale.worker_id), self.abort_timeout)
+
     def _run_after_retry_middlewares(self, broker: AsyncBroker) -> None:
         # on_error hooks run in reverse order: ours must come after every retry middleware in
         # the list, so it runs first and can tell them not to retry an aborted task.
@@ -216,7 +236,9 @@ class AbortMiddleware(TaskiqMiddleware):
             mws.insert(last_retry, mws.pop(mine))
 
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        worker = self.worker or await self._ensure_worker()
+        worker = self.worker
+        if worker is None or worker.loop is not asyncio.get_running_loop():
+            worker = await self._ensure_worker()
         if message.task_name not in self._wrapped:  # a task registered after start-up
             self._wrap(message.task_name)
         run = worker.begin(message.task_id, message.task_name)

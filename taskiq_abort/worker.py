@@ -45,6 +45,7 @@ class WorkerSide:
         self.fail_closed = fail_closed
         self.cancel_mode: CancelMode = cancel_mode
         self.worker_id = make_worker_id()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the event loop it runs on
         self.running: dict[str, RunningTask] = {}
         self.recent: OrderedDict[str, str] = OrderedDict()
         self.info = {
@@ -67,6 +68,7 @@ class WorkerSide:
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, ready_timeout: float = 3.0) -> None:
+        self.loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(
                 self.backend.listen(self.on_abort, self._resync), name="abort-listen"

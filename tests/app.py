@@ -41,6 +41,16 @@ async def emit(context: Context, event: str) -> None:
         await client.rpush(events_key(prefix, context.message.task_id), f"{event} {time.time()}")
 
 
+def marks() -> aredis.Redis:
+    """One redis-py client whose pool every task of this worker shares, as apps do: its
+    commands go through ``asyncio.wait_for``, which on Python 3.10/3.11 can swallow a
+    cancellation that lands as the command completes."""
+    client = _signals.get("marks")
+    if client is None:
+        client = _signals["marks"] = aredis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
+    return client
+
+
 def emit_sync(context: Context, event: str) -> None:
     prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
     client = _signals.get("sync")
@@ -78,7 +88,13 @@ def make_broker(
     else:
         raise ValueError(kind)
     abort_mw = AbortMiddleware(
-        abort_url or url, prefix=prefix, lease=lease, fail_closed=fail_closed
+        abort_url or url,
+        prefix=prefix,
+        lease=lease,
+        fail_closed=fail_closed,
+        cancel_mode="level"
+        if os.environ.get("TASKIQ_ABORT_TEST_CANCEL_MODE") == "level"
+        else "edge",
     )
     retry: TaskiqMiddleware = SimpleRetryMiddleware(default_retry_count=3)
     if os.environ.get("TASKIQ_ABORT_TEST_RETRY") == "smart":
@@ -100,6 +116,31 @@ def _define_tasks(broker: AsyncBroker) -> None:
         finally:
             await emit(context, "finally")
         return "slept"
+
+    @broker.task(task_name="marker")
+    async def marker(tag: str, seconds: float = 3.0) -> str:
+        """Issue 12's task: awaits a shared redis-py client first, then sleeps; its clean-up
+        in ``finally`` awaits too (unshielded: edge mode lets it run)."""
+        prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
+        try:
+            await marks().set(f"{prefix}:started:{tag}", 1)
+            await asyncio.sleep(seconds)
+            await marks().set(f"{prefix}:done:{tag}", 1)
+        finally:
+            await marks().set(f"{prefix}:cleanup:{tag}", 1)
+        return "ran to the end"
+
+    @broker.task(task_name="stubborn")
+    async def stubborn(context: Context = TaskiqDepends()) -> str:
+        """Catches the abort's CancelledError once and carries on."""
+        await emit(context, "started")
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await emit(context, "swallowed")
+        await asyncio.sleep(60)
+        await emit(context, "ran-on")
+        return "carried on"
 
     @broker.task(task_name="quick")
     async def quick(value: int, context: Context = TaskiqDepends()) -> int:
@@ -196,6 +237,9 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
     @broker.task(task_name="chaos", retry_on_error=True, max_retries=3)
     async def chaos(seconds: float, fail_times: int, context: Context = TaskiqDepends()) -> str:
         attempt = int(context.message.labels.get("_retries", 0))
+        prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
+        # A shared redis-py client first, as real task code does: it may swallow the abort.
+        await marks().set(f"{prefix}:mark:{context.message.task_id}:{attempt}", 1)
         await emit(context, f"started-{attempt}")
         await asyncio.sleep(seconds)
         if attempt < fail_times:
@@ -208,7 +252,7 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
         """What the worker's abort state holds, seen from inside the worker process."""
         import gc
 
-        from taskiq_abort.execution import RunningTask
+        from taskiq_abort.execution import Redeliveries, RunningTask
 
         mw = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
         side = mw.worker
@@ -226,6 +270,7 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
             "asyncio_tasks": len(asyncio.all_tasks()),
             "rss": rss,
             "malformed": getattr(mw.backend, "malformed_messages", None),
+            "redeliveries": Redeliveries.count,
         }
 
 

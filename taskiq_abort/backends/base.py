@@ -173,7 +173,7 @@ class AbortBackend(abc.ABC):
 
     def _deliver_reply(self, reply: ReplyMessage) -> None:
         for waiter in self._waiters.get(reply.task_id, ()):
-            if not waiter.done():
+            if not waiter.done() and not waiter.get_loop().is_closed():
                 waiter.set_result(reply)
 
     def _cancel_waiters(self) -> None:

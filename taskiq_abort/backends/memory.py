@@ -42,7 +42,9 @@ class MemoryAbortBackend(AbortBackend):
         self.lease = lease
         self._requests: dict[str, tuple[float, RequestRecord]] = {}
         self._workers: dict[str, _Worker] = {}
-        self._handlers: list[AbortHandler] = []
+        # With the loop each was registered from: a worker of an event loop that has ended
+        # (``asyncio.run`` per test) must not be called from the next one.
+        self._handlers: list[tuple[asyncio.AbstractEventLoop, AbortHandler]] = []
         self._waiters = {}
 
     def __repr__(self) -> str:
@@ -114,12 +116,13 @@ class MemoryAbortBackend(AbortBackend):
         self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
 
     async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
-        self._handlers.append(handler)
+        entry = (asyncio.get_running_loop(), handler)
+        self._handlers.append(entry)
         try:
             await resync()
             await asyncio.Event().wait()  # until cancelled
         finally:
-            self._handlers.remove(handler)
+            self._handlers.remove(entry)
 
     async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
         record = self._record(task_id)
@@ -133,13 +136,14 @@ class MemoryAbortBackend(AbortBackend):
                 break
         observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()
-        for handler in list(self._handlers):  # delivered later, like a real broadcast
+        receivers = [handler for owner, handler in self._handlers if owner is loop]
+        for handler in receivers:  # delivered later, like a real broadcast
             loop.call_soon(handler, task_id, record.reason)
         return RequestResult(
             holder=holder[0] if holder else None,
             entry=holder[1] if holder else None,
             outcome=record.outcome,
-            receivers=len(self._handlers),
+            receivers=len(receivers),
             reason=record.reason,
         )
 

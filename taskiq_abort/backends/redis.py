@@ -105,25 +105,7 @@ class RedisAbortBackend(AbortBackend):
         # A blocking pool: a burst of concurrent aborts (or of a worker's confirmations) waits
         # for a free connection instead of failing with "Too many connections" once redis-py's
         # 100 are in use, which would read as "Redis unreachable".
-        pool_kwargs: dict[str, Any] = {"max_connections": 100, "timeout": 10 * timeout}
-        self._cmd = Redis.from_pool(
-            BlockingConnectionPool.from_url(
-                url,
-                decode_responses=True,
-                socket_connect_timeout=timeout,
-                socket_timeout=timeout,
-                # Retry a dropped connection, not a timeout: a hung Redis must fail abort()
-                # after one ``timeout``, not three.
-                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2, (rexc.ConnectionError,)),
-                **{**pool_kwargs, **connection_kwargs},
-            )
-        )
-        self._sync = self._cmd.register_script(scripts.SYNC)
-        self._register = self._cmd.register_script(scripts.REGISTER)
-        self._heartbeat = self._cmd.register_script(scripts.HEARTBEAT)
-        self._request = self._cmd.register_script(scripts.REQUEST)
-        self._confirm = self._cmd.register_script(scripts.CONFIRM)
-        self._list = self._cmd.register_script(scripts.LIST)
+        self._client: _Client | None = None  # per event loop: see ``_c``
         # Aborter side: one reply subscription per process, shared by every waiting abort().
         self._waiters = {}
         self._reply_task: asyncio.Task[None] | None = None
@@ -132,6 +114,42 @@ class RedisAbortBackend(AbortBackend):
 
     def __repr__(self) -> str:
         return f"RedisAbortBackend({safe_url(self.url)!r}, prefix={self.keys.prefix!r})"
+
+    @property
+    def _c(self) -> _Client:
+        """The command client of the running event loop. redis-py's connections belong to the
+        loop that opened them; a backend used from a new loop (``asyncio.run`` per test, a
+        loop per pytest test) gets fresh ones, and forgets the old loop's waiters."""
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is None or client.loop is not loop:
+            if client is not None:
+                self._loop_changed()
+            client = self._client = _Client(loop, self._make_client())
+        return client
+
+    def _loop_changed(self) -> None:
+        # The old loop's tasks and futures are gone with it; nothing there can be awaited.
+        self._reply_task, self._reply_settled = None, None
+        self._waiters = {}
+
+    def _make_client(self) -> Redis:
+        # A blocking pool: a burst of concurrent aborts (or of a worker's confirmations) waits
+        # for a free connection instead of failing with "Too many connections" once redis-py's
+        # 100 are in use, which would read as "Redis unreachable".
+        pool_kwargs: dict[str, Any] = {"max_connections": 100, "timeout": 10 * self.timeout}
+        return Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                self.url,
+                decode_responses=True,
+                socket_connect_timeout=self.timeout,
+                socket_timeout=self.timeout,
+                # Retry a dropped connection, not a timeout: a hung Redis must fail abort()
+                # after one ``timeout``, not three.
+                retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2, (rexc.ConnectionError,)),
+                **{**pool_kwargs, **self._kwargs},
+            )
+        )
 
     def _pubsub_client(self) -> Redis:
         # No silent retries: a dropped subscription must surface so we resync after it.
@@ -180,7 +198,7 @@ class RedisAbortBackend(AbortBackend):
         for entry in finishes:
             args += [entry.task_id, entry.run_id]
         keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id)]
-        alive, aborted = await self._call("registering tasks", self._sync(keys, args))
+        alive, aborted = await self._call("registering tasks", self._c.sync(keys, args))
         return bool(alive), _triples(aborted)
 
     async def register(
@@ -193,15 +211,15 @@ class RedisAbortBackend(AbortBackend):
         for entry in running:
             args += [entry.task_id, entry.encode()]
         keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id), self.keys.workers]
-        return _triples(await self._call("registering a worker", self._register(keys, args)))
+        return _triples(await self._call("registering a worker", self._c.register(keys, args)))
 
     async def heartbeat(self, worker_id: str) -> bool:
         keys = [self.keys.worker(worker_id), self.keys.tasks(worker_id), self.keys.workers]
         args: list[Any] = [int(self.lease * 1000), worker_id]
-        return observe.redis_time(await self._call("a heartbeat", self._heartbeat(keys, args)))
+        return observe.redis_time(await self._call("a heartbeat", self._c.heartbeat(keys, args)))
 
     async def unregister(self, worker_id: str) -> None:
-        async with self._cmd.pipeline(transaction=True) as pipe:
+        async with self._c.cmd.pipeline(transaction=True) as pipe:
             pipe.delete(self.keys.worker(worker_id), self.keys.tasks(worker_id))
             pipe.zrem(self.keys.workers, worker_id)
             await self._call("unregistering a worker", pipe.execute())
@@ -209,7 +227,7 @@ class RedisAbortBackend(AbortBackend):
     async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
         payload = ReplyMessage(task_id, outcome, worker_id).encode()
         args = [outcome, worker_id, self.keys.reply, payload]
-        await self._call("confirming an abort", self._confirm([self.keys.request(task_id)], args))
+        await self._call("confirming an abort", self._c.confirm([self.keys.request(task_id)], args))
 
     async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
         async for message in self._subscription(self.keys.control, resync, "control"):
@@ -298,7 +316,7 @@ class RedisAbortBackend(AbortBackend):
         ]
         holder, entry, outcome, receivers, stored_reason = await self._call(
             f"recording the abort of task {task_id}",
-            self._request([self.keys.request(task_id), self.keys.workers], args),
+            self._c.request([self.keys.request(task_id), self.keys.workers], args),
         )
         return RequestResult(
             holder=holder or None,
@@ -309,6 +327,7 @@ class RedisAbortBackend(AbortBackend):
         )
 
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
+        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
         waiter = await super().prepare_reply(task_id)
         if self._reply_task is None or self._reply_task.done():
             self._reply_settled = asyncio.Event()
@@ -356,16 +375,18 @@ class RedisAbortBackend(AbortBackend):
     async def set_outcome(self, task_id: str, outcome: str) -> None:
         await self._call(
             "recording an abort outcome",
-            self._confirm([self.keys.request(task_id)], [outcome, "", self.keys.reply, ""]),
+            self._c.confirm([self.keys.request(task_id)], [outcome, "", self.keys.reply, ""]),
         )
 
     async def clear_request(self, task_id: str) -> None:
-        await self._call("clearing an abort request", self._cmd.delete(self.keys.request(task_id)))
+        await self._call(
+            "clearing an abort request", self._c.cmd.delete(self.keys.request(task_id))
+        )
 
     async def get_request(self, task_id: str) -> RequestRecord | None:
         data: dict[str, str] = await self._call(
             f"reading the abort request of {task_id}",
-            self._cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
+            self._c.cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
         )
         return _record(task_id, data)
 
@@ -373,7 +394,7 @@ class RedisAbortBackend(AbortBackend):
         """One pipelined round trip for many ids (``taskiq-abort ls``)."""
         if not task_ids:
             return {}
-        async with self._cmd.pipeline(transaction=False) as pipe:
+        async with self._c.cmd.pipeline(transaction=False) as pipe:
             for tid in task_ids:
                 pipe.hgetall(self.keys.request(tid))
             rows: list[dict[str, str]] = await self._call("reading abort requests", pipe.execute())
@@ -383,7 +404,7 @@ class RedisAbortBackend(AbortBackend):
     async def workers(self) -> list[WorkerInfo]:
         rows = await self._call(
             "listing workers",
-            self._list([self.keys.workers], [self.keys.worker(""), self.keys.tasks_prefix]),
+            self._c.list([self.keys.workers], [self.keys.worker(""), self.keys.tasks_prefix]),
         )
         return [
             WorkerInfo.from_info(
@@ -404,8 +425,23 @@ class RedisAbortBackend(AbortBackend):
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(task, 1.0)
         self._cancel_waiters()
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(self._cmd.aclose(), 1.0)
+        client, self._client = self._client, None
+        if client is not None and client.loop is asyncio.get_running_loop():
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(client.cmd.aclose(), 1.0)
+
+
+class _Client:
+    """One event loop's command connection pool and the scripts registered on it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cmd: Redis) -> None:
+        self.loop, self.cmd = loop, cmd
+        self.sync = cmd.register_script(scripts.SYNC)
+        self.register = cmd.register_script(scripts.REGISTER)
+        self.heartbeat = cmd.register_script(scripts.HEARTBEAT)
+        self.request = cmd.register_script(scripts.REQUEST)
+        self.confirm = cmd.register_script(scripts.CONFIRM)
+        self.list = cmd.register_script(scripts.LIST)
 
 
 def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:
