@@ -37,7 +37,7 @@ async def abort(
     :param task: a task id, or the handle ``.kiq()`` returned.
     :param reason: stored in the task's ``TaskAbortedError``.
     :param wait: wait for the worker's confirmation (default); else return once the request
-        is recorded and broadcast (``unconfirmed`` when a worker holds the task).
+        is recorded and sent to its worker (``unconfirmed`` when a worker holds the task).
     :param timeout: seconds to wait for the confirmation (default: the middleware's
         ``abort_timeout``, 5 s).
     :returns: an :class:`AbortOutcome` whose ``status`` is ``aborted`` (it was running and

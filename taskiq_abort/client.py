@@ -1,4 +1,4 @@
-"""The aborter half: record, broadcast, then wait for the holder or settle the result ourselves."""
+"""The aborter half: record, tell the holders, then wait for them or settle the result ourselves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from taskiq import AsyncResultBackend, TaskiqResult
 from taskiq.abc.result_backend import AsyncResultBackend as _Backend
 from taskiq.result_backends.dummy import DummyResultBackend
 
-from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.base import AbortBackend, ReplyWaiter
 from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, TaskiqAbortError
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.protocol import clean_reason, validate_task_id
@@ -30,6 +30,32 @@ def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
 
 def _has_results(backend: _Backend[Any] | None) -> bool:
     return backend is not None and not isinstance(backend, DummyResultBackend)
+
+
+async def _replies(
+    backend: AbortBackend,
+    task_id: str,
+    waiter: ReplyWaiter,
+    holders: tuple[str, ...],
+    deadline: float,
+) -> tuple[str, str | None] | None:
+    """Wait until every holder replied: ``(status, worker)``, or ``None`` if one did not in
+    time. ``aborted`` wins over the others (a task delivered to several workers is aborted if
+    any copy was), then ``finished``; ``unknown`` only when no holder says more."""
+    pending = set(holders)
+    said: dict[str, str | None] = {}
+    while pending:
+        reply = await backend.wait_reply(task_id, waiter, deadline - time.perf_counter())
+        if reply is None:
+            return None
+        said.setdefault(reply.status, reply.worker or holders[0])
+        if not reply.worker:  # read from the durable record: the word for the whole task
+            break
+        pending.discard(reply.worker)
+    for status in ("aborted", "finished", "unknown"):
+        if status in said:
+            return status, said[status]
+    return None
 
 
 async def abort_task(
@@ -64,18 +90,20 @@ async def abort_task(
             if found.outcome == "finished":
                 await backend.clear_request(task_id)
             return done(AbortStatus(found.outcome), record.worker if record else None)
-        if found.holder is not None:
+        if found.holders:
             if waiter is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
-            remaining = max(0.0, timeout - (time.perf_counter() - started))
-            reply = await backend.wait_reply(task_id, waiter, remaining)
-            if reply is None:
+            deadline = started + timeout
+            heard = await _replies(backend, task_id, waiter, found.holders, deadline)
+            if heard is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
-            if reply.status == "aborted":
-                return done(AbortStatus.ABORTED, reply.worker)
-            if reply.status == "finished":
+            status, worker = heard
+            if status == "aborted":
+                return done(AbortStatus.ABORTED, worker)
+            if status == "finished":
                 await backend.clear_request(task_id)
-                return done(AbortStatus.FINISHED, reply.worker)
+                return done(AbortStatus.FINISHED, worker)
+            # "unknown": its attempts ended without a result (a retry may come): settle it below.
         # Nobody runs it. Any worker that picks it up from now on sees the request and stops.
         if _has_results(result_backend):
             assert result_backend is not None

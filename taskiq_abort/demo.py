@@ -20,6 +20,7 @@ from typing import Any
 from taskiq import AsyncBroker, Context, TaskiqDepends
 
 from taskiq_abort import AbortableTask, AbortMiddleware, AbortStatus, TaskAbortedError
+from taskiq_abort.keys import KeySpace
 
 _URL_ENV = "TASKIQ_ABORT_DEMO_URL"
 _PREFIX = "taskiq_abort_demo"
@@ -147,7 +148,7 @@ def main() -> int:
     try:
         client = server.client()
         deadline = time.monotonic() + 30
-        while not client.zcard(f"{_PREFIX}:workers"):  # registered once it listens
+        while not client.zcard(KeySpace(_PREFIX).workers):  # registered once it listens
             if worker.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace")[-2000:]
                 print(f"the worker did not start; its log:\n{tail}", file=sys.stderr)

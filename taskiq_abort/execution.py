@@ -70,6 +70,7 @@ class RunningTask:
         "reason",
         "refused",
         "registered",
+        "replies",
         "revoked",
         "scope",
         "shields",
@@ -90,6 +91,7 @@ class RunningTask:
         self.revoked = False  # an abort request existed when this attempt started
         self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
         self.reason: str | None = None
+        self.replies: list[str] = []  # the aborters' reply channels, for the confirmation
         self.entered = False
         self.registered = False
         # taskiq's callback task for this attempt: once it is done, the attempt is over, even

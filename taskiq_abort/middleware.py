@@ -50,7 +50,8 @@ class AbortMiddleware(TaskiqMiddleware):
         in-process backend is used, for ``InMemoryBroker`` and tests.
     :param backend: an explicit :class:`~taskiq_abort.backends.AbortBackend`.
     :param prefix: key prefix, so that several apps can share one Redis.
-    :param channel: control channel (default ``<prefix>:control``).
+    :param channel: namespace of the control channels (default ``ctl``: a worker listens on
+        ``{<prefix>}:ctl:w:<worker id>``, an aborter on ``{<prefix>}:ctl:r:<aborter id>``).
     :param request_ttl: seconds an abort request is kept (default one day): how long a revoked
         queued task stays revoked.
     :param lease: seconds a crashed worker's running-task entries outlive it (default 10).
@@ -291,4 +292,4 @@ class AbortMiddleware(TaskiqMiddleware):
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
         if self.worker.finish(run, outcome):
-            await self.worker.confirm(run.task_id, outcome)
+            await self.worker.confirm(run.task_id, outcome, run.replies)

@@ -14,6 +14,8 @@ Nothing here imports prometheus-client or OpenTelemetry before ``startup()`` (se
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import inspect
 import logging
 import sys
@@ -29,6 +31,7 @@ from taskiq_abort.errors import TaskAbortedError
 logger = logging.getLogger("taskiq_abort")
 _OTEL_MODULE = "taskiq.middlewares.opentelemetry_middleware"
 _PATCHED = "__taskiq_abort_patched__"
+_LOOKUP_TIMEOUT = 1.0
 
 
 class AbortObservability(TaskiqMiddleware):
@@ -126,6 +129,8 @@ class _BrokerObserver(observe.Observer):
     async def abort_applied(self, event: observe.AbortApplied) -> None:
         if event.broker is not self.broker:
             return
+        if event.requested_by is None and (self.tracing is not None or self.progress):
+            event = await self._with_aborter(event)
         if self.metrics is not None:
             self.metrics.abort_applied(event)
         if self.tracing is not None:
@@ -134,6 +139,23 @@ class _BrokerObserver(observe.Observer):
             from taskiq_abort import progress
 
             await progress.on_applied(event)
+
+    async def _with_aborter(self, event: observe.AbortApplied) -> observe.AbortApplied:
+        """Who asked, from the stored request (the Redis broadcast does not say): one read per
+        applied abort, for the span event and the progress meta."""
+        from taskiq_abort.middleware import AbortMiddleware
+
+        for middleware in self.broker.middlewares:
+            if isinstance(middleware, AbortMiddleware):
+                try:
+                    record = await asyncio.wait_for(
+                        middleware.backend.get_request(event.task_id), _LOOKUP_TIMEOUT
+                    )
+                except Exception:  # a report, never a reason to hold the result up for long
+                    return event
+                if record is not None and record.requested_by:
+                    return dataclasses.replace(event, requested_by=record.requested_by)
+        return event
 
     async def abort_requested(self, event: observe.AbortRequested) -> None:
         if event.broker is not self.broker:

@@ -12,7 +12,9 @@ from typing import Any
 
 from taskiq_abort.errors import InvalidTaskIdError
 
-VERSION = 1
+VERSION = 2
+"""Version 2: abort messages go to the holding worker's own channel and name the channel to
+reply on (``reply_to``); version 1 broadcast them."""
 MAX_TASK_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 MAX_MESSAGE_BYTES = 8192
@@ -62,16 +64,25 @@ def clean_reason(reason: object) -> str | None:
 
 @dataclass(frozen=True)
 class AbortMessage:
-    """Broadcast on the control channel: "whoever runs ``task_id``, stop it"."""
+    """Sent to a worker's own channel: "stop ``task_id``, and confirm on ``reply_to``"."""
 
     task_id: str
     reason: str | None = None
-    at: int | None = None  # optional: when the request was recorded, Redis TIME in ms
-    by: str | None = None  # optional: who asked (host:pid)
+    reply_to: str = ""
+    """The aborter's reply channel ('' : nobody waits for a reply)."""
+    at: int = 0
+    """When the request was recorded, ms since the epoch on the Redis clock (0: unknown)."""
 
     def encode(self) -> str:
         return json.dumps(
-            {"v": VERSION, "type": _ABORT, "task_id": self.task_id, "reason": self.reason},
+            {
+                "v": VERSION,
+                "type": _ABORT,
+                "task_id": self.task_id,
+                "reason": self.reason,
+                "reply_to": self.reply_to,
+                "at": self.at,
+            },
             separators=(",", ":"),
             ensure_ascii=False,  # an emoji is 4 bytes, not a 12-byte escape pair
         )
@@ -120,21 +131,20 @@ def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
 def parse_abort(raw: bytes | str) -> AbortMessage | None:
     """Parse a control message; ``None`` for anything malformed.
 
-    >>> parse_abort(AbortMessage("t1", "why").encode())
-    AbortMessage(task_id='t1', reason='why', at=None, by=None)
+    >>> parse_abort(AbortMessage("t1", "why", "{app}:ctl:r:a1", 1700000000000).encode())
+    AbortMessage(task_id='t1', reason='why', reply_to='{app}:ctl:r:a1', at=1700000000000)
     >>> parse_abort(b"not json") is None
     True
     """
     data = _load(raw, _ABORT)
     if data is None:
         return None
-    reason = data.get("reason")
+    reason, reply_to, at = data.get("reason"), data.get("reply_to", ""), data.get("at", 0)
     if reason is not None and not isinstance(reason, str):
         return None
-    at, by = data.get("at"), data.get("by")  # optional; v1 readers ignore them
-    at = at if type(at) is int else None
-    by = by[:MAX_TASK_ID_LENGTH] if isinstance(by, str) else None
-    return AbortMessage(data["task_id"], clean_reason(reason), at, by)
+    if not isinstance(reply_to, str) or len(reply_to) > 1024 or type(at) is not int:
+        return None
+    return AbortMessage(data["task_id"], clean_reason(reason), reply_to, at)
 
 
 def parse_reply(raw: bytes | str) -> ReplyMessage | None:

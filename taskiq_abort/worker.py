@@ -1,4 +1,5 @@
-"""The worker half: keeps the registry in step with what runs here and applies abort requests.
+"""The worker half: keeps the registry in step with what runs here and applies abort requests
+sent to this worker's own channel.
 
 Registry writes are batched: every start or finish that happens while a round trip is in flight
 joins the next one, so a busy worker pays about one Redis call per batch, not per task.
@@ -14,9 +15,10 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from taskiq_abort import observe
-from taskiq_abort.backends.base import AbortBackend, RunningEntry
+from taskiq_abort.backends.base import AbortBackend, AbortNotice, RunningEntry
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
 
@@ -71,7 +73,8 @@ class WorkerSide:
         self.loop = asyncio.get_running_loop()
         self._tasks = [
             asyncio.create_task(
-                self.backend.listen(self.on_abort, self._resync), name="abort-listen"
+                self.backend.listen(self.worker_id, self.on_abort, self._resync),
+                name="abort-listen",
             ),
             asyncio.create_task(self._heartbeat_loop()),
         ]
@@ -126,23 +129,26 @@ class WorkerSide:
         # aborter now waiting for us (an aborter that saw no holder takes this as revoked).
         return run.abort_requested
 
-    async def confirm(self, task_id: str, outcome: str) -> None:
+    async def confirm(self, task_id: str, outcome: str, reply_to: Iterable[str]) -> None:
         try:
-            await self.backend.confirm(task_id, outcome, self.worker_id)
+            await self.backend.confirm(task_id, outcome, self.worker_id, reply_to)
         except TaskiqAbortError as exc:
             logger.warning("taskiq-abort: could not confirm abort of task %s: %s", task_id, exc)
 
     # --- abort requests --------------------------------------------------------------
-    def on_abort(self, task_id: str, reason: str | None) -> None:
-        run = self.running.get(task_id)
+    def on_abort(self, notice: AbortNotice) -> None:
+        run = self.running.get(notice.task_id)
         if run is not None:
-            run.request_abort(reason)
+            if notice.reply_to and notice.reply_to not in run.replies:
+                run.replies.append(notice.reply_to)
+            run.request_abort(notice.reason)
             return  # confirmed when the attempt ends, after its result is stored
-        outcome = self.recent.get(task_id)
+        outcome = self.recent.get(notice.task_id)
         # It ended here a moment ago: say so, don't leave them waiting. Unless it ended without
         # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
         if outcome is not None and outcome != "unknown":
-            task = asyncio.get_running_loop().create_task(self.confirm(task_id, outcome))
+            confirm = self.confirm(notice.task_id, outcome, (notice.reply_to,))
+            task = asyncio.get_running_loop().create_task(confirm)
             self._confirms.add(task)
             task.add_done_callback(self._confirms.discard)
 
@@ -190,10 +196,10 @@ class WorkerSide:
                         if not fut.done():
                             fut.set_result(None)
                     continue
-                revoked = dict(aborted)
+                revoked = {notice.task_id: notice for notice in aborted}
                 for run, fut in starts:
                     if run.task_id in revoked:
-                        run.revoke(revoked[run.task_id])
+                        run.revoke(revoked[run.task_id].reason)
                     else:
                         run.registered = True
                     if not fut.done():
@@ -213,8 +219,8 @@ class WorkerSide:
         for run in runs:
             run.registered = True
         self._dirty = False
-        for task_id, reason in aborted:
-            self.on_abort(task_id, reason)
+        for notice in aborted:
+            self.on_abort(notice)
 
     async def _resync(self) -> None:
         async with self._lock:

@@ -16,6 +16,7 @@ import pytest
 import redis
 from taskiq import AsyncBroker
 
+from taskiq_abort.keys import KeySpace
 from taskiq_abort.testing import RedisServer
 from tests.app import make_broker
 
@@ -158,7 +159,7 @@ class WorkerProcess:
         client = redis.Redis.from_url(self.url, decode_responses=True)
         try:
             now_ms = int(client.time()[0]) * 1000
-            return list(client.zrangebyscore(f"{self.prefix}:workers", now_ms, "+inf"))
+            return list(client.zrangebyscore(KeySpace(self.prefix).workers, now_ms, "+inf"))
         finally:
             client.close()
 

@@ -21,6 +21,7 @@ from taskiq_abort import (
     TaskAbortedError,
     abort,
 )
+from taskiq_abort.keys import KeySpace
 from taskiq_abort.testing import free_port
 from tests.app import make_broker
 from tests.conftest import ROOT, Events
@@ -211,13 +212,14 @@ async def test_bad_control_messages_do_not_stop_the_worker(
         b"not json",
         b"\xff\xfe",
         json.dumps({"v": 99, "type": "abort", "task_id": running.task_id}).encode(),
-        json.dumps({"v": 1, "type": "abort", "task_id": 42}).encode(),
-        json.dumps({"v": 1, "type": "abort", "task_id": "x", "reason": ["no"]}).encode(),
+        json.dumps({"v": 2, "type": "abort", "task_id": 42}).encode(),
+        json.dumps({"v": 2, "type": "abort", "task_id": "x", "reason": ["no"]}).encode(),
         json.dumps([1, 2, 3]).encode(),
         b"{" * 100_000,
     ]
+    channel = KeySpace(prefix).worker_channel(worker.live_workers()[0])
     for message in junk:
-        rclient.publish(f"{prefix}:control", message)
+        assert rclient.publish(channel, message) == 1
     # The worker ignored all of that (the task still runs) and still does its job.
     assert (
         await (await client.find_task("quick").kiq(4)).wait_result(timeout=10)

@@ -63,8 +63,9 @@ async def test_aborts_requested_while_pubsub_is_cut_apply_after_reconnect(
     async with client_broker(redis_url, prefix) as client:
         tasks = await _start_sleepers(client, events, 3)
         keys = KeySpace(prefix)
+        channel = keys.worker_channel(worker.live_workers()[0])
         # One transaction: cut every subscriber, then make three abort requests the way abort()
-        # records them (durable record, then the broadcast). Nobody can hear the broadcasts.
+        # records them (durable record, then the message to the holder). Nobody hears them.
         pipe = rclient.pipeline(transaction=True)
         pipe.client_kill_filter(_type="pubsub")
         for task in tasks:
@@ -72,7 +73,7 @@ async def test_aborts_requested_while_pubsub_is_cut_apply_after_reconnect(
                 keys.request(task.task_id), mapping={"at": "0", "by": "test", "reason": "gap"}
             )
             pipe.pexpire(keys.request(task.task_id), 60_000)
-            pipe.publish(keys.control, AbortMessage(task.task_id, "gap").encode())
+            pipe.publish(channel, AbortMessage(task.task_id, "gap").encode())
         replies = pipe.execute()
         assert replies[0] >= 1  # the worker's subscription was cut...
         assert replies[3::3] == [0, 0, 0]  # ...and every broadcast reached nobody
@@ -298,13 +299,16 @@ BAD_MESSAGES: list[bytes] = [
     b"null",
     b"[1, 2, 3]",
     b"[" * 8000,  # nested deeper than the JSON decoder can go
-    b'{"v": 2, "type": "abort", "task_id": "t"}',  # a future version
+    b'{"v": 3, "type": "abort", "task_id": "t"}',  # a future version
+    b'{"v": 1, "type": "abort", "task_id": "t"}',  # the broadcast version 1
     b'{"v": true, "type": "abort", "task_id": "t"}',
-    b'{"v": 1, "type": "abort", "task_id": 12345}',
-    b'{"v": 1, "type": "abort", "task_id": ""}',
-    b'{"v": 1, "type": "abort", "task_id": "t", "reason": ["x"]}',
-    b'{"v": 1, "type": "bogus", "task_id": "t"}',
-    b'{"v": 1, "type": "abort", "task_id": "' + b"x" * 1_000_000 + b'"}',  # huge
+    b'{"v": 2, "type": "abort", "task_id": 12345}',
+    b'{"v": 2, "type": "abort", "task_id": ""}',
+    b'{"v": 2, "type": "abort", "task_id": "t", "reason": ["x"]}',
+    b'{"v": 2, "type": "abort", "task_id": "t", "reply_to": 7}',
+    b'{"v": 2, "type": "abort", "task_id": "t", "at": "soon"}',
+    b'{"v": 2, "type": "bogus", "task_id": "t"}',
+    b'{"v": 2, "type": "abort", "task_id": "' + b"x" * 1_000_000 + b'"}',  # huge
 ]
 
 
@@ -312,7 +316,7 @@ async def test_malformed_control_messages_are_ignored_and_counted(
     redis_url, prefix, rclient, worker_factory, events: Events
 ) -> None:
     worker = worker_factory().start()
-    control = KeySpace(prefix).control
+    control = KeySpace(prefix).worker_channel(worker.live_workers()[0])
     async with client_broker(redis_url, prefix) as client:
         (task,) = await _start_sleepers(client, events, 1)
         for message in BAD_MESSAGES:

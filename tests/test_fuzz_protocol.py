@@ -36,12 +36,14 @@ json_values = st.recursive(
 near_miss = st.fixed_dictionaries(
     {},
     optional={
-        "v": st.sampled_from([1, 2, 0, -1, True, 1.0, "1", None]) | json_values,
+        "v": st.sampled_from([1, 2, 3, 0, -1, True, 2.0, "2", None]) | json_values,
         "type": st.sampled_from(["abort", "reply", "ABORT", ""]) | json_values,
         "task_id": st.text(max_size=300) | json_values,
         "reason": st.text(max_size=2000) | json_values,
         "status": st.sampled_from(["aborted", "finished", "unknown", "nope"]) | json_values,
         "worker": st.text(max_size=300) | json_values,
+        "reply_to": st.text(max_size=300) | json_values,
+        "at": st.integers() | json_values,
     },
 )
 
@@ -77,10 +79,12 @@ def test_parsers_never_raise_on_near_misses(data: dict[str, object]) -> None:
     raw = json.dumps(data)
     _both_parse(raw)
     parsed = parse_abort(raw)
-    if parsed is not None:  # only well-typed version-1 abort messages get through
-        assert type(data["v"]) is int and data["v"] == 1 and data["type"] == "abort"
+    if parsed is not None:  # only well-typed version-2 abort messages get through
+        assert type(data["v"]) is int and data["v"] == 2 and data["type"] == "abort"
         assert isinstance(data["task_id"], str)
         assert data.get("reason") is None or isinstance(data["reason"], str)
+        assert isinstance(data.get("reply_to", ""), str)
+        assert type(data.get("at", 0)) is int
 
 
 @SETTINGS
@@ -116,12 +120,15 @@ def test_reply_round_trip(task_id: str, status: str, worker: str) -> None:
     "raw",
     [
         '{"v":true,"type":"abort","task_id":"t1"}',
-        '{"v":1.0,"type":"abort","task_id":"t1"}',
-        '{"v":2,"type":"abort","task_id":"t1"}',
-        '{"v":1,"type":"abort","task_id":1}',
-        '{"v":1,"type":"abort","task_id":""}',
-        '{"v":1,"type":"abort","task_id":"t1","reason":7}',
-        '{"v":1,"type":"reply","task_id":"t1","status":"aborted","worker":"w"}',
+        '{"v":2.0,"type":"abort","task_id":"t1"}',
+        '{"v":1,"type":"abort","task_id":"t1"}',
+        '{"v":3,"type":"abort","task_id":"t1"}',
+        '{"v":2,"type":"abort","task_id":1}',
+        '{"v":2,"type":"abort","task_id":""}',
+        '{"v":2,"type":"abort","task_id":"t1","reason":7}',
+        '{"v":2,"type":"abort","task_id":"t1","reply_to":["x"]}',
+        '{"v":2,"type":"abort","task_id":"t1","at":1.5}',
+        '{"v":2,"type":"reply","task_id":"t1","status":"aborted","worker":"w"}',
         '["v",1]',
     ],
 )

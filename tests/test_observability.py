@@ -27,7 +27,14 @@ from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.middlewares.opentelemetry_middleware import OpenTelemetryMiddleware
 from taskiq_redis import RedisAsyncResultBackend
 
-from taskiq_abort import AbortMiddleware, AbortObservability, AbortStatus, abort, observe
+from taskiq_abort import (
+    AbortMiddleware,
+    AbortObservability,
+    AbortStatus,
+    abort,
+    find_middleware,
+    observe,
+)
 from taskiq_abort.otel import EVENT
 from taskiq_abort.progress import ABORTED
 from taskiq_abort.protocol import AbortMessage
@@ -192,14 +199,17 @@ async def test_revoked_task_reports_aborted_progress(app: App) -> None:
     assert progress.meta["span_id"] == format(execute.context.span_id, "016x")
 
 
-async def test_malformed_messages_counted(app: App, redis_url: str, prefix: str) -> None:
+async def test_malformed_messages_counted(app: App, redis_url: str) -> None:
     before = prom("abort_malformed_messages_total")
     task = await app.broker.find_task("obs_sleep").kiq()  # type: ignore[union-attr]
     await app.started.wait()
+    middleware = find_middleware(app.broker)
+    assert middleware.worker is not None
+    channel = middleware.backend.keys.worker_channel(middleware.worker.worker_id)  # type: ignore[attr-defined]
     client = aredis.Redis.from_url(redis_url)
     try:
-        await client.publish(f"{prefix}:control", b"{not json")
-        await client.publish(f"{prefix}:control", AbortMessage(task.task_id, "x").encode())
+        await client.publish(channel, b"{not json")
+        await client.publish(channel, AbortMessage(task.task_id, "x").encode())
     finally:
         await client.aclose()
     # The channel is ordered: once the abort is applied, the garbage before it was dropped.

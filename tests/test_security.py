@@ -6,6 +6,7 @@ Each test starts its own redis-server, so ACL users never leak into the session 
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -26,16 +27,16 @@ PASSWORD = "s3cr3t-Pa55-do-not-log"
 
 # Exactly the rules of docs/acl.md, with the prefix filled in (keep the two in step).
 WORKER_RULES = (
-    "on >{pw} resetkeys resetchannels ~{p}:* &{p}:control &{p}:control:reply -@all "
+    "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +time "
-    "+zadd +zrem +zrangebyscore +zremrangebyscore +multi +exec +publish +subscribe +unsubscribe"
+    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time "
+    "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 ABORTER_RULES = (
-    "on >{pw} resetkeys resetchannels ~{p}:req:* ~{p}:workers %R~{p}:worker:* %R~{p}:tasks:* "
-    "&{p}:control &{p}:control:reply -@all "
+    "on >{pw} resetkeys resetchannels ~{{{p}}}:req:* ~{{{p}}}:workers ~{{{p}}}:holders "
+    "%R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hgetall +hset +hsetnx +del +pexpire +time +zrangebyscore "
+    "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +time +zscore +zrangebyscore "
     "+publish +subscribe +unsubscribe"
 )
 
@@ -98,7 +99,7 @@ async def test_aborter_without_rights_gets_clear_error_fast(redis_url, prefix) -
                 await task.abort(timeout=5)
             assert time.monotonic() - started < 10  # not a hang, not a retry loop
             message = str(info.value)
-            assert f"{prefix}:" in message  # says which keys to grant
+            assert f"{{{prefix}}}:" in message  # says which keys to grant
             assert PASSWORD not in message and PASSWORD not in repr(info.value)
 
 
@@ -143,10 +144,14 @@ async def _any_worker(client) -> bool:
     return bool(await find_middleware(client).backend.workers())
 
 
+async def _command_pool(mw: AbortMiddleware):  # type: ignore[no-untyped-def]
+    return mw.backend._c.cmd.connection_pool  # type: ignore[attr-defined]  # built per loop
+
+
 def test_tls_url_and_password_pass_through_to_redis_py() -> None:
     mw = AbortMiddleware(f"rediss://user:{PASSWORD}@db.example:6380/0", prefix="app")
     assert PASSWORD not in repr(mw) and "***" in repr(mw)
-    pool = mw.backend._cmd.connection_pool  # type: ignore[attr-defined]
+    pool = asyncio.run(_command_pool(mw))
     assert pool.connection_class.__name__ == "SSLConnection"  # rediss:// speaks TLS
     assert pool.connection_kwargs["password"] == PASSWORD
     assert pool.connection_kwargs["username"] == "user"

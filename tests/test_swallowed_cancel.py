@@ -18,6 +18,7 @@ import redis
 from taskiq import InMemoryBroker
 
 from taskiq_abort import AbortMiddleware, AbortStatus, TaskAbortedError
+from taskiq_abort.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events
 
@@ -145,6 +146,6 @@ def test_a_broker_used_from_one_event_loop_after_another(
     if backend == "redis":  # the ended loops' worker registrations were taken out
         client = redis.Redis.from_url(redis_url, decode_responses=True)
         try:
-            assert client.zcard(f"{prefix}:workers") <= 1
+            assert client.zcard(KeySpace(prefix).workers) <= 1
         finally:
             client.close()

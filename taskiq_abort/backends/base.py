@@ -68,13 +68,19 @@ class WorkerInfo:
 class RequestResult:
     """What recording an abort request found."""
 
-    holder: str | None
+    holders: tuple[str, ...]
+    """The live workers holding the task, each told on its own channel (usually one; several
+    for a broker that delivers a task to every worker)."""
     entry: RunningEntry | None
     outcome: str | None
     """An outcome already recorded for this id by an earlier abort ("aborted", "revoked"...)."""
     receivers: int
     reason: str | None = None
     """The stored reason: the first request's, when the task was aborted before."""
+
+    @property
+    def holder(self) -> str | None:
+        return self.holders[0] if self.holders else None
 
 
 @dataclass(frozen=True)
@@ -89,9 +95,23 @@ class RequestRecord:
     worker: str | None
 
 
-ReplyWaiter = asyncio.Future[ReplyMessage]
-AbortHandler = Callable[[str, str | None], None]
-"""Called on the worker for each abort request: ``(task_id, reason)``."""
+ReplyWaiter = asyncio.Queue[ReplyMessage]
+
+
+@dataclass(frozen=True)
+class AbortNotice:
+    """An abort request as a worker receives it."""
+
+    task_id: str
+    reason: str | None
+    reply_to: str = ""
+    """Where the aborter waits for the confirmation ('' : nobody waits)."""
+    at: int = 0
+    """When the request was recorded, ms since the epoch on the control plane's clock."""
+
+
+AbortHandler = Callable[[AbortNotice], None]
+"""Called on the worker for each abort request of a task it holds."""
 ResyncHook = Callable[[], Awaitable[None]]
 
 
@@ -108,17 +128,17 @@ class AbortBackend(abc.ABC):
         worker_id: str,
         starts: list[RunningEntry],
         finishes: list[RunningEntry],
-    ) -> tuple[bool, list[tuple[str, str | None]]]:
+    ) -> tuple[bool, list[AbortNotice]]:
         """Register starts and drop finishes in one round trip.
 
-        Returns ``(worker_registered, [(task_id, reason), ...])`` for starts that already have an
-        abort request: those are not registered and must not run.
+        Returns ``(worker_registered, notices)``: the starts that already have an abort
+        request; those are not registered and must not run.
         """
 
     @abc.abstractmethod
     async def register(
         self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
-    ) -> list[tuple[str, str | None]]:
+    ) -> list[AbortNotice]:
         """(Re)write the worker and all it runs; return the held ids with a pending request."""
 
     @abc.abstractmethod
@@ -130,35 +150,39 @@ class AbortBackend(abc.ABC):
         """Remove the worker and its entries (clean shutdown)."""
 
     @abc.abstractmethod
-    async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
-        """Record how an abort ended and publish the reply."""
+    async def confirm(
+        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str]
+    ) -> None:
+        """Record how an abort ended and send the reply to the aborters waiting for it."""
 
     @abc.abstractmethod
-    async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
-        """Deliver abort requests to ``handler`` until cancelled; reconnect on faults and call
-        ``resync`` after every (re)subscribe, so requests made while away are applied."""
+    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
+        """Deliver the abort requests sent to ``worker_id`` to ``handler`` until cancelled;
+        reconnect on faults and call ``resync`` after every (re)subscribe, so requests made
+        while away are applied."""
 
     # --- aborter side ----------------------------------------------------------------
     @abc.abstractmethod
     async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
-        """Record the request durably, then broadcast it."""
+        """Record the request durably, then tell the workers holding the task."""
 
-    # Each abort() call waits on a future of its own, so concurrent aborts of one id (a bulk
-    # abort with duplicates, two operators) never cancel each other's wait.
+    # Each abort() call waits on a queue of its own (a task held by several workers sends
+    # several replies), so concurrent aborts of one id (a bulk abort with duplicates, two
+    # operators) never take each other's replies.
     _waiters: dict[str, set[ReplyWaiter]]
 
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
-        """Be ready to receive ``task_id``'s reply before the request is broadcast."""
-        waiter: ReplyWaiter = asyncio.get_running_loop().create_future()
+        """Be ready to receive ``task_id``'s replies before the request is sent."""
+        waiter: ReplyWaiter = asyncio.Queue()
         self._waiters.setdefault(task_id, set()).add(waiter)
         return waiter
 
     async def wait_reply(
         self, task_id: str, waiter: ReplyWaiter, timeout: float
     ) -> ReplyMessage | None:
-        """Wait for the holder's reply; ``None`` on timeout."""
+        """Wait for the next reply about ``task_id``; ``None`` on timeout."""
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+            return await asyncio.wait_for(waiter.get(), timeout)
         except asyncio.TimeoutError:
             return None
 
@@ -169,17 +193,12 @@ class AbortBackend(abc.ABC):
             waiters.discard(waiter)
             if not waiters:
                 del self._waiters[task_id]
-        waiter.cancel()
 
     def _deliver_reply(self, reply: ReplyMessage) -> None:
         for waiter in self._waiters.get(reply.task_id, ()):
-            if not waiter.done() and not waiter.get_loop().is_closed():
-                waiter.set_result(reply)
+            waiter.put_nowait(reply)
 
     def _cancel_waiters(self) -> None:
-        for waiters in self._waiters.values():
-            for waiter in waiters:
-                waiter.cancel()
         self._waiters.clear()
 
     @abc.abstractmethod

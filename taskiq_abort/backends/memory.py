@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from taskiq_abort import observe
@@ -16,6 +17,7 @@ from taskiq_abort.backends.base import (
     DEFAULT_REQUEST_TTL,
     AbortBackend,
     AbortHandler,
+    AbortNotice,
     RequestRecord,
     RequestResult,
     ResyncHook,
@@ -42,9 +44,9 @@ class MemoryAbortBackend(AbortBackend):
         self.lease = lease
         self._requests: dict[str, tuple[float, RequestRecord]] = {}
         self._workers: dict[str, _Worker] = {}
-        # With the loop each was registered from: a worker of an event loop that has ended
-        # (``asyncio.run`` per test) must not be called from the next one.
-        self._handlers: list[tuple[asyncio.AbstractEventLoop, AbortHandler]] = []
+        # Each worker's handler, with the loop it was registered from: a worker of an event
+        # loop that has ended (``asyncio.run`` per test) must not be called from the next one.
+        self._handlers: dict[str, tuple[asyncio.AbstractEventLoop, AbortHandler]] = {}
         self._waiters = {}
 
     def __repr__(self) -> str:
@@ -70,7 +72,7 @@ class MemoryAbortBackend(AbortBackend):
         worker_id: str,
         starts: list[RunningEntry],
         finishes: list[RunningEntry],
-    ) -> tuple[bool, list[tuple[str, str | None]]]:
+    ) -> tuple[bool, list[AbortNotice]]:
         worker = self._live().get(worker_id)
         aborted = []
         for entry in starts:
@@ -78,7 +80,7 @@ class MemoryAbortBackend(AbortBackend):
             if record is not None:
                 if record.outcome is None:
                     await self.set_outcome(entry.task_id, "revoked")
-                aborted.append((entry.task_id, record.reason))
+                aborted.append(AbortNotice(entry.task_id, record.reason))
             elif worker is not None:
                 worker.tasks[entry.task_id] = entry
         for entry in finishes:
@@ -90,12 +92,12 @@ class MemoryAbortBackend(AbortBackend):
 
     async def register(
         self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
-    ) -> list[tuple[str, str | None]]:
+    ) -> list[AbortNotice]:
         worker = _Worker(dict(info), time.monotonic() + self.lease)
         worker.tasks = {entry.task_id: entry for entry in running}
         self._workers[worker_id] = worker
         return [
-            (entry.task_id, record.reason)
+            AbortNotice(entry.task_id, record.reason)
             for entry in running
             if (record := self._record(entry.task_id)) is not None
         ]
@@ -110,40 +112,47 @@ class MemoryAbortBackend(AbortBackend):
     async def unregister(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
 
-    async def confirm(self, task_id: str, outcome: str, worker_id: str) -> None:
-        if outcome != "unknown":  # "unknown" only replies (see scripts.CONFIRM)
+    async def confirm(
+        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str] = ()
+    ) -> None:
+        if outcome == "finished":  # the request was moot (see scripts.CONFIRM)
+            record = self._record(task_id)
+            if record is not None and record.outcome is None:
+                self._requests.pop(task_id, None)
+        elif outcome != "unknown":  # "unknown" only replies
             await self.set_outcome(task_id, outcome, worker_id)
         self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
 
-    async def listen(self, handler: AbortHandler, resync: ResyncHook) -> None:
+    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
         entry = (asyncio.get_running_loop(), handler)
-        self._handlers.append(entry)
+        self._handlers[worker_id] = entry
         try:
             await resync()
             await asyncio.Event().wait()  # until cancelled
         finally:
-            self._handlers.remove(entry)
+            if self._handlers.get(worker_id) is entry:
+                del self._handlers[worker_id]
 
     async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
         record = self._record(task_id)
         if record is None:
             record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
         self._requests[task_id] = (time.monotonic() + self.request_ttl, record)
-        holder: tuple[str, RunningEntry] | None = None
-        for wid, worker in self._live().items():
-            if task_id in worker.tasks:
-                holder = wid, worker.tasks[task_id]
-                break
+        holders = [(wid, w.tasks[task_id]) for wid, w in self._live().items() if task_id in w.tasks]
         observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()
-        receivers = [handler for owner, handler in self._handlers if owner is loop]
-        for handler in receivers:  # delivered later, like a real broadcast
-            loop.call_soon(handler, task_id, record.reason)
+        notice = AbortNotice(task_id, record.reason, "memory")
+        receivers = 0
+        for wid, _ in holders:  # each holder only; delivered later, like a real message
+            owner, handler = self._handlers.get(wid, (None, None))
+            if owner is loop and handler is not None:
+                loop.call_soon(handler, notice)
+                receivers += 1
         return RequestResult(
-            holder=holder[0] if holder else None,
-            entry=holder[1] if holder else None,
+            holders=tuple(wid for wid, _ in holders),
+            entry=holders[0][1] if holders else None,
             outcome=record.outcome,
-            receivers=len(receivers),
+            receivers=receivers,
             reason=record.reason,
         )
 

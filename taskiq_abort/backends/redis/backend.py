@@ -1,0 +1,393 @@
+"""The Redis control plane: durable request records, a leased running-task registry with a
+holder index, and pub/sub channels of one worker or one aborter each.
+
+An abort goes to the workers holding the task only (its cost does not grow with the fleet), and
+each confirmation to the aborters that asked. Connections: ``connect.py``; the atomic scripts:
+``scripts.py``; the (re)subscribe loop: ``subscription.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import parse_url
+
+from taskiq_abort import observe
+from taskiq_abort.backends.base import (
+    DEFAULT_LEASE,
+    DEFAULT_REQUEST_TTL,
+    AbortBackend,
+    AbortHandler,
+    AbortNotice,
+    ReplyWaiter,
+    RequestRecord,
+    RequestResult,
+    ResyncHook,
+    RunningEntry,
+    WorkerInfo,
+)
+from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.connect import (
+    call,
+    command_client,
+    pubsub_client,
+    safe_url,
+)
+from taskiq_abort.backends.redis.lane import ScriptLane
+from taskiq_abort.backends.redis.subscription import subscription
+from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
+from taskiq_abort.protocol import ReplyMessage, parse_abort, parse_reply
+
+logger = logging.getLogger("taskiq_abort")
+_T = TypeVar("_T")
+
+_FIRST_POLL = 1.0
+_SUBSCRIBE_WAIT = 0.5
+
+
+class RedisAbortBackend(AbortBackend):
+    """Abort requests and the running-task registry in Redis, delivery over pub/sub.
+
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py).
+    :param prefix: key prefix; apps sharing one Redis use different prefixes. Keys and channels
+        are named ``{prefix}:...`` (one Redis Cluster hash slot per prefix).
+    :param channel: namespace of the control channels (default ``ctl``).
+    :param request_ttl: seconds an abort request is kept (default one day).
+    :param lease: seconds a crashed worker's entries live on (default 10).
+    :param timeout: seconds a Redis call may take before it counts as unreachable.
+    :param connection_kwargs: passed to ``redis.asyncio.Redis.from_url``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        channel: str | None = None,
+        request_ttl: float = DEFAULT_REQUEST_TTL,
+        lease: float = DEFAULT_LEASE,
+        timeout: float = 3.0,
+        **connection_kwargs: Any,
+    ) -> None:
+        if request_ttl <= 0 or lease <= 0 or timeout <= 0:
+            raise ValueError("request_ttl, lease and timeout must be positive")
+        parse_url(url)  # a wrong URL fails here, not at the first connection (ValueError)
+        self.url = url
+        self.keys = KeySpace(prefix, channel)
+        self.request_ttl = request_ttl
+        self.lease = lease
+        self.timeout = timeout
+        self.malformed_messages = 0
+        """Control messages received that were not valid; they are dropped."""
+        self._kwargs = connection_kwargs
+        # This process's reply channel, as an aborter: the workers confirm there.
+        self.aborter_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.reply_channel = self.keys.reply_channel(self.aborter_id)
+        self._client: _Client | None = None  # per event loop: see ``_c``
+        self._waiters = {}
+        self._reply_task: asyncio.Task[None] | None = None
+        # Set once the reply subscription works, or has failed once (then we poll instead).
+        self._reply_settled: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"RedisAbortBackend({safe_url(self.url)!r}, prefix={self.keys.prefix!r})"
+
+    @property
+    def _c(self) -> _Client:
+        """The command client of the running event loop. redis-py's connections belong to the
+        loop that opened them; a backend used from a new loop (``asyncio.run`` per test, a
+        loop per pytest test) gets fresh ones, and forgets the old loop's waiters."""
+        loop = asyncio.get_running_loop()
+        client = self._client
+        if client is None or client.loop is not loop:
+            if client is not None:
+                # The old loop's tasks and queues are gone with it; nothing there can be awaited.
+                self._reply_task, self._reply_settled, self._waiters = None, None, {}
+            cmd = command_client(self.url, self.timeout, **self._kwargs)
+            client = self._client = _Client(loop, cmd, self.timeout)
+        return client
+
+    def _pubsub_client(self) -> Redis:
+        return pubsub_client(self.url, self.timeout, **self._kwargs)
+
+    async def _call(self, what: str, op: Awaitable[_T]) -> _T:
+        return await call(self.url, self.keys, what, op)
+
+    # --- worker side -----------------------------------------------------------------
+    def _worker_keys(self, worker_id: str) -> list[str]:
+        keys = self.keys
+        return [keys.worker(worker_id), keys.tasks(worker_id), keys.workers, keys.holders]
+
+    async def sync(
+        self,
+        worker_id: str,
+        starts: list[RunningEntry],
+        finishes: list[RunningEntry],
+    ) -> tuple[bool, list[AbortNotice]]:
+        args: list[Any] = [
+            int(self.lease * 1000), self.keys.request_prefix, worker_id, len(starts)
+        ]  # fmt: skip
+        for entry in starts:
+            args += [entry.task_id, entry.encode()]
+        args.append(len(finishes))
+        for entry in finishes:
+            args += [entry.task_id, entry.run_id]
+        keys = self.keys
+        script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
+        alive, aborted = await self._call("registering tasks", self._c.sync(script_keys, args))
+        return bool(alive), notices(aborted)
+
+    async def register(
+        self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
+    ) -> list[AbortNotice]:
+        args: list[Any] = [int(self.lease * 1000), worker_id, self.keys.request_prefix, len(info)]
+        for field, value in info.items():
+            args += [field, value]
+        args.append(len(running))
+        for entry in running:
+            args += [entry.task_id, entry.encode()]
+        op = self._c.register(self._worker_keys(worker_id), args)
+        return notices(await self._call("registering a worker", op))
+
+    async def heartbeat(self, worker_id: str) -> bool:
+        args: list[Any] = [
+            int(self.lease * 1000), worker_id, self.keys.worker_prefix, self.keys.tasks_prefix
+        ]  # fmt: skip
+        op = self._c.heartbeat(self._worker_keys(worker_id), args)
+        return observe.redis_time(await self._call("a heartbeat", op))
+
+    async def unregister(self, worker_id: str) -> None:
+        op = self._c.unregister(self._worker_keys(worker_id), [worker_id])
+        await self._call("unregistering a worker", op)
+
+    async def confirm(
+        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str] = ()
+    ) -> None:
+        payload = ReplyMessage(task_id, outcome, worker_id).encode()
+        args = [outcome, worker_id, payload, *(ch for ch in reply_to if ch)]
+        op = self._c.confirm([self.keys.request(task_id)], args)
+        await self._call("confirming an abort", op)
+
+    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
+        channel = self.keys.worker_channel(worker_id)
+        async for message in self._subscription(channel, resync, "control"):
+            parsed = parse_abort(message)
+            if parsed is None:
+                self._count_malformed(channel, message)
+                continue
+            notice = AbortNotice(parsed.task_id, parsed.reason, parsed.reply_to, parsed.at)
+            observe.request_seen(parsed.task_id, parsed.at or None, None)
+            try:
+                handler(notice)
+            except Exception:  # a bug in a handler must not end the listener
+                logger.exception("taskiq-abort: handling abort of %s failed", parsed.task_id)
+
+    def _count_malformed(self, channel: str, message: bytes) -> None:
+        self.malformed_messages += 1
+        observe.malformed_message()
+        if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
+            logger.warning(
+                "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",
+                self.malformed_messages,
+                channel,
+                message[:80],
+            )
+
+    def _subscription(
+        self,
+        channel: str,
+        on_subscribed: ResyncHook,
+        role: str,
+        on_error: Any = None,
+    ) -> Any:
+        return subscription(
+            self._pubsub_client,
+            channel,
+            on_subscribed,
+            role=role,
+            where=safe_url(self.url),
+            confirm_timeout=self.timeout,
+            on_error=on_error,
+        )
+
+    # --- aborter side ----------------------------------------------------------------
+    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+        keys = self.keys
+        args = [
+            task_id,
+            "0" if reason is None else "1",
+            reason or "",
+            int(self.request_ttl * 1000),
+            requested_by,
+            self.reply_channel,
+            keys.worker_channel_prefix,
+            keys.tasks_prefix,
+        ]
+        holders, entry, outcome, receivers, stored_reason = await self._call(
+            f"recording the abort of task {task_id}",
+            self._c.request([keys.request(task_id), keys.holders, keys.workers], args),
+        )
+        live = tuple(holders.split()) if holders else ()
+        return RequestResult(
+            holders=live,
+            entry=RunningEntry.decode(task_id, entry, live[0]) if live and entry else None,
+            outcome=outcome or None,
+            receivers=int(receivers),
+            reason=stored_reason or None,
+        )
+
+    async def prepare_reply(self, task_id: str) -> ReplyWaiter:
+        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
+        waiter = await super().prepare_reply(task_id)
+        if self._reply_task is None or self._reply_task.done():
+            self._reply_settled = asyncio.Event()
+            self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
+        settled = self._reply_settled
+        assert settled is not None
+        if not settled.is_set():
+            # A missing subscription only costs latency (we poll the record): don't wait long,
+            # or a hung Redis would cost one timeout here before the request costs another.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(settled.wait(), min(self.timeout, _SUBSCRIBE_WAIT))
+        return waiter
+
+    async def _reply_loop(self) -> None:
+        settled = self._reply_settled
+        assert settled is not None
+
+        async def subscribed() -> None:
+            settled.set()
+
+        channel = self.reply_channel
+        async for raw in self._subscription(channel, subscribed, "reply", settled.set):
+            reply = parse_reply(raw)
+            if reply is not None:
+                self._deliver_reply(reply)
+
+    async def wait_reply(
+        self, task_id: str, waiter: ReplyWaiter, timeout: float
+    ) -> ReplyMessage | None:
+        deadline = time.monotonic() + timeout
+        poll = _FIRST_POLL
+        while True:
+            left = deadline - time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
+            # The reply may have been lost (reconnect): the durable record is the truth.
+            record = await self.get_request(task_id)
+            if record is None:  # a worker confirmed "finished", which deletes the request
+                return ReplyMessage(task_id, "finished", "")
+            if record.outcome in ("aborted", "revoked"):
+                # "revoked" here: a worker refused the attempt it had just shown as running.
+                # No worker named: this is the word for the task, not for one of its holders.
+                return ReplyMessage(task_id, "aborted", "")
+            if deadline - time.monotonic() <= 0:
+                return None
+            poll = min(poll * 2, 5.0)
+
+    async def set_outcome(self, task_id: str, outcome: str) -> None:
+        op = self._c.confirm([self.keys.request(task_id)], [outcome, "", ""])
+        await self._call("recording an abort outcome", op)
+
+    async def clear_request(self, task_id: str) -> None:
+        await self._call(
+            "clearing an abort request", self._c.cmd.delete(self.keys.request(task_id))
+        )
+
+    async def get_request(self, task_id: str) -> RequestRecord | None:
+        data: dict[str, str] = await self._call(
+            f"reading the abort request of {task_id}",
+            self._c.cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
+        )
+        return _record(task_id, data)
+
+    async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
+        """One pipelined round trip for many ids (``taskiq-abort ls``)."""
+        if not task_ids:
+            return {}
+        async with self._c.cmd.pipeline(transaction=False) as pipe:
+            for tid in task_ids:
+                pipe.hgetall(self.keys.request(tid))
+            rows: list[dict[str, str]] = await self._call("reading abort requests", pipe.execute())
+        records = (_record(tid, data) for tid, data in zip(task_ids, rows, strict=True))
+        return {record.task_id: record for record in records if record is not None}
+
+    async def workers(self) -> list[WorkerInfo]:
+        rows = await self._call(
+            "listing workers",
+            self._c.list([self.keys.workers], [self.keys.worker_prefix, self.keys.tasks_prefix]),
+        )
+        return [
+            WorkerInfo.from_info(
+                wid,
+                dict(zip(info_flat[::2], info_flat[1::2], strict=True)),
+                (
+                    RunningEntry.decode(tid, raw, wid)
+                    for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
+                ),
+            )
+            for wid, info_flat, tasks_flat in rows
+        ]
+
+    async def close(self) -> None:
+        task, self._reply_task = self._reply_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 1.0)
+        self._cancel_waiters()
+        client, self._client = self._client, None
+        if client is not None and client.loop is asyncio.get_running_loop():
+            await client.sync.close()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(client.cmd.aclose(), 1.0)
+
+
+class _Client:
+    """One event loop's command connection pool and the scripts registered on it; the worker's
+    hot-path script has a connection of its own (``lane.py``)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, cmd: Redis, timeout: float) -> None:
+        self.loop, self.cmd = loop, cmd
+        self.sync = ScriptLane(cmd.connection_pool.make_connection, scripts.SYNC, timeout)
+        self.register = cmd.register_script(scripts.REGISTER)
+        self.heartbeat = cmd.register_script(scripts.HEARTBEAT)
+        self.unregister = cmd.register_script(scripts.UNREGISTER)
+        self.request = cmd.register_script(scripts.REQUEST)
+        self.confirm = cmd.register_script(scripts.CONFIRM)
+        self.list = cmd.register_script(scripts.LIST)
+
+
+def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:
+    if not data:
+        return None
+    return RequestRecord(
+        task_id=task_id,
+        reason=data.get("reason"),
+        requested_at=int(data.get("at", 0)) / 1000,
+        requested_by=data.get("by", ""),
+        outcome=data.get("outcome") or None,
+        worker=data.get("worker") or None,
+    )
+
+
+def notices(flat: list[Any]) -> list[AbortNotice]:
+    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at]*``."""
+    return [
+        AbortNotice(
+            str(flat[i]),
+            str(flat[i + 2]) if str(flat[i + 1]) == "1" else None,
+            str(flat[i + 3]),
+            int(flat[i + 4] or 0),
+        )
+        for i in range(0, len(flat), 5)
+    ]

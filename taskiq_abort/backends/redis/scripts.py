@@ -1,0 +1,244 @@
+"""Lua scripts: each state change on the control plane is one atomic round trip.
+
+Atomicity is what makes the start race safe: a worker's "is there an abort request? else register
+as running" and an aborter's "record the request, find the holders, tell them" never interleave.
+Every key a script touches, and every channel it publishes to, carries the prefix's hash tag
+(``keys.KeySpace``), so each script runs in one Redis Cluster slot. Scripts build some key names
+from the prefixes they are given (a request key per started task, a worker's hashes), which
+Redis allows for keys of the declared keys' slot. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+# Server time in ms; leases are compared on the Redis clock so worker clocks may drift.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# The holder index: HASH task id -> space-separated ids of the workers running it (usually one;
+# several for brokers that deliver a task to every worker, like taskiq-redis's PubSubBroker).
+_HOLDERS = """
+local function holders_add(index, tid, wid)
+  local cur = redis.call('HGET', index, tid)
+  if not cur then
+    redis.call('HSET', index, tid, wid)
+  elseif not string.find(' ' .. cur .. ' ', ' ' .. wid .. ' ', 1, true) then
+    redis.call('HSET', index, tid, cur .. ' ' .. wid)
+  end
+end
+local function holders_remove(index, tid, wid)
+  local cur = redis.call('HGET', index, tid)
+  if not cur then return end
+  if cur == wid then redis.call('HDEL', index, tid); return end
+  local rest = {}
+  for w in string.gmatch(cur, '%S+') do
+    if w ~= wid then rest[#rest + 1] = w end
+  end
+  if #rest == 0 then redis.call('HDEL', index, tid)
+  else redis.call('HSET', index, tid, table.concat(rest, ' ')) end
+end
+-- Take every task of a worker out of the index, and its registration out of Redis.
+local function drop_worker(index, workers, wkey, tkey, wid)
+  local tids = redis.call('HKEYS', tkey)
+  for _, tid in ipairs(tids) do holders_remove(index, tid, wid) end
+  redis.call('DEL', wkey, tkey)
+  redis.call('ZREM', workers, wid)
+end
+"""
+
+# Append {task_id, has_reason, reason, reply channel, at} to `list` when `task_id` has an abort
+# request; returns whether it has one.
+_NOTE_REQUEST = """
+local function note_request(list, req, tid)
+  local r = redis.call('HMGET', req .. tid, 'at', 'reason', 'rc')
+  if not r[1] then return false end
+  list[#list + 1] = tid
+  list[#list + 1] = r[2] and 1 or 0
+  list[#list + 1] = r[2] or ''
+  list[#list + 1] = r[3] or ''
+  list[#list + 1] = r[1]
+  return true
+end
+"""
+
+# The worker's hot path, batched: register starts and drop finishes in one round trip.
+# KEYS: worker hash, tasks hash, holders index
+# ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value]*n, n_finishes,
+#       [task_id, run_id]*n
+# Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, ...}} for starts that
+# were already aborted;
+# those are not registered (they must not run) and are marked revoked in their request.
+SYNC = (
+    _HOLDERS
+    + _NOTE_REQUEST
+    + """
+local lease = tonumber(ARGV[1])
+local req, wid = ARGV[2], ARGV[3]
+local i = 4
+local nstart = tonumber(ARGV[i]); i = i + 1
+local aborted = {}
+for _ = 1, nstart do
+  local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
+  if note_request(aborted, req, tid) then
+    redis.call('HSETNX', req .. tid, 'outcome', 'revoked')
+  else
+    redis.call('HSET', KEYS[2], tid, value)
+    holders_add(KEYS[3], tid, wid)
+  end
+end
+local nfin = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nfin do
+  local tid, run = ARGV[i], ARGV[i + 1]; i = i + 2
+  local cur = redis.call('HGET', KEYS[2], tid)
+  if cur and string.sub(cur, 1, #run + 1) == run .. ' ' then
+    redis.call('HDEL', KEYS[2], tid)
+    holders_remove(KEYS[3], tid, wid)
+  end
+end
+if nstart > 0 then redis.call('PEXPIRE', KEYS[2], 3 * lease) end
+return {redis.call('EXISTS', KEYS[1]), aborted}
+"""
+)
+
+# (Re)register a worker and everything it runs, e.g. at start-up, after a reconnect or after
+# Redis lost its data. Also answers which of those tasks have an abort request pending.
+# KEYS: worker hash, tasks hash, workers zset, holders index
+# ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n
+# The tasks hash outlives the lease (3x): a crashed worker's entries stay readable for a while
+# after its lease lapsed, so that a live worker's heartbeat can take them out of the index.
+REGISTER = (
+    _NOW
+    + _HOLDERS
+    + _NOTE_REQUEST
+    + """
+local lease = tonumber(ARGV[1])
+local wid, req = ARGV[2], ARGV[3]
+local i = 4
+local ninfo = tonumber(ARGV[i]); i = i + 1
+drop_worker(KEYS[4], KEYS[3], KEYS[1], KEYS[2], wid)
+for _ = 1, ninfo do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]); i = i + 2
+end
+local ntasks = tonumber(ARGV[i]); i = i + 1
+local aborted = {}
+for _ = 1, ntasks do
+  local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
+  redis.call('HSET', KEYS[2], tid, value)
+  holders_add(KEYS[4], tid, wid)
+  note_request(aborted, req, tid)
+end
+redis.call('PEXPIRE', KEYS[1], lease)
+if ntasks > 0 then redis.call('PEXPIRE', KEYS[2], 3 * lease) end
+redis.call('ZADD', KEYS[3], now + lease, wid)
+return aborted
+"""
+)
+
+# KEYS: worker hash, tasks hash, workers zset, holders index
+# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix
+# Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
+# Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
+# Also takes out of the registry a few workers whose lease lapsed (crashed: no unregister).
+HEARTBEAT = (
+    _NOW
+    + _HOLDERS
+    + """
+local lease = tonumber(ARGV[1])
+for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
+  drop_worker(KEYS[4], KEYS[3], ARGV[3] .. dead, ARGV[4] .. dead, dead)
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1], lease)
+redis.call('PEXPIRE', KEYS[2], 3 * lease)
+redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
+return now
+"""
+)
+
+# A clean shutdown. KEYS: worker hash, tasks hash, workers zset, holders index; ARGV: worker_id
+UNREGISTER = (
+    _HOLDERS
+    + """
+drop_worker(KEYS[4], KEYS[3], KEYS[1], KEYS[2], ARGV[1])
+return 1
+"""
+)
+
+# Durable before fast: record the request, then find the holders in the index and tell each of
+# them on its own channel. Nobody else hears it: a task nobody holds is caught by the start
+# check (SYNC), however late it starts.
+# KEYS: request hash, holders index, workers zset
+# ARGV: task_id, has_reason, reason, ttl_ms, requested_by, reply_channel, worker_channel_prefix,
+#       tasks_prefix
+# Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
+# far or false, receivers, the stored reason or false}. The first request's reason stands.
+REQUEST = (
+    _NOW
+    + _HOLDERS
+    + """
+local tid = ARGV[1]
+local outcome = redis.call('HGET', KEYS[1], 'outcome')
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'at', now, 'by', ARGV[5])
+  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
+end
+redis.call('HSET', KEYS[1], 'rc', ARGV[6])  -- the latest aborter's reply channel
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+local reason = redis.call('HGET', KEYS[1], 'reason')
+local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
+local live, entry, receivers = {}, false, 0
+local cur = redis.call('HGET', KEYS[2], tid)
+if cur then
+  local message = cjson.encode({v = 2, type = 'abort', task_id = tid,
+                                reason = reason or cjson.null, reply_to = ARGV[6], at = at})
+  for wid in string.gmatch(cur, '%S+') do
+    local lease = redis.call('ZSCORE', KEYS[3], wid)
+    if lease and tonumber(lease) >= now then
+      live[#live + 1] = wid
+      if not entry then entry = redis.call('HGET', ARGV[8] .. wid, tid) end
+      receivers = receivers + redis.call('PUBLISH', ARGV[7] .. wid, message)
+    elseif not lease then
+      holders_remove(KEYS[2], tid, wid)  -- its worker is gone: an index entry it left behind
+    end
+  end
+end
+local holders = false
+if #live > 0 then holders = table.concat(live, ' ') end
+return {holders, entry, outcome, receivers, reason}
+"""
+)
+
+# Record how an abort ended (if the request still exists and no outcome was recorded yet: the
+# first word stands), then tell the aborters that asked.
+# KEYS: request hash; ARGV: outcome, worker_id, payload, reply channel*
+# 'unknown' (the attempt ended without a result, e.g. a retry is coming) only replies: it is not
+# how the abort ended. 'finished' (the task ended with its own result before the abort landed)
+# makes the request moot: it is deleted, unless an outcome was recorded before.
+CONFIRM = """
+if ARGV[1] ~= 'unknown' and redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
+    if ARGV[1] == 'finished' then
+      redis.call('DEL', KEYS[1])
+    else
+      redis.call('HSET', KEYS[1], 'worker', ARGV[2])
+    end
+  end
+end
+for i = 4, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
+return 1
+"""
+
+# Every live worker with its info and running tasks, in one round trip (for `ls`, `status`).
+# KEYS: workers zset; ARGV: worker_prefix, tasks_prefix
+LIST = (
+    _NOW
+    + """
+local out = {}
+for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
+  local info = redis.call('HGETALL', ARGV[1] .. wid)
+  out[#out + 1] = {wid, info, redis.call('HGETALL', ARGV[2] .. wid)}
+end
+return out
+"""
+)

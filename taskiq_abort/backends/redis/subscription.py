@@ -1,0 +1,87 @@
+"""One pub/sub channel, held forever: reconnect with backoff, resync after every (re)subscribe.
+
+Anything published while a subscriber is away is lost, and Redis says so only to the publisher
+(0 receivers). So the durable records are the truth and pub/sub only the fast path: after every
+subscribe is confirmed, ``on_subscribed`` runs (the worker re-registers and applies the requests
+made while it was away; an aborter knows it may now wait for replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from redis import exceptions as rexc
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+logger = logging.getLogger("taskiq_abort")
+
+REDIS_ERRORS = (rexc.RedisError, OSError)
+_IDLE_READ = 60.0  # seconds one read may wait for a message; a dead socket errors sooner
+
+
+async def subscription(
+    make_client: Callable[[], Redis],
+    channel: str,
+    on_subscribed: Callable[[], Awaitable[None]],
+    *,
+    role: str,
+    where: str,
+    confirm_timeout: float,
+    on_error: Callable[[], None] | None = None,
+) -> AsyncIterator[bytes]:
+    """Yield the payloads published on ``channel`` until cancelled.
+
+    :param make_client: a client without silent retries, so that every disconnect reaches us.
+    :param role: what the channel is for, in log lines ("control", "reply").
+    :param where: the server, for log lines (password masked).
+    :param on_error: called on every fault (an aborter stops waiting for the subscription).
+    """
+    backoff, outage_since = 0.05, 0.0
+    client = make_client()
+    try:
+        while True:
+            pubsub: PubSub = client.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                # Resync only once SUBSCRIBE is confirmed: nothing published after it is missed.
+                while (await pubsub.get_message(timeout=confirm_timeout)) is None:
+                    pass
+                await on_subscribed()
+                if outage_since:
+                    logger.warning(
+                        "taskiq-abort: %s channel back after %.1f s; pending aborts applied",
+                        role,
+                        time.monotonic() - outage_since,
+                    )
+                backoff, outage_since = 0.05, 0.0
+                while True:
+                    msg = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_IDLE_READ
+                    )
+                    if msg is not None and msg.get("type") == "message":
+                        data = msg["data"]
+                        yield data if isinstance(data, bytes) else str(data).encode()
+            except REDIS_ERRORS as exc:
+                if on_error is not None:
+                    on_error()
+                if not outage_since:
+                    outage_since = time.monotonic()
+                    logger.warning(
+                        "taskiq-abort: lost the %s channel on %s (%s); reconnecting",
+                        role,
+                        where,
+                        exc,
+                    )
+            finally:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+    finally:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(client.aclose(), 1.0)
