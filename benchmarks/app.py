@@ -98,9 +98,14 @@ def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
         return "held"
 
     @broker.task(task_name="noop")
-    async def noop() -> float:
-        """The throughput task: does nothing, returns when it ran."""
-        return now()
+    async def noop() -> list[float]:
+        """The throughput task: does nothing, returns when it ran and its process's CPU time.
+
+        ``time.process_time()`` is the worker process's utime + stime (what /proc/<pid>/stat
+        shows, at nanosecond resolution), so CPU per task comes from the same two tasks as the
+        wall-clock window.
+        """
+        return [now(), time.process_time()]
 
 
 if "BENCH_URL" in os.environ:

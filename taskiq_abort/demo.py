@@ -87,7 +87,7 @@ async def _run(url: str, rounds: int) -> None:
     assert crunch is not None
     try:
         print("\n1) A running task, aborted from this process (the worker is another one).")
-        print("   The first abort also connects and loads the Lua scripts.")
+        print("   broker.startup() prepared the aborter (connection, scripts, reply channel).")
         task = AbortableTask.of(await crunch.kiq(3600), client)  # typed as AbortableTask
         await _wait_event(redis, task.task_id, "started")
         for worker in await middleware.backend.workers():

@@ -1,16 +1,26 @@
 """One exception hierarchy for taskiq-abort.
 
-Every error we raise is a :class:`TaskiqAbortError`. :class:`TaskAbortedError` is the one that
-ends up *stored as a task's result*; it deliberately subclasses plain ``Exception`` (not
-``TaskiqError``) and takes only positional, JSON-simple arguments, so it survives taskiq's
-exception round trip through a result backend with its class, ``task_id`` and ``reason`` intact.
+Everything that goes wrong at run time is a :class:`TaskiqAbortError`: Redis refused,
+unreachable or read-only, an ACL, a missing ``AbortMiddleware``, an invalid task id, an aborted
+task's stored result. Programming errors in the arguments of our functions and constructors
+are the builtin ``ValueError`` or ``TypeError``, raised at once, before anything is sent: a
+negative ``timeout``, a ``reason`` that is not a ``str``, a bad ``prefix``, ``cancel_mode`` or
+Redis URL, a ``request_ttl``, ``lease`` or ``redis_timeout`` that is not positive (Redis
+backend), options given together with ``backend=``. :class:`InvalidTaskIdError` is both a
+``TaskiqAbortError`` and a ``ValueError``, since task ids often come from outside the program.
+
+:class:`TaskAbortedError` is the one that ends up *stored as a task's result*; it deliberately
+subclasses plain ``Exception`` (not ``TaskiqError``) and takes only positional, JSON-simple
+arguments, so it survives taskiq's exception round trip through a result backend with its
+class, ``task_id`` and ``reason`` intact.
 """
 
 from __future__ import annotations
 
 
 class TaskiqAbortError(Exception):
-    """Base class of every error raised by taskiq-abort."""
+    """Base class of every run-time error of taskiq-abort (argument checks raise the builtin
+    ``ValueError``/``TypeError``)."""
 
 
 class TaskAbortedError(TaskiqAbortError):

@@ -180,6 +180,8 @@ class AbortMiddleware(TaskiqMiddleware):
     async def startup(self) -> None:
         if self._is_worker():
             await self._ensure_worker()
+        else:  # a client: make the first abort() cost what the others do
+            await self.backend.warm()
 
     async def shutdown(self) -> None:
         worker = self.worker
@@ -256,7 +258,8 @@ class AbortMiddleware(TaskiqMiddleware):
         self._wrapped.add(task_name)
         # `taskiq worker --use-process-pool` pickles a sync task's function to run it in another
         # process, by reference to the module attribute taskiq sets: a wrapper would not pickle.
-        # Such tasks run unwrapped (no start check, no token: the child has no attempt anyway).
+        # Such tasks run unwrapped (no start check; a token pickles to a detached one: the child
+        # has no attempt).
         if _PROCESS_POOL_FLAG in sys.argv and not inspect.iscoroutinefunction(task.original_func):
             return
         task.original_func = wrap_task_function(task.original_func)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -27,11 +27,27 @@ class AbortToken:
     Async tasks are cancelled at their next ``await`` without it; they can still use it to
     check (``token.is_aborted``) or wait (``await token.wait()``). Outside a worker managed by
     ``AbortMiddleware`` it is never aborted.
+
+    A token pickles (``taskiq worker --use-process-pool`` pickles a sync task's arguments to
+    run it in another process) to a *detached* token with the same ``task_id`` that is never
+    aborted: the attempt it reports on lives in the worker process, not in the child.
     """
 
     def __init__(self, context: Context = TaskiqDepends()) -> None:
         self._run: RunningTask | None = getattr(context.message, MESSAGE_ATTR, None)
         self.task_id: str = context.message.task_id
+
+    def __reduce__(self) -> tuple[Callable[[str], AbortToken], tuple[str]]:
+        # The attempt holds asyncio tasks and locks, which cannot cross a process boundary;
+        # without this, every sync task taking a token failed under --use-process-pool.
+        return _detached_token, (self.task_id,)
+
+    def __copy__(self) -> AbortToken:
+        # A copy in the same process still reports on the same attempt (pickling detaches).
+        return _token_of(self._run, self.task_id)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> AbortToken:
+        return _token_of(self._run, self.task_id)
 
     @property
     def is_aborted(self) -> bool:
@@ -63,6 +79,18 @@ class AbortToken:
             await asyncio.Event().wait()
             return
         await self._run.async_event().wait()
+
+
+def _token_of(run: RunningTask | None, task_id: str) -> AbortToken:
+    token = AbortToken.__new__(AbortToken)
+    token._run = run
+    token.task_id = task_id
+    return token
+
+
+def _detached_token(task_id: str) -> AbortToken:
+    """What an unpickled token is: never aborted, as outside a worker."""
+    return _token_of(None, task_id)
 
 
 @asynccontextmanager

@@ -60,6 +60,7 @@ class WorkerSide:
         self._flusher: asyncio.Task[None] | None = None
         self._finish_timer: asyncio.TimerHandle | None = None
         self._last_sync = float("-inf")
+        self._last_batch = 0  # starts in the last registry call: more than one means load
         self._lock = asyncio.Lock()  # registry writes happen in order, one at a time
         self._dirty = True  # the registry in Redis may not match ours: rewrite it
         self._outage = False
@@ -78,6 +79,7 @@ class WorkerSide:
             ),
             asyncio.create_task(self._heartbeat_loop()),
         ]
+        await self.backend.warm(replies=False)  # the first confirmation costs what others do
         # Aborts are live once the control channel is subscribed; don't hold up a worker whose
         # Redis is down, though: tasks run (fail open) and we catch up when it is back.
         with contextlib.suppress(asyncio.TimeoutError):
@@ -174,15 +176,18 @@ class WorkerSide:
         # Pending finishes join every start batch; on their own they go when their timer fires.
         while self._starts or (first and self._finishes):
             first = False
-            # Under load, at most one call per _MIN_INTERVAL: starts arriving meanwhile join the
-            # next batch, so the bookkeeping CPU stays bounded however fast tasks come. An idle
-            # worker's first start goes at once.
-            wait = self._last_sync + _MIN_INTERVAL - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            # Under load (the last batch carried several starts), at most one call per
+            # _MIN_INTERVAL: starts arriving meanwhile join the next batch, so the bookkeeping
+            # CPU stays bounded however fast tasks come. Tasks that come one at a time never
+            # wait: a start whose predecessor went alone goes at once.
+            if self._last_batch > 1:
+                wait = self._last_sync + _MIN_INTERVAL - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             self._last_sync = loop.time()
             async with self._lock:
                 starts, self._starts = self._starts, []
+                self._last_batch = len(starts)
                 finishes, self._finishes = self._finishes, []
                 try:
                     alive, aborted = await self.backend.sync(

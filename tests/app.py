@@ -69,9 +69,11 @@ def make_broker(
     abort_url: str | None = None,
     fail_closed: bool = False,
     idle_timeout_ms: int | None = None,
+    **abort_options: Any,
 ) -> AsyncBroker:
     """``abort_url``: a separate Redis for the abort control plane (fault and ACL tests);
-    ``idle_timeout_ms``: how soon a stream message of a killed worker is redelivered."""
+    ``idle_timeout_ms``: how soon a stream message of a killed worker is redelivered;
+    ``abort_options``: more ``AbortMiddleware`` options (``channel``, ``abort_timeout``...)."""
     queue = f"{prefix}:queue"
     inner: AsyncBroker
     if kind == "stream":
@@ -95,6 +97,7 @@ def make_broker(
         cancel_mode="level"
         if os.environ.get("TASKIQ_ABORT_TEST_CANCEL_MODE") == "level"
         else "edge",
+        **abort_options,
     )
     retry: TaskiqMiddleware = SimpleRetryMiddleware(default_retry_count=3)
     if os.environ.get("TASKIQ_ABORT_TEST_RETRY") == "smart":
@@ -284,4 +287,5 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         abort_url=os.environ.get("TASKIQ_ABORT_TEST_ABORT_URL") or None,
         fail_closed=os.environ.get("TASKIQ_ABORT_TEST_FAIL_CLOSED") == "1",
         idle_timeout_ms=int(os.environ.get("TASKIQ_ABORT_TEST_IDLE_MS", "0")) or None,
+        channel=os.environ.get("TASKIQ_ABORT_TEST_CHANNEL") or None,
     )

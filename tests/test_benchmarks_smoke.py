@@ -8,27 +8,58 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import main
+from benchmarks.__main__ import STEPS, main
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--profile", "smoke", "--out", str(tmp_path)]) == 0
 
     (report_path,) = tmp_path.glob("*-smoke.json")
     report = json.loads(report_path.read_text())
     results = report["results"]
-    assert set(results) == {"latency", "scale", "scale_workers", "throughput", "idle"}
+    assert set(results) == {step.key for step in STEPS.values()}
+    assert set(results) == {
+        "latency",
+        "scale",
+        "scale_workers",
+        "throughput",
+        "trickle",
+        "idle",
+        "fleet",
+    }
+    assert set(report["load_per_benchmark"]) == set(STEPS)
     assert results["latency"]["statuses"] == {"aborted": 4}
     assert set(results["scale"]["levels"]) == {"1", "20"}
     assert results["scale"]["bulk"]["api"]["statuses"] == {"aborted": 20}
     assert results["scale"]["bulk"]["by_name"]["statuses"] == {"aborted": 20}
     assert results["scale"]["memory"]["redis_registry_bytes_per_task"] > 0
-    assert set(results["throughput"]) == {"stream", "list"}
+    for regime in ("throughput", "trickle"):
+        assert set(results[regime]) == {"stream", "list"}
+        for summary in results[regime].values():
+            assert len(summary["cpu_us_per_task"]["with"]) == 1
+            assert "paired_cpu_ratio" in summary
+    assert results["trickle"]["stream"]["result_wait"] == "keyspace notification"
     assert "difference_pct_of_core" in results["idle"]
+    fleet = results["fleet"]
+    assert set(fleet) == {"1", "3"}
+    assert fleet["3"]["registered_workers"] >= 3
+    assert fleet["3"]["helper_processes"] == 2
+    assert fleet["3"]["statuses"] == {"aborted": 3}
+    assert "redis_cpu_us_per_abort" in fleet["1"]
     assert report["machine"]["nproc"] >= 1
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra; not in `dev`
         assert list(tmp_path.glob("*-smoke-latency-cdf.png"))
     out = capsys.readouterr().out
     assert "Abort latency" in out
     assert "Throughput" in out
+    assert "| trickle | list |" in out
+    assert "Fleet size" in out
+
+
+def test_fleet_split() -> None:
+    from benchmarks.fleet import split
+
+    assert split(0, 4) == []
+    assert split(2, 4) == [1, 1]
+    assert split(999, 4) == [250, 250, 250, 249]

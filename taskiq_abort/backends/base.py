@@ -201,6 +201,10 @@ class AbortBackend(abc.ABC):
     def _cancel_waiters(self) -> None:
         self._waiters.clear()
 
+    async def warm(self, replies: bool = True) -> None:  # noqa: B027 (nothing by default)
+        """Prepare connections and scripts before the first abort (and, with ``replies``, the
+        subscription an aborter waits on); never raises."""
+
     @abc.abstractmethod
     async def set_outcome(self, task_id: str, outcome: str) -> None:
         """Record an outcome decided by the aborter (``revoked``)."""

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TextIO
 
 from taskiq_abort import observe
 from taskiq_abort.backends.base import WorkerInfo
@@ -23,11 +25,23 @@ CONCURRENCY = 32
 
 
 def out(line: str = "") -> None:
-    print(line, flush=True)
+    _write(sys.stdout, line)
 
 
 def err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    _write(sys.stderr, line)
+
+
+def _write(stream: TextIO, line: str) -> None:
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        # The reader left (`taskiq-abort ls | head`): it took what it wanted. The rest goes
+        # nowhere, the command carries on, and the exit status stays the command's own.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -48,11 +48,13 @@ outcomes:
   unconfirmed  a worker holds it but did not confirm in time (or --no-wait)
 
 exit status:
-  0  every task was aborted or revoked (ls: listed; status: the task is known)
-  1  some task had finished or stayed unconfirmed, or the confirmation was
-     declined (status: the task is not known)
-  2  usage error or invalid task id (nothing sent), Redis unreachable, broker
-     not loadable
+  0    every task was aborted or revoked (ls: listed; status: the task is known)
+  1    some task had finished or stayed unconfirmed, or the confirmation was
+       declined (status: the task is not known)
+  2    usage error or invalid task id (nothing sent), Redis unreachable, broker
+       not loadable
+  130  interrupted (Ctrl-C); abort requests already sent stay recorded
+  a reader that stops early (`ls | head`) does not change the status
 """
 
 
@@ -98,7 +100,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         prog=prog,
         usage=f"{prog} [options] TASK_ID [TASK_ID ...] | --name TASK_NAME | ls | status",
         description=_DESCRIPTION % {"prog": prog},
-        epilog=_EPILOG,
+        epilog=_EPILOG % {"prog": prog},
         formatter_class=fmt,
         parents=[common],
         allow_abbrev=False,
@@ -134,7 +136,8 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
     ls = argparse.ArgumentParser(
         prog=f"{prog} ls",
         description="List the tasks running on live workers, grouped by worker.",
-        epilog="exit status: 0 listed (also when nothing runs), 2 Redis unreachable or usage",
+        epilog="exit status: 0 listed (also when nothing runs, or when the reader stops "
+        "early, as `ls | head` does), 2 Redis unreachable or usage, 130 interrupted",
         parents=[common],
         allow_abbrev=False,
     )
@@ -144,7 +147,8 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
     status = argparse.ArgumentParser(
         prog=f"{prog} status",
         description="Show where a task runs, whether an abort was requested and how it ended.",
-        epilog="exit status: 0 the task is known, 1 it is not, 2 usage or Redis unreachable",
+        epilog="exit status: 0 the task is known, 1 it is not, 2 usage or Redis unreachable, "
+        "130 interrupted",
         parents=[common],
         allow_abbrev=False,
     )
@@ -198,7 +202,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
         return asyncio.run(run(args))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    except BrokenPipeError:  # `taskiq-abort ls | head`: the reader left; no error line for that
+    except BrokenPipeError:  # a write that bypassed commands.out(), which absorbs these
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_NOT_ALL

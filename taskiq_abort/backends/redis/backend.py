@@ -248,17 +248,34 @@ class RedisAbortBackend(AbortBackend):
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
         self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
         waiter = await super().prepare_reply(task_id)
+        await self._replies_ready(min(self.timeout, _SUBSCRIBE_WAIT))
+        return waiter
+
+    async def _replies_ready(self, wait: float) -> None:
+        """Start this process's reply subscription (once) and wait up to ``wait`` for it.
+        A missing subscription only costs latency (we poll the record): don't wait long, or a
+        hung Redis would cost one timeout here before the request costs another."""
         if self._reply_task is None or self._reply_task.done():
             self._reply_settled = asyncio.Event()
             self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
         settled = self._reply_settled
         assert settled is not None
         if not settled.is_set():
-            # A missing subscription only costs latency (we poll the record): don't wait long,
-            # or a hung Redis would cost one timeout here before the request costs another.
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(settled.wait(), min(self.timeout, _SUBSCRIBE_WAIT))
-        return waiter
+                await asyncio.wait_for(settled.wait(), wait)
+
+    async def warm(self, replies: bool = True) -> None:
+        """Connect and load the scripts now (and subscribe to the reply channel, for an
+        aborter), so that the first abort costs what the others do. Best effort: a Redis that
+        is down must not stop the application from starting (``abort()`` then says why)."""
+        try:
+            client = self._c
+            loads = (client.cmd.script_load(script.script) for script in client.scripts)
+            await asyncio.wait_for(asyncio.gather(*loads), self.timeout)
+            if replies:
+                await self._replies_ready(self.timeout)
+        except Exception as exc:  # never fail the caller's start-up
+            logger.info("taskiq-abort: could not prepare aborts yet (%s); will on first use", exc)
 
     async def _reply_loop(self) -> None:
         settled = self._reply_settled
@@ -365,6 +382,7 @@ class _Client:
         self.request = cmd.register_script(scripts.REQUEST)
         self.confirm = cmd.register_script(scripts.CONFIRM)
         self.list = cmd.register_script(scripts.LIST)
+        self.scripts = (self.request, self.confirm, self.list, self.unregister)
 
 
 def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:

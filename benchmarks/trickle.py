@@ -1,0 +1,121 @@
+"""2b. The trickle regime (``trickle``): tasks arrive one at a time at a worker already running.
+
+Per run: a fresh ``taskiq worker --workers 1`` (with or without ``AbortMiddleware``), ``warmup``
+no-op tasks to get it going, then ``trickle_tasks`` no-op tasks kicked one after another, each
+kicked once the previous one's result is stored. The benchmark learns that from a Redis keyspace
+notification on the result key (``notify-keyspace-events K$``, switched on for this benchmark
+and restored after), so it does not poll; with a Redis that refuses ``CONFIG SET`` it polls
+``EXISTS`` every millisecond instead.
+
+Worker CPU: utime + stime of the worker's child processes from /proc/<pid>/stat, read once the
+last warm-up result is stored and once the last result is stored; divided by the tasks.
+Throughput: tasks divided by the same window's wall-clock time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any
+
+import redis
+from redis.asyncio.client import PubSub
+from taskiq import AsyncBroker
+
+from benchmarks.app import now, result_prefix
+from benchmarks.procs import Worker, total_cpu_seconds
+from benchmarks.session import Bench
+from benchmarks.throughput import Run, alternate
+
+
+class ResultWatch:
+    """Waits for one result key to be written: keyspace notification, or polling."""
+
+    def __init__(self, bench: Bench, prefix: str, worker: Worker, notify: bool) -> None:
+        self.bench, self.worker, self.notify = bench, worker, notify
+        self.key_prefix = f"{result_prefix(prefix)}:"
+        db = bench.r.connection_pool.connection_kwargs.get("db", 0)
+        self.channel_prefix = f"__keyspace@{db}__:{self.key_prefix}"
+        self.pubsub: PubSub | None = None
+
+    async def __aenter__(self) -> ResultWatch:
+        if self.notify:
+            self.pubsub = self.bench.r.pubsub()
+            await self.pubsub.psubscribe(f"{self.channel_prefix}*")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.pubsub is not None:
+            await self.pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def kick_and_wait(self, task: Any, timeout: float = 60) -> float:
+        """Kick ``task``, return the monotonic time at which its result was seen stored."""
+        handle = await task.kiq()
+        deadline = time.monotonic() + timeout
+        if self.pubsub is None:
+            key = self.key_prefix + handle.task_id
+            while not await self.bench.r.exists(key):
+                self._check(deadline, handle.task_id)
+                await asyncio.sleep(0.001)
+            return now()
+        channel = self.channel_prefix + handle.task_id
+        while True:
+            msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if msg is not None and msg["channel"] == channel:
+                return now()
+            self._check(deadline, handle.task_id)
+
+    def _check(self, deadline: float, task_id: str) -> None:
+        self.worker.check_alive()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"trickle: no result for {task_id}")
+
+
+async def trickle_run(bench: Bench, kind: str, with_abort: bool, notify: bool) -> Run:
+    await bench.r.flushdb()
+    prefix = f"tr{uuid.uuid4().hex[:6]}"
+    broker: AsyncBroker = await bench.client(prefix, kind, abort=False)
+    worker = Worker(bench.url, prefix, kind=kind, abort=with_abort).start()
+    try:
+        noop = broker.find_task("noop")
+        async with ResultWatch(bench, prefix, worker, notify) as watch:
+            for _ in range(bench.p.warmup):  # the first one also waits for the worker to start
+                await watch.kick_and_wait(noop)
+            pids = worker.children()
+            cpu0, t0 = total_cpu_seconds(pids), now()
+            t1 = t0
+            for _ in range(bench.p.trickle_tasks):
+                t1 = await watch.kick_and_wait(noop)
+            cpu1 = total_cpu_seconds(pids)
+    finally:
+        await broker.shutdown()
+        worker.stop()
+    return Run(t1 - t0, cpu1 - cpu0)
+
+
+async def run(bench: Bench) -> dict[str, Any]:
+    p = bench.p
+    old: str | None = None
+    try:
+        old = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+        await bench.r.config_set("notify-keyspace-events", "K$")
+    except redis.ResponseError:
+        bench.log("  trickle: CONFIG SET refused; polling for results instead")
+    try:
+
+        def one(kind: str, with_abort: bool) -> Awaitable[Run]:
+            return trickle_run(bench, kind, with_abort, notify=old is not None)
+
+        out = await alternate(
+            bench, "trickle", p.trickle_rounds, p.trickle_tasks, p.trickle_tasks, one
+        )
+    finally:
+        if old is not None:
+            with contextlib.suppress(redis.RedisError):
+                await bench.r.config_set("notify-keyspace-events", old)
+    for summary in out.values():
+        summary["result_wait"] = "keyspace notification" if old is not None else "polling"
+    return out
