@@ -134,29 +134,35 @@ async def abort_applied(
     message: Any = None,
     broker: Any = None,
 ) -> None:
-    """A worker ended an attempt aborted (called from ``AbortMiddleware.on_error``)."""
+    """A worker ended an attempt aborted (called from ``AbortMiddleware.on_error``). Its log
+    line is written by the log filter on taskiq's receiver logger (``applied_line``)."""
     at, by = _seen.pop(task_id, (None, None))
-    delivery = None
-    if at is not None and phase == RUNNING:
-        delivery = max(0.0, (redis_now_ms() - at) / 1000)
-    if phase == RUNNING:
-        logger.info(
-            "taskiq-abort: aborted task %s (%s) while running, reason: %s; delivered in %s",
-            task_id,
-            task_name,
-            reason,
-            "?" if delivery is None else f"{delivery * 1000:.1f} ms",
-        )
-    else:
-        logger.info(
-            "taskiq-abort: skipped revoked task %s (%s) at its start, reason: %s",
-            task_id,
-            task_name,
-            reason,
-        )
+    delivery = _delivery(at, phase)
     event = AbortApplied(task_id, task_name, phase, reason, by, delivery, message, broker)
     for observer in list(_observers):
         await _call(observer.abort_applied, event)
+
+
+def _delivery(at: float | None, phase: str) -> float | None:
+    if at is None or phase != RUNNING:
+        return None
+    return max(0.0, (redis_now_ms() - at) / 1000)
+
+
+def applied_line(task_id: str, task_name: str, phase: str, reason: str | None) -> str:
+    """The worker's one INFO line for an applied abort. It replaces taskiq's own error line
+    for the task (``logs.AbortedTaskLogFilter``): one line per abort, written where taskiq
+    writes its line, so an abort costs the worker no more logging than before."""
+    if phase != RUNNING:
+        where = f"{task_id} ({task_name}) at its start"
+        return f"taskiq-abort: skipped revoked task {where}, reason: {reason}"
+    at, _ = _seen.get(task_id, (None, None))
+    delivery = _delivery(at, phase)
+    shown = "?" if delivery is None else f"{delivery * 1000:.1f} ms"
+    return (
+        f"taskiq-abort: aborted task {task_id} ({task_name}) while running, reason: {reason}; "
+        f"delivered in {shown}"
+    )
 
 
 async def abort_requested(
