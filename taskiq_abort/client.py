@@ -5,20 +5,22 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any
-
-from taskiq import AsyncResultBackend, TaskiqResult
-from taskiq.abc.result_backend import AsyncResultBackend as _Backend
-from taskiq.result_backends.dummy import DummyResultBackend
+from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter
 from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, TaskiqAbortError
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.protocol import clean_reason, validate_task_id
 
+if TYPE_CHECKING:  # taskiq is imported where a result is stored: `taskiq-abort ID` starts fast
+    from taskiq import AsyncResultBackend, TaskiqResult
+    from taskiq.abc.result_backend import AsyncResultBackend as _Backend
+
 
 def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
     """The result stored for an aborted task."""
+    from taskiq import TaskiqResult
+
     return TaskiqResult(
         is_err=True,
         return_value=None,
@@ -29,7 +31,11 @@ def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
 
 
 def _has_results(backend: _Backend[Any] | None) -> bool:
-    return backend is not None and not isinstance(backend, DummyResultBackend)
+    if backend is None:
+        return False
+    from taskiq.result_backends.dummy import DummyResultBackend
+
+    return not isinstance(backend, DummyResultBackend)
 
 
 async def _replies(

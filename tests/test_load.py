@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from taskiq_abort import AbortStatus, TaskAbortedError, abort
+from taskiq_abort import AbortStatus, TaskAbortedError, abort, find_middleware
 from tests.faultkit import apoll, client_broker, held, rss_of
 
 pytestmark = pytest.mark.anyio
@@ -61,6 +61,12 @@ async def test_ten_thousand_running_tasks_all_aborted(redis_url, prefix, worker_
         aborted_at = time.monotonic()
 
         statuses = {o.status for o in outcomes}
+        if statuses != {AbortStatus.ABORTED}:  # say what happened to the others
+            odd = [o for o in outcomes if o.status is not AbortStatus.ABORTED]
+            backend = find_middleware(client).backend
+            records = await backend.get_requests([o.task_id for o in odd[:5]])
+            state = await _introspect(client)
+            print(len(odd), odd[:3], records, len(state["running"]), worker.log.read_text()[-3000:])
         assert statuses == {AbortStatus.ABORTED}, statuses
         assert {o.task_id for o in outcomes} == {t.task_id for t in tasks}
         results = await _chunked([t.wait_result(timeout=60) for t in tasks])

@@ -1,23 +1,26 @@
 """``taskiq-abort`` (and ``taskiq abort``): abort, list and inspect tasks from a shell.
 
-Built on argparse, like TaskIQ's own CLI, so it adds no dependency to the install.
+Built on argparse, like TaskIQ's own CLI, so it adds no dependency to the install. taskiq itself
+is imported only where a command needs it (``--broker``, the ``taskiq abort`` plugin class), so
+``taskiq-abort ls --redis-url ...`` answers at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from taskiq.abc.cmd import TaskiqCMD
+from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.cli.main import main
+
+if TYPE_CHECKING:
+    from taskiq_abort.cli.plugin import AbortCMD
 
 __all__ = ["AbortCMD", "main"]
 
 
-class AbortCMD(TaskiqCMD):
-    """``taskiq abort ...``: the same commands as ``taskiq-abort``, as a TaskIQ CLI plugin."""
+def __getattr__(name: str) -> Any:
+    """``AbortCMD`` subclasses taskiq's ``TaskiqCMD``: import it (and taskiq) only when asked."""
+    if name == "AbortCMD":
+        from taskiq_abort.cli.plugin import AbortCMD
 
-    short_help = "Abort tasks, list running tasks"
-
-    def exec(self, args: Sequence[str]) -> int | None:
-        return main(list(args), prog="taskiq abort")
+        return AbortCMD
+    raise AttributeError(f"module 'taskiq_abort.cli' has no attribute {name!r}")

@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from taskiq_abort.cli import web
 from taskiq_abort.cli.commands import run
 from taskiq_abort.cli.connect import ENV_URL, CLIError, scrub
 from taskiq_abort.errors import TaskiqAbortError
@@ -20,7 +21,7 @@ EXIT_NOT_ALL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_COMMANDS = ("ls", "status")
+_COMMANDS = ("ls", "status", "web")
 
 _DESCRIPTION = """\
 Abort TaskIQ tasks, queued or running, on whichever worker process holds them;
@@ -30,6 +31,7 @@ list the running tasks; show what became of one task.
   %(prog)s --name TASK_NAME [--yes]    abort every running task named TASK_NAME
   %(prog)s ls [--name N] [--worker W]  list running tasks (%(prog)s ls --help)
   %(prog)s status TASK_ID              running where / abort requested / not known
+  %(prog)s web --broker M:B --token T  the operator API and dashboard (extra `web`)
 """
 
 _EPILOG = f"""\
@@ -98,7 +100,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
     common = _common()
     abort = argparse.ArgumentParser(
         prog=prog,
-        usage=f"{prog} [options] TASK_ID [TASK_ID ...] | --name TASK_NAME | ls | status",
+        usage=f"{prog} [options] TASK_ID [TASK_ID ...] | --name NAME | ls | status | web",
         description=_DESCRIPTION % {"prog": prog},
         epilog=_EPILOG % {"prog": prog},
         formatter_class=fmt,
@@ -153,7 +155,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         allow_abbrev=False,
     )
     status.add_argument("task_id", metavar="TASK_ID")
-    return {"": abort, "ls": ls, "status": status}
+    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog, common)}
 
 
 def _split_command(argv: list[str], parsers: dict[str, argparse.ArgumentParser]) -> str:
@@ -199,6 +201,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
             parser.error("give task ids to abort, --name TASK_NAME, or a command (ls, status)")
         if command == "" and args.task_ids and args.name is not None:
             parser.error("give task ids or --name, not both")
+        if command == "web":
+            return web.run(args, prog)
         return asyncio.run(run(args))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -159,8 +159,10 @@ class RedisAbortBackend(AbortBackend):
         return notices(await self._call("registering a worker", op))
 
     async def heartbeat(self, worker_id: str) -> bool:
+        keys = self.keys
         args: list[Any] = [
-            int(self.lease * 1000), worker_id, self.keys.worker_prefix, self.keys.tasks_prefix
+            int(self.lease * 1000), worker_id, keys.worker_prefix, keys.tasks_prefix,
+            keys.worker_channel_prefix,
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
         return observe.redis_time(await self._call("a heartbeat", op))

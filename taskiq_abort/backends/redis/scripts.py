@@ -136,17 +136,22 @@ return aborted
 )
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
-# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix
+# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix
 # Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
 # Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
-# Also takes out of the registry a few workers whose lease lapsed (crashed: no unregister).
+# Also takes out of the registry a few workers whose lease lapsed and who no longer listen on
+# their channel (crashed: no unregister). One that still listens is alive but stalled (a long
+# event-loop turn): it keeps its entries and re-registers at its next heartbeat.
 HEARTBEAT = (
     _NOW
     + _HOLDERS
     + """
 local lease = tonumber(ARGV[1])
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
-  drop_worker(KEYS[4], KEYS[3], ARGV[3] .. dead, ARGV[4] .. dead, dead)
+  local listening = redis.call('PUBSUB', 'NUMSUB', ARGV[5] .. dead)[2]
+  if dead ~= ARGV[2] and tonumber(listening) == 0 then
+    drop_worker(KEYS[4], KEYS[3], ARGV[3] .. dead, ARGV[4] .. dead, dead)
+  end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[1], lease)
@@ -193,11 +198,14 @@ if cur then
   local message = cjson.encode({v = 2, type = 'abort', task_id = tid,
                                 reason = reason or cjson.null, reply_to = ARGV[6], at = at})
   for wid in string.gmatch(cur, '%S+') do
+    -- A holder is alive if its lease is current or it listens on its channel (a worker whose
+    -- event loop stalled past its lease still holds the task, and will hear this).
+    local heard = redis.call('PUBLISH', ARGV[7] .. wid, message)
     local lease = redis.call('ZSCORE', KEYS[3], wid)
-    if lease and tonumber(lease) >= now then
+    if heard > 0 or (lease and tonumber(lease) >= now) then
       live[#live + 1] = wid
+      receivers = receivers + heard
       if not entry then entry = redis.call('HGET', ARGV[8] .. wid, tid) end
-      receivers = receivers + redis.call('PUBLISH', ARGV[7] .. wid, message)
     elseif not lease then
       holders_remove(KEYS[2], tid, wid)  -- its worker is gone: an index entry it left behind
     end

@@ -1,0 +1,1 @@
+"""Runnable recipes, tested by tests/test_examples.py."""

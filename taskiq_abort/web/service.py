@@ -1,0 +1,209 @@
+"""What the operator API does, without HTTP: list, look up and abort tasks of one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from taskiq_abort.api import find_middleware
+from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
+from taskiq_abort.errors import AbortBackendUnavailableError, TaskiqAbortError
+from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.protocol import validate_task_id
+from taskiq_abort.web import models
+
+if TYPE_CHECKING:
+    from taskiq import AsyncBroker
+
+BULK_CONCURRENCY = 32
+"""Aborts in flight at once in a bulk abort, as in the CLI."""
+RECENT = 200
+"""Outcomes kept for the dashboard's "recent outcomes"."""
+FINAL = ("aborted", "revoked")
+"""Recorded outcomes after which a task will not run (on)."""
+
+
+def _running(
+    entry: RunningEntry, info: WorkerInfo, request: RequestRecord | None, now: float
+) -> models.RunningTask:
+    return models.RunningTask(
+        task_id=entry.task_id,
+        task_name=entry.task_name,
+        worker=info.worker_id,
+        host=info.host,
+        pid=info.pid,
+        started=entry.started,
+        running_for_s=round(max(0.0, now - entry.started), 3),
+        abort_requested=request is not None,
+        abort_reason=request.reason if request else None,
+    )
+
+
+class TaskService:
+    """The broker's abort control plane, read and driven for operators.
+
+    :raises AbortConfigError: the broker has no ``AbortMiddleware`` (checked at once).
+    """
+
+    def __init__(self, broker: AsyncBroker) -> None:
+        self.broker = broker
+        self.middleware = find_middleware(broker)
+        self.backend = self.middleware.backend
+        self.recent: deque[models.RecentOutcome] = deque(maxlen=RECENT)
+        self._reading: asyncio.Future[list[WorkerInfo]] | None = None
+
+    async def _workers(self) -> list[WorkerInfo]:
+        """The live workers, sorted. Requests that come while a read of the registry is under
+        way share it (a dashboard's parallel polls, several dashboards): with 10,000 running
+        tasks one read takes a while. A finished read is never reused."""
+        current = self._reading
+        if current is None or current.done():
+            current = self._reading = asyncio.ensure_future(self._read_workers())
+        return list(await asyncio.shield(current))
+
+    async def _read_workers(self) -> list[WorkerInfo]:
+        workers = await self.backend.workers()
+        workers.sort(key=lambda w: (w.host, w.started, w.worker_id))  # stable across calls
+        return workers
+
+    async def _entries(self) -> list[tuple[RunningEntry, WorkerInfo]]:
+        return [(entry, info) for info in await self._workers() for entry in info.tasks]
+
+    async def list_tasks(
+        self, name: str | None, worker: str | None, offset: int, limit: int
+    ) -> models.TaskPage:
+        """Running tasks, filtered by exact name and by worker id (or a prefix of it)."""
+        entries = [
+            (entry, info)
+            for entry, info in await self._entries()
+            if (name is None or entry.task_name == name)
+            and (worker is None or info.worker_id.startswith(worker))
+        ]
+        page = entries[offset : offset + limit]
+        requests = await self.backend.get_requests([entry.task_id for entry, _ in page])
+        now = time.time()
+        return models.TaskPage(
+            tasks=[_running(e, i, requests.get(e.task_id), now) for e, i in page],
+            total=len(entries),
+            offset=offset,
+            limit=limit,
+        )
+
+    async def workers(self) -> models.WorkerList:
+        infos = await self._workers()
+        now = time.time()
+        return models.WorkerList(
+            workers=[
+                models.Worker(
+                    worker_id=w.worker_id,
+                    host=w.host,
+                    pid=w.pid,
+                    started=w.started,
+                    up_s=round(max(0.0, now - w.started), 3),
+                    running=len(w.tasks),
+                )
+                for w in infos
+            ],
+            running=sum(len(w.tasks) for w in infos),
+        )
+
+    async def task_state(self, task_id: str) -> models.TaskState:
+        """Running where, abort requested, its outcome, a stored result, or unknown."""
+        task_id = validate_task_id(task_id)
+        running = next(((e, i) for e, i in await self._entries() if e.task_id == task_id), None)
+        request = await self.backend.get_request(task_id)
+        has_result = await self._has_result(task_id)
+        state: models.TaskStateName
+        if request is not None and request.outcome in FINAL:
+            # Its worker confirmed; the registry entry goes in the worker's next batch.
+            state, running = request.outcome, None  # type: ignore[assignment]
+        elif running is not None:
+            state = "running"
+        elif request is not None:
+            state = "requested" if request.outcome is None else request.outcome  # type: ignore[assignment]
+        elif has_result:
+            state = "finished"
+        else:
+            state = "unknown"
+        if state not in ("running", "requested", "aborted", "revoked", "finished", "unknown"):
+            state = "requested"  # an outcome a newer version may record; still a request
+        return models.TaskState(
+            task_id=task_id,
+            state=state,
+            running=None if running is None else _running(*running, request, time.time()),
+            abort_request=None
+            if request is None
+            else models.AbortRequestInfo(
+                reason=request.reason,
+                requested_at=request.requested_at,
+                requested_by=request.requested_by,
+                outcome=request.outcome,
+                worker=request.worker,
+            ),
+            has_result=has_result,
+        )
+
+    async def _has_result(self, task_id: str) -> bool | None:
+        from taskiq.result_backends.dummy import DummyResultBackend
+
+        result_backend = self.broker.result_backend
+        if isinstance(result_backend, DummyResultBackend):
+            return None
+        try:  # is_result_ready, never get_result: with keep_results=False a read consumes it
+            return bool(await result_backend.is_result_ready(task_id))
+        except Exception as exc:
+            raise AbortBackendUnavailableError(
+                f"the result backend could not be read for task {task_id}: {type(exc).__name__}"
+            ) from exc
+
+    async def abort(
+        self, task_id: str, reason: str | None, wait: bool, timeout: float | None
+    ) -> AbortOutcome:
+        """Abort one task (see :func:`taskiq_abort.abort`), and remember the outcome."""
+        outcome = await self.middleware.abort(task_id, reason=reason, wait=wait, timeout=timeout)
+        self._remember(outcome)
+        return outcome
+
+    def _remember(self, outcome: AbortOutcome) -> None:
+        data: dict[str, Any] = outcome.to_dict()
+        self.recent.appendleft(models.RecentOutcome(**data, at=time.time()))
+
+    async def abort_by_name(
+        self, task_name: str, reason: str | None, wait: bool, timeout: float | None
+    ) -> models.BulkAbortResult:
+        """Abort every running task called ``task_name``; errors are counted as ``failed``."""
+        ids = list(
+            dict.fromkeys(e.task_id for e, _ in await self._entries() if e.task_name == task_name)
+        )
+        # Not those already aborted: their entries linger until the worker's next registry batch.
+        done = await self.backend.get_requests(ids)
+        ids = [t for t in ids if t not in done or done[t].outcome not in FINAL]
+        limit = asyncio.Semaphore(BULK_CONCURRENCY)
+
+        async def one(task_id: str) -> AbortOutcome:
+            async with limit:
+                return await self.abort(task_id, reason, wait, timeout)
+
+        results = await asyncio.gather(*(one(t) for t in ids), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, TaskiqAbortError):
+                raise result  # a bug: the server reports it
+        outcomes = [r for r in results if isinstance(r, AbortOutcome)]
+        counts = {"aborted": 0, "revoked": 0, "finished": 0, "unconfirmed": 0, "failed": 0}
+        for outcome in outcomes:
+            counts[outcome.status.value] += 1
+        counts["failed"] = len(results) - len(outcomes)
+        if ids and not outcomes:
+            failure = next(r for r in results if isinstance(r, BaseException))
+            raise failure  # every one failed (Redis down): one error, not a page of zeros
+        return models.BulkAbortResult(
+            task_name=task_name,
+            matched=len(ids),
+            counts=counts,
+            outcomes=[models.Outcome(**o.to_dict()) for o in outcomes],  # type: ignore[arg-type]
+        )
+
+    def recent_outcomes(self, limit: int) -> models.RecentOutcomes:
+        return models.RecentOutcomes(outcomes=list(self.recent)[:limit])
