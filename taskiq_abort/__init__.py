@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
     from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
     from taskiq_abort.middleware import AbortMiddleware
+    from taskiq_abort.observability import AbortObservability
     from taskiq_abort.outcome import AbortOutcome, AbortStatus
     from taskiq_abort.token import AbortToken, shield
 
@@ -51,6 +52,7 @@ _WHERE = {
     "AbortableTask": "taskiq_abort.handle",
     "abortable_task": "taskiq_abort.handle",
     "AbortMiddleware": "taskiq_abort.middleware",
+    "AbortObservability": "taskiq_abort.observability",
     "AbortOutcome": "taskiq_abort.outcome",
     "AbortStatus": "taskiq_abort.outcome",
     "AbortToken": "taskiq_abort.token",
@@ -63,6 +65,7 @@ __all__ = [
     "AbortBackendUnavailableError",
     "AbortConfigError",
     "AbortMiddleware",
+    "AbortObservability",
     "AbortOutcome",
     "AbortPermissionError",
     "AbortStatus",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from taskiq_abort import observe
 from taskiq_abort.errors import TaskAbortedError
 
 _RECEIVER_LOGGER = "taskiq.receiver.receiver"
@@ -11,13 +12,20 @@ _RECEIVER_LOGGER = "taskiq.receiver.receiver"
 
 class AbortedTaskLogFilter(logging.Filter):
     """Turns taskiq's "Exception found while executing function." + traceback for a
-    ``TaskAbortedError`` into one INFO line naming the task and the reason."""
+    ``TaskAbortedError`` into one INFO line: the task's id, name, reason and delivery time
+    (``observe.applied_line``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, TaskAbortedError):
+            from taskiq_abort.execution import current_run
+
+            run = current_run.get()  # taskiq logs from the attempt's own task: ours is set
+            name = run.entry.task_name if run is not None else "?"
+            phase = observe.QUEUED if run is not None and run.revoked else observe.RUNNING
+            line = observe.applied_line(exc.task_id, name, phase, exc.reason)
             record.levelno, record.levelname = logging.INFO, "INFO"
-            record.msg, record.args = "%s", (str(exc),)
+            record.msg, record.args = "%s", (line,)
             record.exc_info, record.exc_text = None, None
         return True
 

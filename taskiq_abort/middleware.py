@@ -7,12 +7,14 @@ import contextlib
 import inspect
 import logging
 import sys
+import time
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
@@ -139,14 +141,31 @@ class AbortMiddleware(TaskiqMiddleware):
                 f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
                 "add it with broker.with_middlewares(middleware)"
             )
-        return await abort_task(
-            self.backend,
-            self.broker.result_backend,
-            task_id,
-            reason=reason,
-            wait=wait,
-            timeout=self.abort_timeout if timeout is None else timeout,
+        started = time.perf_counter()
+        try:
+            outcome = await abort_task(
+                self.backend,
+                self.broker.result_backend,
+                task_id,
+                reason=reason,
+                wait=wait,
+                timeout=self.abort_timeout if timeout is None else timeout,
+            )
+        except Exception:
+            elapsed = time.perf_counter() - started
+            await observe.abort_requested(
+                task_id, "error", elapsed, reason=reason, broker=self.broker
+            )
+            raise
+        await observe.abort_requested(
+            outcome.task_id,
+            outcome.status.value,
+            outcome.elapsed,
+            reason=outcome.reason,
+            worker=outcome.worker,
+            broker=self.broker,
         )
+        return outcome
 
     # --- taskiq hooks ----------------------------------------------------------------
     def set_broker(self, broker: AsyncBroker) -> None:
@@ -245,11 +264,16 @@ class AbortMiddleware(TaskiqMiddleware):
             return
         task.original_func = wrap_task_function(task.original_func)
 
-    def on_error(
+    async def on_error(
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         if isinstance(exception, TaskAbortedError):
             message.labels["retry_on_error"] = False  # never retry an aborted task
+            run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
+            phase = observe.QUEUED if run is not None and run.revoked else observe.RUNNING
+            await observe.abort_applied(
+                message.task_id, message.task_name, phase, exception.reason, message, self.broker
+            )
 
     def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
         run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)

@@ -17,6 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import AbortBackend, AbortNotice, RunningEntry
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
@@ -259,6 +260,7 @@ class WorkerSide:
         self._dirty = True
         if not self._outage:
             self._outage = True
+            observe.registry_outage()
             logger.warning(
                 "taskiq-abort: abort registry unavailable (%s); tasks keep running%s until it "
                 "is back",

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -138,6 +139,7 @@ class MemoryAbortBackend(AbortBackend):
             record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
         self._requests[task_id] = (time.monotonic() + self.request_ttl, record)
         holders = [(wid, w.tasks[task_id]) for wid, w in self._live().items() if task_id in w.tasks]
+        observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()
         notice = AbortNotice(task_id, record.reason, "memory")
         receivers = 0

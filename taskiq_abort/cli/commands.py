@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import WorkerInfo
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, connect
@@ -52,6 +53,11 @@ async def run(args: argparse.Namespace) -> int:
         task_ids = [args.task_id]
     for task_id in task_ids:  # all refused before anything is sent
         validate_task_id(task_id)
+    metrics_file = getattr(args, "metrics", None)
+    if metrics_file:
+        from taskiq_abort import metrics  # prometheus-client: only now, and only if asked
+
+        observe.subscribe(metrics.enable())
     conn = await connect(args.redis_url, os.environ.get(ENV_URL), args.broker, args.prefix)
     try:
         if args.command == "ls":
@@ -68,6 +74,8 @@ async def run(args: argparse.Namespace) -> int:
         return exit_status(outcomes)
     finally:
         await conn.close()
+        if metrics_file:
+            metrics.write_textfile(metrics_file)
 
 
 async def abort_ids(
@@ -83,14 +91,26 @@ async def abort_ids(
 
     async def one(task_id: str) -> AbortOutcome:
         async with limit:
-            return await abort_task(
-                conn.backend,
-                conn.result_backend,
-                task_id,
-                reason=reason,
-                wait=wait,
-                timeout=timeout,
+            started = time.perf_counter()
+            try:
+                outcome = await abort_task(
+                    conn.backend,
+                    conn.result_backend,
+                    task_id,
+                    reason=reason,
+                    wait=wait,
+                    timeout=timeout,
+                )
+            except Exception:
+                elapsed = time.perf_counter() - started
+                await observe.abort_requested(task_id, "error", elapsed, reason=reason)
+                raise
+            status = outcome.status.value
+            worker = outcome.worker
+            await observe.abort_requested(
+                task_id, status, outcome.elapsed, reason=outcome.reason, worker=worker
             )
+            return outcome
 
     results = await asyncio.gather(*(one(t) for t in task_ids), return_exceptions=True)
     outcomes = [r for r in results if isinstance(r, AbortOutcome)]

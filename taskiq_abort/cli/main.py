@@ -127,6 +127,13 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         help="abort every running task with this name (queued ones cannot be listed)",
     )
     opts.add_argument("-y", "--yes", action="store_true", help="do not ask before a bulk abort")
+    opts.add_argument(
+        "--metrics",
+        metavar="FILE",
+        help="write this run's abort_requests_total and abort_request_seconds to FILE in "
+        "Prometheus text format, e.g. for node_exporter's textfile collector (needs the "
+        "'metrics' extra)",
+    )
 
     ls = argparse.ArgumentParser(
         prog=f"{prog} ls",

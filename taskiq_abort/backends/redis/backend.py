@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.connection import parse_url
 
+from taskiq_abort import observe
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -164,7 +165,7 @@ class RedisAbortBackend(AbortBackend):
             keys.worker_channel_prefix,
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
-        return bool(await self._call("a heartbeat", op))
+        return observe.redis_time(await self._call("a heartbeat", op))
 
     async def unregister(self, worker_id: str) -> None:
         op = self._c.unregister(self._worker_keys(worker_id), [worker_id])
@@ -186,6 +187,7 @@ class RedisAbortBackend(AbortBackend):
                 self._count_malformed(channel, message)
                 continue
             notice = AbortNotice(parsed.task_id, parsed.reason, parsed.reply_to, parsed.at)
+            observe.request_seen(parsed.task_id, parsed.at or None, None)
             try:
                 handler(notice)
             except Exception:  # a bug in a handler must not end the listener
@@ -193,6 +195,7 @@ class RedisAbortBackend(AbortBackend):
 
     def _count_malformed(self, channel: str, message: bytes) -> None:
         self.malformed_messages += 1
+        observe.malformed_message()
         if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
             logger.warning(
                 "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",

@@ -139,7 +139,8 @@ return aborted
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
 # ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix
-# Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data).
+# Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
+# Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
 # Also takes out of the registry a few workers whose lease lapsed and who no longer listen on
 # their channel (crashed: no unregister). One that still listens is alive but stalled (a long
 # event-loop turn): it keeps its entries and re-registers at its next heartbeat.
@@ -158,7 +159,7 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('PEXPIRE', KEYS[1], lease)
 redis.call('PEXPIRE', KEYS[2], 3 * lease)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
-return 1
+return now
 """
 )
 
