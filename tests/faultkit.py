@@ -66,16 +66,22 @@ def own_server(extra: list[str] | None = None) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def client_broker(
-    url: str, prefix: str, kind: str = "stream", **kwargs: Any
-) -> AsyncIterator[AsyncBroker]:
-    broker = make_broker(url, prefix, kind, **kwargs)
+async def started(broker: AsyncBroker) -> AsyncIterator[AsyncBroker]:
+    """``broker``, started; shut down (in bounded time) afterwards."""
     await broker.startup()
     try:
         yield broker
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.shutdown(), 10)
+
+
+@contextlib.asynccontextmanager
+async def client_broker(
+    url: str, prefix: str, kind: str = "stream", **kwargs: Any
+) -> AsyncIterator[AsyncBroker]:
+    async with started(make_broker(url, prefix, kind, **kwargs)) as broker:
+        yield broker
 
 
 def worker_log(worker: WorkerProcess) -> str:

@@ -189,15 +189,24 @@ async def test_start_race_hammer(client, worker_factory, events) -> None:
         return await task.abort()
 
     tasks, outcomes = [], []
-    for _ in range(20):  # 10 tasks starting at once per wave, their aborts spread around
+    seen: collections.Counter[AbortStatus] = collections.Counter()
+    waves = 0
+    # 10 tasks starting at once per wave, their aborts spread around ``delay``; at least 20
+    # waves, and more (up to 100) until both sides of the race have happened.
+    while waves < 20 or not (seen[AbortStatus.REVOKED] and seen[AbortStatus.ABORTED]):
+        if waves == 100:
+            break
+        waves += 1
         kicked = [await client.find_task("sleeper").kiq(0.002 * (i % 5)) for i in range(10)]
-        waves = [abort_soon(t, delay * rng.uniform(0.0, 2.0)) for t in kicked]
-        done = await asyncio.gather(*waves)
+        done = await asyncio.gather(*(abort_soon(t, delay * rng.uniform(0.0, 2.0)) for t in kicked))
         tasks += kicked
         outcomes += done
+        seen.update(o.status for o in done)
         revoked = sum(o.status is AbortStatus.REVOKED for o in done)
-        delay = max(0.0, delay + 0.001 * (revoked - 5) / 5)  # aim at half and half
-    seen = collections.Counter(o.status for o in outcomes)
+        if revoked > 5:  # mostly still queued: abort later (doubling, from 0.5 ms)
+            delay = max(0.0005, delay * 2)
+        elif revoked < 5:  # mostly running already: abort sooner
+            delay /= 2
     assert seen[AbortStatus.REVOKED] and seen[AbortStatus.ABORTED], seen  # both sides of the race
     for task, outcome in zip(tasks, outcomes, strict=True):
         result = await task.wait_result(timeout=30)

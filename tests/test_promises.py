@@ -9,7 +9,6 @@ multiple of it, or the next larger failure mode), never tight wall-clock thresho
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import json
 import os
@@ -18,7 +17,6 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from types import ModuleType
 from typing import Any
 
@@ -45,19 +43,9 @@ from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
-from tests.faultkit import apoll, own_server
+from tests.faultkit import apoll, own_server, started
 
 pytestmark = pytest.mark.anyio
-
-
-@contextlib.asynccontextmanager
-async def started(broker: AsyncBroker) -> AsyncIterator[AsyncBroker]:
-    await broker.startup()
-    try:
-        yield broker
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.shutdown(), 10)
 
 
 def blpop(client: redis.Redis, key: str, timeout: float = 30.0) -> str:
