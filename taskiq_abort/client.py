@@ -89,6 +89,8 @@ async def abort_task(
             record = await backend.get_request(task_id)
             if found.outcome == "finished":
                 await backend.clear_request(task_id)
+            elif found.outcome == "revoked":  # said again only once it would survive a failover
+                await backend.set_outcome(task_id, "revoked")
             return done(AbortStatus(found.outcome), record.worker if record else None)
         if found.holders:
             if waiter is None:
@@ -114,6 +116,7 @@ async def abort_task(
                     # after and found the request: the record tells which.
                     record = await backend.get_request(task_id)
                     if record is not None and record.outcome in ("revoked", "aborted"):
+                        await backend.set_outcome(task_id, "revoked")  # durable, as below
                         return done(AbortStatus.REVOKED, record.worker)
                     await backend.clear_request(task_id)
                     return done(AbortStatus.FINISHED)

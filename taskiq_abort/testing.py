@@ -126,8 +126,7 @@ class RedisServer:
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        log = Path(self.dir, "server.log").open("ab")
-        with log:
+        with Path(self.dir, "server.log").open("ab") as log:
             self.proc = subprocess.Popen(self._args(), stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         client = self.client(socket_connect_timeout=0.5)
@@ -370,7 +369,7 @@ class SentinelServers:
         """Every sentinel knows the others and a replica in sync with the master."""
 
         def healthy() -> bool:
-            port, replicas, others = self.sentinel_view()
+            _, replicas, others = self.sentinel_view()
             if replicas < 1 or others < 2:
                 return False
             with self.current_master().client(socket_timeout=2) as client:

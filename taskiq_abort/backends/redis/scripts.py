@@ -241,3 +241,26 @@ end
 return out
 """
 )
+
+# The aborter's last word before it reports "revoked": the request must still be there (a
+# failover may have lost it), and the reply must come only once replicas hold it. So the script
+# always writes (it renews the TTL, as a new request would), and the lane sends WAIT right
+# behind it on the same connection: WAIT covers every write the master made up to this one,
+# including the request itself and any outcome it read. KEYS: request hash; ARGV: outcome, ttl_ms.
+# Returns the recorded outcome, or false when the request is gone.
+REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return redis.call('HGET', KEYS[1], 'outcome')
+"""
+
+
+def sharded(script: str) -> str:
+    """``script`` publishing with SPUBLISH: a Cluster's sharded pub/sub, delivered by the slot's
+    own master (a classic PUBLISH would cross the cluster bus and reach every node).
+
+    >>> sharded("redis.call('PUBLISH', ch, m)")
+    "redis.call('SPUBLISH', ch, m)"
+    """
+    return script.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
