@@ -276,7 +276,7 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
     except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
         raise AbortBackendUnavailableError(
             f"cannot reach {where} for {what}: {str(exc).rstrip('.')}. "
-            "Check the address and that Redis is running."
+            "Check the URL and that Redis is running."
         ) from exc
     except rexc.RedisError as exc:
         raise translate(where, keys, what, exc) from exc
