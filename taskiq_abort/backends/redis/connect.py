@@ -274,6 +274,12 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
             f"no master for {where} while {what}: {exc}. Check the sentinels."
         ) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise AbortBackendUnavailableError(
+                f"TLS to {where} failed for {what}: the server's certificate is not signed by a "
+                "CA this client trusts (or names another host): check ssl_ca_certs "
+                f"({str(exc).rstrip('.')})"
+            ) from exc
         raise AbortBackendUnavailableError(
             f"cannot reach {where} for {what}: {str(exc).rstrip('.')}. "
             "Check the URL and that Redis is running."

@@ -1,0 +1,82 @@
+"""TLS for real (issue 8): ``rediss://`` with certificate checks on, against a redis-server
+started with ``--tls-port`` and a CA the test makes, on one Redis and on a Redis Cluster. A
+client that does not trust the server's CA gets a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from taskiq import InMemoryBroker
+
+from taskiq_abort import AbortBackendError, AbortMiddleware, AbortStatus
+from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.testing import ClusterServers, RedisServer, TLSFiles, make_tls_files
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tls: TLSFiles) -> Iterator[RedisServer]:
+    server = RedisServer(tls=tls)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def _abort_a_running_task(middleware: AbortMiddleware) -> None:
+    """An in-process worker and aborter, both over TLS: the abort lands."""
+    broker = InMemoryBroker().with_middlewares(middleware)
+    started = asyncio.Event()
+
+    @broker.task(task_name="tls_sleeper")
+    async def sleeper() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await broker.startup()
+    try:
+        task = await sleeper.kiq()
+        await asyncio.wait_for(started.wait(), 30)
+        outcome = await task.abort(reason="tls")
+        assert outcome.status is AbortStatus.ABORTED
+        queued_id = "never-sent-over-tls"
+        assert (await middleware.abort(queued_id)).status is AbortStatus.REVOKED
+    finally:
+        await broker.shutdown()
+
+
+async def test_standalone_over_tls(tls_server: RedisServer, prefix: str) -> None:
+    assert tls_server.url.startswith("rediss://")
+    mw = AbortMiddleware(tls_server.url, prefix=prefix, ssl_ca_certs=str(tls_server.tls.ca))
+    await _abort_a_running_task(mw)
+
+
+async def test_cluster_over_tls(tls: TLSFiles, prefix: str) -> None:
+    cluster = ClusterServers(tls=tls).start()
+    try:
+        mw = AbortMiddleware(cluster.url, cluster=True, prefix=prefix, ssl_ca_certs=str(tls.ca))
+        await _abort_a_running_task(mw)
+    finally:
+        cluster.cleanup()
+
+
+async def test_a_wrong_ca_is_a_clear_error(tls_server: RedisServer, tmp_path: Path) -> None:
+    other = make_tls_files(tmp_path, "other")
+    backend = RedisAbortBackend(tls_server.url, ssl_ca_certs=str(other.ca), timeout=2)
+    try:
+        with pytest.raises(AbortBackendError, match="not signed by a CA this client trusts"):
+            await backend.check()
+        with pytest.raises(AbortBackendError, match="check ssl_ca_certs"):
+            await backend.request("t1", None, "test")
+    finally:
+        await backend.close()
