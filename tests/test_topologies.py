@@ -157,7 +157,7 @@ async def test_wrong_master_name(redis_sentinel: SentinelServers) -> None:
 
 
 def test_a_misspelt_option_is_refused_at_once() -> None:
-    with pytest.raises(AbortConfigError, match="'cluter' .*did you mean 'cluster'"):
+    with pytest.raises(AbortConfigError, match=r"'cluter' .*did you mean 'cluster'"):
         AbortMiddleware("redis://127.0.0.1:1/0", cluter=True)
     with pytest.raises(AbortConfigError, match="'ssl_ca_cert' "):
         AbortMiddleware("redis://127.0.0.1:1/0", ssl_ca_cert="/ca.pem")
