@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from taskiq_abort.backends.redis.lane import NotReplicatedError
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortBackendUnavailableError,
@@ -228,7 +229,7 @@ class Topology:
                 await sentinel.discover_master(self.master_name)
             except MasterNotFoundError as exc:
                 known = await _known_masters(sentinel)
-                if known is not None:
+                if known is not None and self.master_name not in known:
                     raise AbortConfigError(
                         f"the sentinels know no master named {self.master_name!r} (they "
                         f"monitor {sorted(known) or 'none'}): fix master_name (CLI: --master-name)"
@@ -272,6 +273,11 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
     except MasterNotFoundError as exc:
         raise AbortBackendUnavailableError(
             f"no master for {where} while {what}: {exc}. Check the sentinels."
+        ) from exc
+    except NotReplicatedError as exc:
+        raise AbortBackendUnavailableError(
+            f"{where} did not get {what} to a replica in time ({exc}): a failover may be under "
+            "way, or the master has no replica (set replicas=0 if it never has one)"
         ) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
