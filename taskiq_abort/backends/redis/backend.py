@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import AbstractConnection, parse_url
+from redis.asyncio.connection import parse_url
 
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
@@ -34,15 +34,21 @@ from taskiq_abort.backends.base import (
     RunningEntry,
     WorkerInfo,
 )
-from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.clients import (
+    OWN_OPTIONS,
+    REGISTER,
+    REVOKE,
+    SYNC,
+    LoopClients,
+    notices,
+    record_from_hash,
+)
 from taskiq_abort.backends.redis.connect import (
-    CommandClient,
     Topology,
     call,
     check_options,
     safe_url,
 )
-from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
 from taskiq_abort.backends.redis.subscription import subscription
 from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
@@ -106,7 +112,7 @@ class RedisAbortBackend(AbortBackend):
             parse_url(url)  # a wrong URL fails here, not at the first connection (ValueError)
         if replicas is not None and replicas < 0:
             raise ValueError(f"replicas must be >= 0, not {replicas}")
-        check_options(connection_kwargs, cluster, known=_OWN_OPTIONS)
+        check_options(connection_kwargs, cluster, known=OWN_OPTIONS)
         self.url = url
         self.topology = Topology(
             url, cluster, tuple(sentinels or ()), master_name, sentinel_kwargs, connection_kwargs
@@ -121,7 +127,7 @@ class RedisAbortBackend(AbortBackend):
         # This process's reply channel, as an aborter: the workers confirm there.
         self.aborter_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reply_channel = self.keys.reply_channel(self.aborter_id)
-        self._client: _Client | None = None  # per event loop: see ``_c``
+        self._client: LoopClients | None = None  # per event loop: see ``_c``
         self._waiters = {}
         self._reply_task: asyncio.Task[None] | None = None
         # Set once the reply subscription works, or has failed once (then we poll instead).
@@ -143,7 +149,7 @@ class RedisAbortBackend(AbortBackend):
         return self.topology.where
 
     @property
-    def _c(self) -> _Client:
+    def _c(self) -> LoopClients:
         """The command client of the running event loop. redis-py's connections belong to the
         loop that opened them; a backend used from a new loop (``asyncio.run`` per test, a
         loop per pytest test) gets fresh ones, and forgets the old loop's waiters."""
@@ -153,8 +159,9 @@ class RedisAbortBackend(AbortBackend):
             if client is not None:
                 # The old loop's tasks and queues are gone with it; nothing there can be awaited.
                 self._reply_task, self._reply_settled, self._waiters = None, None, {}
-            cmd = self.topology.command_client(self.timeout)
-            client = self._client = _Client(loop, cmd, self)
+            client = self._client = LoopClients(
+                loop, self.topology, self.keys.holders, self.timeout, self.replicas
+            )
         return client
 
     async def check(self) -> None:
@@ -188,7 +195,7 @@ class RedisAbortBackend(AbortBackend):
             args += [entry.task_id, entry.run_id]
         keys = self.keys
         script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
-        op = self._c.lane(_SYNC, script_keys, args, durable=bool(starts))
+        op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
         alive, aborted = await self._call("registering tasks", op)
         return bool(alive), notices(aborted)
 
@@ -201,7 +208,7 @@ class RedisAbortBackend(AbortBackend):
         args.append(len(running))
         for entry in running:
             args += [entry.task_id, entry.encode()]
-        op = self._c.lane(_REGISTER, self._worker_keys(worker_id), args, durable=True)
+        op = self._c.lane(REGISTER, self._worker_keys(worker_id), args, durable=True)
         return notices(await self._call("registering a worker", op))
 
     async def heartbeat(self, worker_id: str) -> bool:
@@ -351,7 +358,7 @@ class RedisAbortBackend(AbortBackend):
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
         ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(_REVOKE, [key], [outcome, ttl], durable=True)
+        op = self._c.fence(REVOKE, [key], [outcome, ttl], durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
         if recorded is None and self.replicas > 0:
             raise AbortBackendUnavailableError(
@@ -369,7 +376,7 @@ class RedisAbortBackend(AbortBackend):
             f"reading the abort request of {task_id}",
             self._c.cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
         )
-        return _record(task_id, data)
+        return record_from_hash(task_id, data)
 
     async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
         """One pipelined round trip for many ids (``taskiq-abort ls``)."""
@@ -379,7 +386,7 @@ class RedisAbortBackend(AbortBackend):
             for tid in task_ids:
                 pipe.hgetall(self.keys.request(tid))
             rows: list[dict[str, str]] = await self._call("reading abort requests", pipe.execute())
-        records = (_record(tid, data) for tid, data in zip(task_ids, rows, strict=True))
+        records = (record_from_hash(tid, data) for tid, data in zip(task_ids, rows, strict=True))
         return {record.task_id: record for record in records if record is not None}
 
     async def workers(self) -> list[WorkerInfo]:
@@ -412,64 +419,3 @@ class RedisAbortBackend(AbortBackend):
             await client.fence.close()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.cmd.aclose(), 1.0)
-
-
-_SYNC, _REGISTER, _REVOKE = (
-    LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE)
-)
-_OWN_OPTIONS = (
-    "prefix", "channel", "request_ttl", "lease", "timeout", "cluster", "sentinels",
-    "master_name", "sentinel_kwargs", "replicas", "redis_timeout", "abort_timeout",
-    "fail_closed", "cancel_mode", "backend",
-)  # fmt: skip
-
-
-class _Client:
-    """One event loop's command client and the scripts registered on it; the worker's registry
-    scripts, and the aborter's revoke, have connections of their own (``lane.py``)."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, cmd: CommandClient, owner: RedisAbortBackend
-    ) -> None:
-        self.loop, self.cmd = loop, cmd
-        topo, slot_key = owner.topology, owner.keys.holders
-
-        def lane() -> ScriptLane:
-            def connect(fresh: bool) -> Awaitable[AbstractConnection]:
-                return topo.lane_connection(cmd, slot_key, fresh)
-
-            return ScriptLane(connect, owner.timeout, owner.replicas)
-
-        self.lane, self.fence = lane(), lane()
-        publishing = scripts.sharded if topo.cluster else str
-        self.heartbeat = cmd.register_script(scripts.HEARTBEAT)
-        self.unregister = cmd.register_script(scripts.UNREGISTER)
-        self.request = cmd.register_script(publishing(scripts.REQUEST))
-        self.confirm = cmd.register_script(publishing(scripts.CONFIRM))
-        self.list = cmd.register_script(scripts.LIST)
-
-
-def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:
-    if not data:
-        return None
-    return RequestRecord(
-        task_id=task_id,
-        reason=data.get("reason"),
-        requested_at=int(data.get("at", 0)) / 1000,
-        requested_by=data.get("by", ""),
-        outcome=data.get("outcome") or None,
-        worker=data.get("worker") or None,
-    )
-
-
-def notices(flat: list[Any]) -> list[AbortNotice]:
-    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at]*``."""
-    return [
-        AbortNotice(
-            str(flat[i]),
-            str(flat[i + 2]) if str(flat[i + 1]) == "1" else None,
-            str(flat[i + 3]),
-            int(flat[i + 4] or 0),
-        )
-        for i in range(0, len(flat), 5)
-    ]
