@@ -1,6 +1,7 @@
 """TLS for real (issue 8): ``rediss://`` with certificate checks on, against a redis-server
 started with ``--tls-port`` and a CA the test makes, on one Redis and on a Redis Cluster. A
-client that does not trust the server's CA gets a clear error."""
+client that does not trust the server's CA gets a clear error. Also: the documented ACL rules
+on a Cluster (in-process worker and aborter, like the TLS cases)."""
 
 from __future__ import annotations
 
@@ -80,3 +81,28 @@ async def test_a_wrong_ca_is_a_clear_error(tls_server: RedisServer, tmp_path: Pa
             await backend.request("t1", None, "test")
     finally:
         await backend.close()
+
+
+# --- ACL on a Cluster: the rules of docs/deploy.md, "ACL per topology" ---------------------
+CLUSTER_WORKER_RULES = (
+    "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
+    "+hello +auth +ping +evalsha +eval +script|load "
+    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time "
+    "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe "
+    "+wait +spublish +ssubscribe +sunsubscribe +cluster|slots +command"
+)
+
+
+async def test_cluster_with_the_documented_acl(redis_cluster, prefix: str) -> None:
+    """docs/acl.md's worker rules plus the Cluster's additions are enough to run a worker and
+    abort from the same process (both roles) on a Cluster."""
+    password = "cluster-acl-pw"
+    user = f"abort-{prefix}"
+    for node in redis_cluster.nodes:
+        if node.proc is None:
+            continue
+        with node.client() as client:
+            rules = CLUSTER_WORKER_RULES.format(pw=password, p=prefix).split()
+            client.execute_command("ACL", "SETUSER", user, *rules)
+    url = redis_cluster.url.replace("redis://", f"redis://{user}:{password}@")
+    await _abort_a_running_task(AbortMiddleware(url, cluster=True, prefix=prefix))
