@@ -250,7 +250,9 @@ return out
 # Returns the recorded outcome, or false when the request is gone.
 REVOKE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'worker', '')  -- revoked by the aborter: no worker confirmed it
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 return redis.call('HGET', KEYS[1], 'outcome')
 """
