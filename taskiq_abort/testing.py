@@ -304,6 +304,29 @@ class ClusterServers:
                         return next(n for n in self.nodes if n.port == port)
         raise RuntimeError(f"no node serves {key!r}")
 
+    def move_slot(self, key: str) -> RedisServer:
+        """Migrate ``key``'s slot, with its keys, to another master (as a resharding does);
+        return the new owner."""
+        src = self.owner(key)
+        with src.client() as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            masters = [n for n in self.nodes if n.proc is not None and n is not src]
+            dst = next(n for n in masters if n.client().info("replication")["role"] == "master")
+            src_id = client.execute_command("CLUSTER", "MYID")
+            with dst.client() as target:
+                dst_id = target.execute_command("CLUSTER", "MYID")
+                target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+                client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+                while keys := client.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+                    client.execute_command(
+                        "MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *keys
+                    )
+                for node in (dst, src):
+                    with node.client() as c:
+                        c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        _wait(lambda: self.owner(key) is dst, f"{key!r} served by its new master", 30)
+        return dst
+
     def kill_owner(self, key: str, timeout: float = 60.0) -> RedisServer:
         """SIGKILL the master of ``key``'s slot; return once a replica took its place."""
         old = self.owner(key)

@@ -171,3 +171,40 @@ def test_cli_topology_errors(redis_cluster: ClusterServers, redis_url: str) -> N
     assert wrong.returncode == 2 and "drop cluster=True" in wrong.stderr
     half = cli("--sentinel", "127.0.0.1:1", "ls")
     assert half.returncode == 2 and "--master-name" in half.stderr
+
+
+async def test_slot_migration_reaches_no_user(redis_cluster: ClusterServers, prefix: str) -> None:
+    """The prefix's slot moves to another master while a task runs (a resharding): the worker's
+    lane follows the MOVED, its subscription the server's SUNSUBSCRIBE; aborts keep working and
+    no MOVED error reaches anyone."""
+    from taskiq import InMemoryBroker
+
+    from taskiq_abort.keys import KeySpace
+
+    middleware = AbortMiddleware(redis_cluster.url, cluster=True, prefix=prefix)
+    broker = InMemoryBroker().with_middlewares(middleware)
+    started: dict[str, asyncio.Event] = {}
+
+    @broker.task(task_name="slot_sleeper")
+    async def sleeper(tag: str) -> None:
+        started[tag].set()
+        await asyncio.sleep(60)
+
+    async def running(tag: str) -> Any:
+        started[tag] = asyncio.Event()
+        task = await sleeper.kiq(tag)
+        await asyncio.wait_for(started[tag].wait(), 30)
+        return task
+
+    await broker.startup()
+    try:
+        before = await running("before")
+        old = redis_cluster.owner(KeySpace(prefix).tag)
+        new = await asyncio.to_thread(redis_cluster.move_slot, KeySpace(prefix).tag)
+        assert new is not old
+        after = await running("after")  # registered through the lane, on the new master
+        assert (await after.abort()).status is AbortStatus.ABORTED
+        assert (await before.abort()).status is AbortStatus.ABORTED
+        assert (await middleware.abort("queued-after-move")).status is AbortStatus.REVOKED
+    finally:
+        await broker.shutdown()
