@@ -88,6 +88,10 @@ class LuaScript:
         return hashlib.sha1(self.source.encode()).hexdigest()
 
 
+_UNREPLICATED_HOLD = 5.0  # seconds durable calls wait only briefly after a master had no replica
+_QUICK_WAIT_MS = 20
+
+
 class NotReplicatedError(rexc.ConnectionError):
     """``WAIT`` saw fewer replicas acknowledge the write than required: the master may be a
     stale one (failed over) or its replicas are down. The write may not survive a failover."""
@@ -103,7 +107,9 @@ class ScriptLane:
 
     A connection failure, a redirection (``MOVED``/``ASK``: the slot moved), ``READONLY`` (a
     demoted master) or a write not acknowledged by ``replicas`` replicas drops the connection
-    and tries once more on a fresh one, so that the caller follows a failover at once.
+    and tries once more on a fresh one, so that the caller follows a failover at once. When
+    the fresh master has no replica either, durable calls wait only briefly (20 ms) for one for
+    a few seconds, instead of each waiting a whole WAIT timeout twice.
     """
 
     def __init__(
@@ -119,6 +125,7 @@ class ScriptLane:
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lock = asyncio.Lock()
         self._fresh = False
+        self._unreplicated_until = float("-inf")
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         conn = await asyncio.wait_for(self._make_connection(self._fresh), self.timeout)
@@ -141,20 +148,37 @@ class ScriptLane:
         """Run ``script``; with ``durable``, return only once ``replicas`` replicas have it."""
         wait = durable and self.replicas > 0
         async with self._lock:
+            now = asyncio.get_running_loop().time()
+            if wait and now < self._unreplicated_until:
+                # The master had no replica a moment ago: don't make every call wait a whole
+                # WAIT timeout (twice) for one; a short WAIT tells whether one is back.
+                result = await self._call(script, keys, args, wait, _QUICK_WAIT_MS)
+                self._unreplicated_until = float("-inf")
+                return result
             try:
                 return await self._call(script, keys, args, wait)
             except rexc.TimeoutError:
                 raise  # a hung server: don't spend a second timeout on it
             except rexc.ConnectionError:
                 self._fresh = True  # follow a failover: look the master up again
-                return await self._call(script, keys, args, wait)
+                try:
+                    return await self._call(script, keys, args, wait)
+                except NotReplicatedError:
+                    self._unreplicated_until = now + _UNREPLICATED_HOLD
+                    raise
 
     async def _call(
-        self, script: LuaScript, keys: Sequence[str], args: Sequence[str | int], wait: bool
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        wait: bool,
+        wait_ms: int | None = None,
     ) -> Any:
         tail = [len(keys), *keys, *args]
+        wait_ms = (wait_ms or max(1, int(self.timeout * 500))) if wait else None
         try:
-            return await self._roundtrip(["EVALSHA", script.sha, *tail], wait)
+            return await self._roundtrip(["EVALSHA", script.sha, *tail], wait_ms)
         except rexc.ResponseError as exc:
             text = str(exc)
             if text.startswith(("MOVED", "ASK ", "READONLY", "TRYAGAIN", "CLUSTERDOWN")):
@@ -163,9 +187,9 @@ class ScriptLane:
                 raise rexc.ConnectionError(f"the master moved: {text}") from exc
             if not text.startswith("NOSCRIPT"):
                 raise
-            return await self._roundtrip(["EVAL", script.source, *tail], wait)  # loads it
+            return await self._roundtrip(["EVAL", script.source, *tail], wait_ms)  # loads it
 
-    async def _roundtrip(self, command: Sequence[str | int], wait: bool) -> Any:
+    async def _roundtrip(self, command: Sequence[str | int], wait_ms: int | None) -> Any:
         reader, writer = self._streams or await self._connect()
         expired = False
 
@@ -178,8 +202,9 @@ class ScriptLane:
         guard = asyncio.get_running_loop().call_later(self.timeout, expire)
         try:
             data = pack(command)
-            if wait:  # WAIT right behind it, on the same connection: it covers this write
-                data += pack(["WAIT", self.replicas, max(1, int(self.timeout * 500))])
+            wait = wait_ms is not None
+            if wait_ms is not None:  # WAIT right behind it, on the same connection
+                data += pack(["WAIT", self.replicas, wait_ms])
             writer.write(data)
             error: rexc.ResponseError | None = None
             try:
