@@ -106,3 +106,22 @@ async def test_cluster_with_the_documented_acl(redis_cluster, prefix: str) -> No
             client.execute_command("ACL", "SETUSER", user, *rules)
     url = redis_cluster.url.replace("redis://", f"redis://{user}:{password}@")
     await _abort_a_running_task(AbortMiddleware(url, cluster=True, prefix=prefix))
+
+
+async def test_sentinel_with_the_documented_acl(redis_sentinel, prefix: str) -> None:
+    """docs/acl.md's worker rules plus ``+wait`` on the master (and its replica, which may be
+    promoted: ACLs are not replicated) are enough on Sentinel."""
+    password = "sentinel-acl-pw"
+    user = f"abort-{prefix}"
+    rules = (CLUSTER_WORKER_RULES.split(" +wait ")[0] + " +wait").format(pw=password, p=prefix)
+    for server in (redis_sentinel.master, redis_sentinel.replica):
+        with server.client() as client:
+            client.execute_command("ACL", "SETUSER", user, *rules.split())
+    middleware = AbortMiddleware(
+        sentinels=redis_sentinel.addresses,
+        master_name=redis_sentinel.master_name,
+        prefix=prefix,
+        username=user,
+        password=password,
+    )
+    await _abort_a_running_task(middleware)
