@@ -114,11 +114,9 @@ async def abort_task(
                 if await result_backend.is_result_ready(task_id):
                     # Either it finished before our request, or a worker started it just
                     # after and found the request: the record tells which.
-                    record = await backend.get_request(task_id)
-                    if record is not None and record.outcome in ("revoked", "aborted"):
-                        await backend.set_outcome(task_id, "revoked")  # durable, as below
+                    record = await backend.settle_finished(task_id)
+                    if record is not None:
                         return done(AbortStatus.REVOKED, record.worker)
-                    await backend.clear_request(task_id)
                     return done(AbortStatus.FINISHED)
                 await result_backend.set_result(task_id, aborted_result(task_id, reason))
             except TaskiqAbortError:

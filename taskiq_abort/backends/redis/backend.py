@@ -38,6 +38,7 @@ from taskiq_abort.backends.redis.clients import (
     OWN_OPTIONS,
     REGISTER,
     REVOKE,
+    SETTLE,
     SYNC,
     LoopClients,
     notices,
@@ -365,6 +366,23 @@ class RedisAbortBackend(AbortBackend):
                 f"the abort request of task {task_id} is gone from {self.where} (lost in a "
                 "failover?): nothing was revoked; abort it again"
             )
+
+    async def settle_finished(self, task_id: str) -> RequestRecord | None:
+        if self.replicas == 0:
+            return await super().settle_finished(task_id)
+        # One fenced call on the current master: a stale one must not answer "finished".
+        ttl = int(self.request_ttl * 1000)
+        op = self._c.fence(SETTLE, [self.keys.request(task_id)], [ttl], durable=True)
+        settled = await self._call(f"settling the abort of task {task_id}", op)
+        if not settled:
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} is gone from {self.where} (lost in a "
+                "failover?): abort it again"
+            )
+        outcome, worker = settled
+        if not outcome:
+            return None
+        return RequestRecord(task_id, None, 0.0, "", str(outcome), str(worker) or None)
 
     async def clear_request(self, task_id: str) -> None:
         await self._call(

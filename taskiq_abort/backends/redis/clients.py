@@ -17,8 +17,8 @@ from taskiq_abort.backends.redis import scripts
 from taskiq_abort.backends.redis.connect import Topology
 from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
 
-SYNC, REGISTER, REVOKE = (
-    LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE)
+SYNC, REGISTER, REVOKE, SETTLE = (
+    LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE, scripts.SETTLE)
 )
 OWN_OPTIONS = (
     "prefix", "channel", "request_ttl", "lease", "timeout", "cluster", "sentinels",

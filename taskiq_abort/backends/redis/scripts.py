@@ -258,6 +258,24 @@ return redis.call('HGET', KEYS[1], 'outcome')
 """
 
 
+# The aborter found a result and nobody holding the task: did a worker refuse or abort it
+# because of our request (then it is revoked), or did it finish on its own (then the request is
+# moot and goes)? Always a write, for the WAIT behind it, like REVOKE: a stale master (one that
+# was failed over and still serves a few seconds) must not answer "finished".
+# KEYS: request hash; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the request was
+# dropped, or false when it is gone (lost in a failover).
+SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker')
+if r[1] == 'revoked' or r[1] == 'aborted' then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+  return {r[1], r[2] or ''}
+end
+redis.call('DEL', KEYS[1])
+return {'', ''}
+"""
+
+
 def sharded(script: str) -> str:
     """``script`` publishing with SPUBLISH: a Cluster's sharded pub/sub, delivered by the slot's
     own master (a classic PUBLISH would cross the cluster bus and reach every node).
