@@ -95,6 +95,8 @@ async def abort_task(
             record = await backend.get_request(task_id)
             if found.outcome == "finished":
                 await backend.clear_request(task_id)
+            elif found.outcome == "revoked":  # said again only once it would survive a failover
+                await backend.set_outcome(task_id, "revoked")
             return done(AbortStatus(found.outcome), record.worker if record else None)
         if found.holders:
             if waiter is None:
@@ -118,10 +120,9 @@ async def abort_task(
                 if await result_backend.is_result_ready(task_id):
                     # Either it finished before our request, or a worker started it just
                     # after and found the request: the record tells which.
-                    record = await backend.get_request(task_id)
-                    if record is not None and record.outcome in ("revoked", "aborted"):
+                    record = await backend.settle_finished(task_id)
+                    if record is not None:
                         return done(AbortStatus.REVOKED, record.worker)
-                    await backend.clear_request(task_id)
                     return done(AbortStatus.FINISHED)
                 await result_backend.set_result(task_id, aborted_result(task_id, reason))
             except TaskiqAbortError:

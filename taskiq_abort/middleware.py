@@ -8,6 +8,7 @@ import inspect
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -19,7 +20,7 @@ from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, Abort
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.client import abort_task
-from taskiq_abort.errors import AbortConfigError, TaskAbortedError
+from taskiq_abort.errors import AbortBackendError, AbortConfigError, TaskAbortedError
 from taskiq_abort.execution import (
     MESSAGE_ATTR,
     CancelMode,
@@ -63,10 +64,18 @@ class AbortMiddleware(TaskiqMiddleware):
         ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
-    :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...).
+    :param cluster: ``url`` is a node of a Redis Cluster (redis-py's ``RedisCluster``).
+    :param sentinels: ``[(host, port), ...]`` of Redis Sentinels, instead of ``url``, with
+        ``master_name`` and ``sentinel_kwargs``: the arguments of taskiq-redis's sentinel
+        brokers.
+    :param replicas: replicas that must acknowledge a task start or a revoke (``WAIT``) so
+        that a failover cannot lose it: default 1 on Cluster and Sentinel, 0 on one Redis.
+    :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...); an
+        option redis-py does not know raises :class:`AbortConfigError` here.
 
-    ``prefix``, ``channel``, ``request_ttl``, ``lease``, ``redis_timeout`` and the redis-py
-    options configure the backend built from ``url``; with ``backend=``, configure that instead.
+    ``prefix``, ``channel``, ``request_ttl``, ``lease``, ``redis_timeout``, the topology and
+    the redis-py options configure the backend built from ``url``; with ``backend=``,
+    configure that instead. See docs/deploy.md for Cluster and Sentinel.
     """
 
     def __init__(
@@ -82,11 +91,19 @@ class AbortMiddleware(TaskiqMiddleware):
         fail_closed: bool = False,
         cancel_mode: CancelMode = "edge",
         redis_timeout: float = 3.0,
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] | None = None,
+        master_name: str | None = None,
+        sentinel_kwargs: dict[str, Any] | None = None,
+        replicas: int | None = None,
         **connection_kwargs: Any,
     ) -> None:
         super().__init__()
+        topology: tuple[object, ...] = (cluster, sentinels, master_name, sentinel_kwargs, replicas)
         if backend is not None:
-            ignored = (prefix, channel, request_ttl, lease, redis_timeout, connection_kwargs)
+            ignored: tuple[object, ...] = (
+                prefix, channel, request_ttl, lease, redis_timeout, connection_kwargs
+            )  # fmt: skip
             defaults: tuple[object, ...] = (
                 DEFAULT_PREFIX,
                 None,
@@ -95,12 +112,20 @@ class AbortMiddleware(TaskiqMiddleware):
                 3.0,
                 {},
             )
+            if topology != (False, None, None, None, None):
+                ignored = (*ignored, topology)
             if url is not None or ignored != defaults:
                 raise ValueError(
                     "with backend=..., configure that backend (prefix, lease, URL...) "
                     "instead of passing those options to AbortMiddleware"
                 )
-        elif url is None:
+        elif url is None and not sentinels:
+            extra = sorted({*connection_kwargs, *(["cluster"] if cluster else [])})
+            if extra:
+                raise AbortConfigError(
+                    "AbortMiddleware without a url (or sentinels=) uses the in-process backend, "
+                    f"which takes no Redis options: got {extra}"
+                )
             backend = MemoryAbortBackend(request_ttl=request_ttl, lease=lease)
         else:
             backend = RedisAbortBackend(
@@ -110,6 +135,11 @@ class AbortMiddleware(TaskiqMiddleware):
                 request_ttl=request_ttl,
                 lease=lease,
                 timeout=redis_timeout,
+                cluster=cluster,
+                sentinels=sentinels,
+                master_name=master_name,
+                sentinel_kwargs=sentinel_kwargs,
+                replicas=replicas,
                 **connection_kwargs,
             )
         self.backend = backend
@@ -178,10 +208,23 @@ class AbortMiddleware(TaskiqMiddleware):
         )
 
     async def startup(self) -> None:
+        await self._check_backend()
         if self._is_worker():
             await self._ensure_worker()
         else:  # a client: make the first abort() cost what the others do
             await self.backend.warm()
+
+    async def _check_backend(self) -> None:
+        """A server of the wrong kind (a Cluster without ``cluster=True``, a wrong master name)
+        fails start-up with :class:`AbortConfigError`; an unreachable one does not (tasks run,
+        and the worker catches up when it is back)."""
+        check = getattr(self.backend, "check", None)
+        if check is None:
+            return
+        try:
+            await check()
+        except AbortBackendError as exc:
+            logger.warning("taskiq-abort: could not check the abort backend at start-up: %s", exc)
 
     async def shutdown(self) -> None:
         worker = self.worker

@@ -18,7 +18,15 @@ import redis
 import redis.asyncio as aredis
 from taskiq import AsyncBroker, Context, TaskiqDepends, TaskiqMiddleware
 from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
-from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
+from taskiq_redis import (
+    ListQueueBroker,
+    ListQueueClusterBroker,
+    ListQueueSentinelBroker,
+    RedisAsyncClusterResultBackend,
+    RedisAsyncResultBackend,
+    RedisAsyncSentinelResultBackend,
+    RedisStreamBroker,
+)
 
 from taskiq_abort import AbortMiddleware, AbortToken, shield
 
@@ -29,12 +37,49 @@ def events_key(prefix: str, task_id: str) -> str:
     return f"{prefix}:test-events:{task_id}"
 
 
+def events_url() -> str:
+    """Where tasks report events: a standalone Redis, also when the app runs on a Cluster or
+    Sentinel (``TASKIQ_ABORT_TEST_EVENTS_URL``), so that a failover cannot lose them."""
+    return os.environ.get("TASKIQ_ABORT_TEST_EVENTS_URL") or os.environ["TASKIQ_ABORT_TEST_URL"]
+
+
+def parse_target(url: str) -> tuple[str, str | None, list[tuple[str, int]], str | None]:
+    """The test app's Redis: ``redis://...`` (one Redis), ``cluster://host:port`` (a Cluster,
+    any node) or ``sentinel://host:port,host:port/master`` -> (kind, url, sentinels, master).
+
+    >>> parse_target("sentinel://127.0.0.1:1,127.0.0.1:2/mymaster")
+    ('sentinel', None, [('127.0.0.1', 1), ('127.0.0.1', 2)], 'mymaster')
+    >>> parse_target("cluster://127.0.0.1:7000")
+    ('cluster', 'redis://127.0.0.1:7000', [], None)
+    """
+    if url.startswith("sentinel://"):
+        hosts, _, master = url.removeprefix("sentinel://").partition("/")
+        pairs = [(h, int(port)) for h, _, port in (x.rpartition(":") for x in hosts.split(","))]
+        return "sentinel", None, pairs, master
+    if url.startswith(("cluster://", "clusters://")):
+        scheme = "rediss" if url.startswith("clusters") else "redis"
+        return "cluster", f"{scheme}://{url.split('://', 1)[1]}", [], None
+    return "standalone", url, [], None
+
+
+def sync_redis(url: str) -> redis.Redis | redis.RedisCluster:
+    """A synchronous client of the test app's Redis, whatever its topology."""
+    kind, plain, sentinels, master = parse_target(url)
+    if kind == "cluster":
+        return redis.RedisCluster.from_url(plain, decode_responses=True)
+    if kind == "sentinel":
+        assert master is not None
+        sentinel = redis.Sentinel(sentinels)
+        return sentinel.master_for(master, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
 async def emit(context: Context, event: str) -> None:
     """Record an event (``started``, ``finally``...) for the test to wait on."""
     prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
     client = _signals.get("async")
     if client is None:
-        client = _signals["async"] = aredis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
+        client = _signals["async"] = aredis.Redis.from_url(events_url())
     # Shielded: after an abort, anyio cancels every await still inside the task's scope, so an
     # unshielded report from a ``finally`` block could be cancelled and lost.
     with anyio.CancelScope(shield=True):
@@ -47,7 +92,7 @@ def marks() -> aredis.Redis:
     cancellation that lands as the command completes."""
     client = _signals.get("marks")
     if client is None:
-        client = _signals["marks"] = aredis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
+        client = _signals["marks"] = aredis.Redis.from_url(events_url())
     return client
 
 
@@ -55,7 +100,7 @@ def emit_sync(context: Context, event: str) -> None:
     prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
     client = _signals.get("sync")
     if client is None:
-        client = _signals["sync"] = redis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
+        client = _signals["sync"] = redis.Redis.from_url(events_url())
     client.rpush(events_key(prefix, context.message.task_id), f"{event} {time.time()}")
 
 
@@ -76,6 +121,10 @@ def make_broker(
     ``abort_options``: more ``AbortMiddleware`` options (``channel``, ``abort_timeout``...)."""
     queue = f"{prefix}:queue"
     inner: AsyncBroker
+    topology, plain, sentinels, master = parse_target(url)
+    if topology != "standalone":
+        options = {"lease": lease, "fail_closed": fail_closed, **abort_options}
+        return _make_topology_broker(topology, plain, sentinels, master, prefix, options)
     if kind == "stream":
         stream_kw: dict[str, Any] = {}
         if idle_timeout_ms is not None:  # and don't let a killed worker keep the claim lock
@@ -108,6 +157,43 @@ def make_broker(
         # free connection beats opening thousands (redis-py connects them one at a time).
         RedisAsyncResultBackend(url, prefix_str=f"{prefix}:result", max_connection_pool_size=200)
     ).with_middlewares(*middlewares)
+    _define_tasks(broker)
+    return broker
+
+
+def _make_topology_broker(
+    topology: str,
+    url: str | None,
+    sentinels: list[tuple[str, int]],
+    master: str | None,
+    prefix: str,
+    abort_options: dict[str, Any],
+) -> AsyncBroker:
+    """The test app on a Redis Cluster or Sentinel: taskiq-redis's list brokers and result
+    backends for those, and the control plane on the same deployment."""
+    queue, results = f"{prefix}:queue", f"{prefix}:result"
+    inner: AsyncBroker
+    if topology == "cluster":
+        assert url is not None
+        tls = (
+            {"ssl_ca_certs": os.environ["TASKIQ_ABORT_TEST_CA"]} if url.startswith("rediss") else {}
+        )
+        inner = ListQueueClusterBroker(url, queue_name=queue, socket_timeout=None, **tls)
+        inner = inner.with_result_backend(
+            RedisAsyncClusterResultBackend(url, prefix_str=results, **tls)
+        )
+        abort_mw = AbortMiddleware(url, cluster=True, prefix=prefix, **tls, **abort_options)
+    else:
+        assert master is not None
+        inner = ListQueueSentinelBroker(sentinels, master, queue_name=queue, socket_timeout=None)
+        inner = inner.with_result_backend(
+            RedisAsyncSentinelResultBackend(sentinels, master, prefix_str=results)
+        )
+        abort_mw = AbortMiddleware(
+            sentinels=sentinels, master_name=master, prefix=prefix, **abort_options
+        )
+    retry = SimpleRetryMiddleware(default_retry_count=3)
+    broker = inner.with_middlewares(retry, abort_mw)
     _define_tasks(broker)
     return broker
 
@@ -184,7 +270,7 @@ def _define_tasks(broker: AsyncBroker) -> None:
     @broker.task(task_name="sync_ignorer")
     def sync_ignorer(release_key: str, context: Context = TaskiqDepends()) -> str:
         emit_sync(context, "started")
-        client = redis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"])
+        client = redis.Redis.from_url(events_url())
         client.blpop([release_key], timeout=60)  # ends when the test says so; never checks
         emit_sync(context, "finished")
         return "ignored the abort"
@@ -222,7 +308,7 @@ def _define_cli_tasks(broker: AsyncBroker) -> None:
         """A sync task that never checks its token: its abort stays unconfirmed."""
         emit_sync(context, "started")
         # socket_timeout=None: redis-py 8 defaults to 5 s, which would end a longer BLPOP early.
-        client = redis.Redis.from_url(os.environ["TASKIQ_ABORT_TEST_URL"], socket_timeout=None)
+        client = redis.Redis.from_url(events_url(), socket_timeout=None)
         try:
             client.blpop([release_key], timeout=120)  # until the test releases it
         finally:

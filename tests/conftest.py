@@ -17,8 +17,8 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import RedisServer
-from tests.app import make_broker
+from taskiq_abort.testing import ClusterServers, RedisServer, SentinelServers
+from tests.app import make_broker, sync_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +41,26 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A Redis Cluster (3 masters + 3 replicas), started for the first test that needs it."""
+    servers = ClusterServers().start()
+    try:
+        yield servers
+    finally:
+        servers.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelServers]:
+    """A master, a replica and 3 sentinels, started for the first test that needs it."""
+    servers = SentinelServers().start()
+    try:
+        yield servers
+    finally:
+        servers.cleanup()
 
 
 @pytest.fixture
@@ -156,10 +176,15 @@ class WorkerProcess:
         return self
 
     def live_workers(self) -> list[str]:
-        client = redis.Redis.from_url(self.url, decode_responses=True)
+        client = sync_redis(self.url)  # the app's Redis: one, a Cluster or Sentinel's master
         try:
-            now_ms = int(client.time()[0]) * 1000
-            return list(client.zrangebyscore(KeySpace(self.prefix).workers, now_ms, "+inf"))
+            key = KeySpace(self.prefix).workers
+            now_ms = (
+                int(client.time(target_nodes=client.get_node_from_key(key))[0]) * 1000
+                if isinstance(client, redis.RedisCluster)
+                else int(client.time()[0]) * 1000
+            )
+            return list(client.zrangebyscore(key, now_ms, "+inf"))
         finally:
             client.close()
 

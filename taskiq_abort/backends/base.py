@@ -217,6 +217,17 @@ class AbortBackend(abc.ABC):
     async def get_request(self, task_id: str) -> RequestRecord | None:
         """The stored request for ``task_id``, if any."""
 
+    async def settle_finished(self, task_id: str) -> RequestRecord | None:
+        """Nobody holds ``task_id`` and it has a result: if a worker refused or aborted it
+        because of our request, return that request (the task is revoked); else the task
+        finished on its own, and the moot request is dropped (``None``)."""
+        record = await self.get_request(task_id)
+        if record is not None and record.outcome in ("revoked", "aborted"):
+            await self.set_outcome(task_id, "revoked")
+            return record
+        await self.clear_request(task_id)
+        return None
+
     async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
         """The stored requests of several ids at once; ids without one are left out."""
         records = await asyncio.gather(*(self.get_request(tid) for tid in task_ids))

@@ -14,7 +14,7 @@ from typing import TextIO
 from taskiq_abort import observe
 from taskiq_abort.backends.base import WorkerInfo
 from taskiq_abort.cli import fmt
-from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, connect
+from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
 from taskiq_abort.client import abort_task
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.outcome import AbortOutcome
@@ -58,7 +58,13 @@ async def run(args: argparse.Namespace) -> int:
         from taskiq_abort import metrics  # prometheus-client: only now, and only if asked
 
         observe.subscribe(metrics.enable())
-    conn = await connect(args.redis_url, os.environ.get(ENV_URL), args.broker, args.prefix)
+    conn = await connect(
+        args.redis_url,
+        os.environ.get(ENV_URL),
+        args.broker,
+        args.prefix,
+        topology=Where(args.cluster, args.sentinel, args.master_name),
+    )
     try:
         if args.command == "ls":
             return await list_running(conn, args.name, args.worker, args.json)

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend, safe_url
+from taskiq_abort.errors import AbortBackendError, AbortConfigError
 from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
 
 if TYPE_CHECKING:  # taskiq is imported only with --broker: `ls --redis-url` starts in ~0.1 s
@@ -89,30 +90,73 @@ def load_broker(spec: str) -> AsyncBroker:
     return obj
 
 
+@dataclass(frozen=True)
+class Where:
+    """The topology options: ``--cluster``, ``--sentinel HOST:PORT,... --master-name NAME``."""
+
+    cluster: bool = False
+    sentinel: str | None = None
+    master_name: str | None = None
+
+    def sentinels(self) -> list[tuple[str, int]]:
+        """``--sentinel`` as ``(host, port)`` pairs; :class:`CLIError` when malformed."""
+        out = []
+        for item in (self.sentinel or "").split(","):
+            host, _, port = item.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise CLIError(f"--sentinel {self.sentinel!r}: expected HOST:PORT[,HOST:PORT...]")
+            out.append((host, int(port)))
+        return out
+
+
 async def connect(
-    redis_url: str | None, env_url: str | None, broker_spec: str | None, prefix: str | None
+    redis_url: str | None,
+    env_url: str | None,
+    broker_spec: str | None,
+    prefix: str | None,
+    topology: Where = Where(),
 ) -> Connection:
     """Open the connection the options ask for; :class:`CLIError` when they do not add up."""
     if broker_spec is not None:
-        if redis_url is not None:
-            raise CLIError("give --redis-url or --broker, not both (the broker sets the URL)")
+        if redis_url is not None or topology != Where():
+            raise CLIError(
+                "give --redis-url (--cluster, --sentinel) or --broker, not both "
+                "(the broker sets them)"
+            )
         return await _from_broker(broker_spec, prefix)
-    url = redis_url or env_url
-    if not url:
+    if (topology.sentinel is None) != (topology.master_name is None):
+        raise CLIError("--sentinel and --master-name go together")
+    if topology.sentinel is not None and (topology.cluster or redis_url):
+        raise CLIError("give --sentinel or --redis-url (with --cluster), not both")
+    url = redis_url or (env_url if topology.sentinel is None else None)
+    if not url and topology.sentinel is None:
         raise CLIError(
             f"nowhere to connect: pass --redis-url URL, set ${ENV_URL}, "
-            "or pass --broker module:broker"
+            "--sentinel HOST:PORT --master-name NAME, or --broker module:broker"
         )
     _secrets.update(_password(url))
     try:  # an empty --prefix is refused, never silently the default
         KeySpace(DEFAULT_PREFIX if prefix is None else prefix)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    pfx = DEFAULT_PREFIX if prefix is None else prefix
     try:
-        backend = RedisAbortBackend(url, prefix=DEFAULT_PREFIX if prefix is None else prefix)
+        if topology.sentinel is not None:
+            backend = RedisAbortBackend(
+                sentinels=topology.sentinels(), master_name=topology.master_name, prefix=pfx
+            )
+        else:
+            backend = RedisAbortBackend(url, cluster=topology.cluster, prefix=pfx)
     except ValueError as exc:
-        raise CLIError(f"bad Redis URL {safe_url(url)!r}: {exc}") from exc
-    return Connection(backend, None, DEFAULT_TIMEOUT, safe_url(url))
+        raise CLIError(f"bad Redis URL {safe_url(url or '')!r}: {exc}") from exc
+    try:  # the wrong kind of server: say how to fix it, before anything else
+        await backend.check()
+    except AbortConfigError as exc:
+        await backend.close()
+        raise CLIError(str(exc)) from exc
+    except AbortBackendError:
+        pass  # unreachable: the command says so, with what it was doing
+    return Connection(backend, None, DEFAULT_TIMEOUT, backend.where.removeprefix("Redis at "))
 
 
 async def _from_broker(spec: str, prefix: str | None) -> Connection:

@@ -88,6 +88,15 @@ def _common() -> argparse.ArgumentParser:
         "--prefix",
         help="key prefix (default: the broker's AbortMiddleware, else 'taskiq_abort')",
     )
+    group.add_argument(
+        "--cluster", action="store_true", help="--redis-url is a node of a Redis Cluster"
+    )
+    group.add_argument(
+        "--sentinel",
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="Redis Sentinels that manage the control plane's master (with --master-name)",
+    )
+    group.add_argument("--master-name", metavar="NAME", help="the master's name in Sentinel")
     out = parser.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="JSON output, one object per line")
     out.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 
 from taskiq_abort import observe
@@ -35,15 +35,24 @@ from taskiq_abort.backends.base import (
     RunningEntry,
     WorkerInfo,
 )
-from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.clients import (
+    OWN_OPTIONS,
+    REGISTER,
+    REVOKE,
+    SETTLE,
+    SYNC,
+    LoopClients,
+    notices,
+    record_from_hash,
+)
 from taskiq_abort.backends.redis.connect import (
+    Topology,
     call,
-    command_client,
-    pubsub_client,
+    check_options,
     safe_url,
 )
-from taskiq_abort.backends.redis.lane import ScriptLane
 from taskiq_abort.backends.redis.subscription import subscription
+from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_abort.protocol import ReplyMessage, parse_abort, parse_reply
 
@@ -57,52 +66,92 @@ _SUBSCRIBE_WAIT = 0.5
 class RedisAbortBackend(AbortBackend):
     """Abort requests and the running-task registry in Redis, delivery over pub/sub.
 
-    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py).
+    :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py); with
+        ``cluster``, any node of the Cluster.
     :param prefix: key prefix; apps sharing one Redis use different prefixes. Keys and channels
         are named ``{prefix}:...`` (one Redis Cluster hash slot per prefix).
     :param channel: namespace of the control channels (default ``ctl``).
     :param request_ttl: seconds an abort request is kept (default one day).
     :param lease: seconds a crashed worker's entries live on (default 10).
     :param timeout: seconds a Redis call may take before it counts as unreachable.
-    :param connection_kwargs: passed to ``redis.asyncio.Redis.from_url``.
+    :param cluster: ``url`` is a Redis Cluster: redis-py's ``RedisCluster``, sharded pub/sub.
+    :param sentinels: ``(host, port)`` of Redis Sentinels, instead of ``url``; with
+        ``master_name`` and ``sentinel_kwargs`` (options of the sentinel connections), as
+        taskiq-redis's sentinel brokers take them.
+    :param replicas: replicas that must hold a task start or a revoke before it counts
+        (``WAIT``), so that a failover cannot lose it; default 1 with ``cluster`` or
+        ``sentinels``, else 0. See docs/deploy.md.
+    :param connection_kwargs: passed to redis-py (``ssl_ca_certs``, ``username``...);
+        unknown names raise :class:`~taskiq_abort.AbortConfigError`.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | None = None,
         *,
         prefix: str = DEFAULT_PREFIX,
         channel: str | None = None,
         request_ttl: float = DEFAULT_REQUEST_TTL,
         lease: float = DEFAULT_LEASE,
         timeout: float = 3.0,
+        cluster: bool = False,
+        sentinels: Sequence[tuple[str, int]] | None = None,
+        master_name: str | None = None,
+        sentinel_kwargs: dict[str, Any] | None = None,
+        replicas: int | None = None,
         **connection_kwargs: Any,
     ) -> None:
         if request_ttl <= 0 or lease <= 0 or timeout <= 0:
             raise ValueError("request_ttl, lease and timeout must be positive")
-        parse_url(url)  # a wrong URL fails here, not at the first connection (ValueError)
+        if sentinels:
+            if url is not None or cluster:
+                raise ValueError("give sentinels= (with master_name=) or a url, not both")
+            if not master_name:
+                raise ValueError("sentinels= needs master_name= (the name the sentinels monitor)")
+        elif url is None:
+            raise ValueError("a Redis URL or sentinels= is needed")
+        else:
+            parse_url(url)  # a wrong URL fails here, not at the first connection (ValueError)
+        if replicas is not None and replicas < 0:
+            raise ValueError(f"replicas must be >= 0, not {replicas}")
+        check_options(connection_kwargs, cluster, known=OWN_OPTIONS)
         self.url = url
+        self.topology = Topology(
+            url, cluster, tuple(sentinels or ()), master_name, sentinel_kwargs, connection_kwargs
+        )
+        self.replicas = (1 if cluster or sentinels else 0) if replicas is None else replicas
         self.keys = KeySpace(prefix, channel)
         self.request_ttl = request_ttl
         self.lease = lease
         self.timeout = timeout
         self.malformed_messages = 0
         """Control messages received that were not valid; they are dropped."""
-        self._kwargs = connection_kwargs
         # This process's reply channel, as an aborter: the workers confirm there.
         self.aborter_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reply_channel = self.keys.reply_channel(self.aborter_id)
-        self._client: _Client | None = None  # per event loop: see ``_c``
+        self._client: LoopClients | None = None  # per event loop: see ``_c``
         self._waiters = {}
         self._reply_task: asyncio.Task[None] | None = None
         # Set once the reply subscription works, or has failed once (then we poll instead).
         self._reply_settled: asyncio.Event | None = None
 
     def __repr__(self) -> str:
-        return f"RedisAbortBackend({safe_url(self.url)!r}, prefix={self.keys.prefix!r})"
+        topo, prefix = self.topology, f"prefix={self.keys.prefix!r}"
+        if topo.sentinels:
+            return (
+                f"RedisAbortBackend(sentinels={list(topo.sentinels)!r}, "
+                f"master_name={topo.master_name!r}, {prefix})"
+            )
+        cluster = ", cluster=True" if topo.cluster else ""
+        return f"RedisAbortBackend({safe_url(self.url or '')!r}{cluster}, {prefix})"
 
     @property
-    def _c(self) -> _Client:
+    def where(self) -> str:
+        """Where the control plane is, safe to print."""
+        return self.topology.where
+
+    @property
+    def _c(self) -> LoopClients:
         """The command client of the running event loop. redis-py's connections belong to the
         loop that opened them; a backend used from a new loop (``asyncio.run`` per test, a
         loop per pytest test) gets fresh ones, and forgets the old loop's waiters."""
@@ -112,15 +161,20 @@ class RedisAbortBackend(AbortBackend):
             if client is not None:
                 # The old loop's tasks and queues are gone with it; nothing there can be awaited.
                 self._reply_task, self._reply_settled, self._waiters = None, None, {}
-            cmd = command_client(self.url, self.timeout, **self._kwargs)
-            client = self._client = _Client(loop, cmd, self.timeout)
+            client = self._client = LoopClients(
+                loop, self.topology, self.keys.holders, self.timeout, self.replicas
+            )
         return client
 
-    def _pubsub_client(self) -> Redis:
-        return pubsub_client(self.url, self.timeout, **self._kwargs)
+    async def check(self) -> None:
+        """Connect and make sure the server is the kind configured (a Cluster with
+        ``cluster=True``, a plain Redis without, a master the sentinels know):
+        :class:`~taskiq_abort.AbortConfigError` naming the fix, within ``timeout``."""
+        op = asyncio.wait_for(self.topology.check(self._c.cmd), self.timeout)
+        await self._call("checking the server", op)
 
     async def _call(self, what: str, op: Awaitable[_T]) -> _T:
-        return await call(self.url, self.keys, what, op)
+        return await call(self.where, self.keys, what, op)
 
     # --- worker side -----------------------------------------------------------------
     def _worker_keys(self, worker_id: str) -> list[str]:
@@ -143,7 +197,8 @@ class RedisAbortBackend(AbortBackend):
             args += [entry.task_id, entry.run_id]
         keys = self.keys
         script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
-        alive, aborted = await self._call("registering tasks", self._c.sync(script_keys, args))
+        op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
+        alive, aborted = await self._call("registering tasks", op)
         return bool(alive), notices(aborted)
 
     async def register(
@@ -155,7 +210,7 @@ class RedisAbortBackend(AbortBackend):
         args.append(len(running))
         for entry in running:
             args += [entry.task_id, entry.encode()]
-        op = self._c.register(self._worker_keys(worker_id), args)
+        op = self._c.lane(REGISTER, self._worker_keys(worker_id), args, durable=True)
         return notices(await self._call("registering a worker", op))
 
     async def heartbeat(self, worker_id: str) -> bool:
@@ -211,14 +266,18 @@ class RedisAbortBackend(AbortBackend):
         role: str,
         on_error: Any = None,
     ) -> Any:
+        def open_pubsub(fresh: bool) -> Awaitable[PubSub]:
+            return self.topology.pubsub(self._c.cmd, channel, self.timeout, fresh)
+
         return subscription(
-            self._pubsub_client,
+            open_pubsub,
             channel,
             on_subscribed,
             role=role,
-            where=safe_url(self.url),
+            where=self.where,
             confirm_timeout=self.timeout,
             on_error=on_error,
+            sharded=self.topology.cluster,
         )
 
     # --- aborter side ----------------------------------------------------------------
@@ -314,8 +373,38 @@ class RedisAbortBackend(AbortBackend):
             poll = min(poll * 2, 5.0)
 
     async def set_outcome(self, task_id: str, outcome: str) -> None:
-        op = self._c.confirm([self.keys.request(task_id)], [outcome, "", ""])
-        await self._call("recording an abort outcome", op)
+        key = self.keys.request(task_id)
+        if outcome != "revoked":
+            await self._call(
+                "recording an abort outcome", self._c.confirm([key], [outcome, "", ""])
+            )
+            return
+        # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
+        ttl = int(self.request_ttl * 1000)
+        op = self._c.fence(REVOKE, [key], [outcome, ttl], durable=True)
+        recorded = await self._call(f"recording that task {task_id} is revoked", op)
+        if recorded is None and self.replicas > 0:
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} is gone from {self.where} (lost in a "
+                "failover?): nothing was revoked; abort it again"
+            )
+
+    async def settle_finished(self, task_id: str) -> RequestRecord | None:
+        if self.replicas == 0:
+            return await super().settle_finished(task_id)
+        # One fenced call on the current master: a stale one must not answer "finished".
+        ttl = int(self.request_ttl * 1000)
+        op = self._c.fence(SETTLE, [self.keys.request(task_id)], [ttl], durable=True)
+        settled = await self._call(f"settling the abort of task {task_id}", op)
+        if not settled:
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} is gone from {self.where} (lost in a "
+                "failover?): abort it again"
+            )
+        outcome, worker = settled
+        if not outcome:
+            return None
+        return RequestRecord(task_id, None, 0.0, "", str(outcome), str(worker) or None)
 
     async def clear_request(self, task_id: str) -> None:
         await self._call(
@@ -327,7 +416,7 @@ class RedisAbortBackend(AbortBackend):
             f"reading the abort request of {task_id}",
             self._c.cmd.hgetall(self.keys.request(task_id)),  # type: ignore[arg-type]
         )
-        return _record(task_id, data)
+        return record_from_hash(task_id, data)
 
     async def get_requests(self, task_ids: Sequence[str]) -> dict[str, RequestRecord]:
         """One pipelined round trip for many ids (``taskiq-abort ls``)."""
@@ -337,7 +426,7 @@ class RedisAbortBackend(AbortBackend):
             for tid in task_ids:
                 pipe.hgetall(self.keys.request(tid))
             rows: list[dict[str, str]] = await self._call("reading abort requests", pipe.execute())
-        records = (_record(tid, data) for tid, data in zip(task_ids, rows, strict=True))
+        records = (record_from_hash(tid, data) for tid, data in zip(task_ids, rows, strict=True))
         return {record.task_id: record for record in records if record is not None}
 
     async def workers(self) -> list[WorkerInfo]:
@@ -366,48 +455,7 @@ class RedisAbortBackend(AbortBackend):
         self._cancel_waiters()
         client, self._client = self._client, None
         if client is not None and client.loop is asyncio.get_running_loop():
-            await client.sync.close()
+            await client.lane.close()
+            await client.fence.close()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.cmd.aclose(), 1.0)
-
-
-class _Client:
-    """One event loop's command connection pool and the scripts registered on it; the worker's
-    hot-path script has a connection of its own (``lane.py``)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, cmd: Redis, timeout: float) -> None:
-        self.loop, self.cmd = loop, cmd
-        self.sync = ScriptLane(cmd.connection_pool.make_connection, scripts.SYNC, timeout)
-        self.register = cmd.register_script(scripts.REGISTER)
-        self.heartbeat = cmd.register_script(scripts.HEARTBEAT)
-        self.unregister = cmd.register_script(scripts.UNREGISTER)
-        self.request = cmd.register_script(scripts.REQUEST)
-        self.confirm = cmd.register_script(scripts.CONFIRM)
-        self.list = cmd.register_script(scripts.LIST)
-        self.scripts = (self.request, self.confirm, self.list, self.unregister)
-
-
-def _record(task_id: str, data: dict[str, str]) -> RequestRecord | None:
-    if not data:
-        return None
-    return RequestRecord(
-        task_id=task_id,
-        reason=data.get("reason"),
-        requested_at=int(data.get("at", 0)) / 1000,
-        requested_by=data.get("by", ""),
-        outcome=data.get("outcome") or None,
-        worker=data.get("worker") or None,
-    )
-
-
-def notices(flat: list[Any]) -> list[AbortNotice]:
-    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at]*``."""
-    return [
-        AbortNotice(
-            str(flat[i]),
-            str(flat[i + 2]) if str(flat[i + 1]) == "1" else None,
-            str(flat[i + 3]),
-            int(flat[i + 4] or 0),
-        )
-        for i in range(0, len(flat), 5)
-    ]

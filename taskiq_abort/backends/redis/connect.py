@@ -1,30 +1,57 @@
 """Connections to the control plane's Redis, and what its failures mean to a user.
 
-Two kinds of client, both our own (never the broker's pool, which a held SUBSCRIBE could
-starve): a command client for the atomic scripts, and pub/sub clients with redis-py's silent
-retries turned off, so that every disconnect reaches our subscription loop (which resyncs).
+This is the only module that knows the topology: one Redis, a Redis Cluster, or a master that
+Sentinel manages. Everything else asks it for clients and never branches on the kind.
+
+Three kinds of connection, all our own (never the broker's pool, which a held SUBSCRIBE could
+starve): a command client for the atomic scripts; pub/sub connections with redis-py's silent
+retries turned off, so that every disconnect reaches our subscription loop (which resyncs); and
+raw connections for the lanes (``lane.py``), to the master that owns the prefix's slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import difflib
+import inspect
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
-from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import (
+    AbstractConnection,
+    BlockingConnectionPool,
+    ConnectionPool,
+    SSLConnection,
+)
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from taskiq_abort.backends.redis.lane import NotReplicatedError
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortBackendUnavailableError,
+    AbortConfigError,
     AbortPermissionError,
 )
 from taskiq_abort.keys import KeySpace
 
 _T = TypeVar("_T")
+CommandClient = Redis | RedisCluster
+
+# Failures of a Cluster in transition (a master died, a slot is moving): transient.
+_CLUSTER_TRANSIENT = (
+    rexc.ClusterDownError,
+    rexc.SlotNotCoveredError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    rexc.ClusterError,
+)
 
 
 def safe_url(url: str) -> str:
@@ -44,57 +71,246 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-def command_client(url: str, timeout: float, **kwargs: Any) -> Redis:
-    """The client for scripts and reads: a blocking pool, so that a burst of concurrent aborts
-    (or of a worker's confirmations) waits for a free connection instead of failing with "Too
-    many connections" once 100 are in use, which would read as "Redis unreachable"."""
-    pool_kwargs: dict[str, Any] = {"max_connections": 100, "timeout": 10 * timeout}
-    return Redis.from_pool(
-        BlockingConnectionPool.from_url(
-            url,
-            decode_responses=True,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            # Retry a dropped connection, not a timeout: a hung Redis must fail abort() after
-            # one ``timeout``, not three.
-            retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), 2, (rexc.ConnectionError,)),
-            **{**pool_kwargs, **kwargs},
+def _params(*callables: Any) -> set[str]:
+    return {
+        name
+        for fn in callables
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and name != "self"
+    }
+
+
+# redis-py options a user may pass through (everything but what the topology itself sets).
+_STANDALONE_OPTIONS = _params(Redis.__init__, AbstractConnection.__init__, SSLConnection.__init__)
+_CLUSTER_OPTIONS = _params(RedisCluster.__init__)
+_OURS = {"host", "port", "connection_pool", "startup_nodes", "decode_responses", "retry"}
+
+
+def check_options(options: dict[str, Any], cluster: bool, known: Sequence[str] = ()) -> None:
+    """Refuse keyword arguments that redis-py would not take (a misspelt option must not
+    leave a worker without aborts until its first connection fails)."""
+    allowed = (_CLUSTER_OPTIONS if cluster else _STANDALONE_OPTIONS) - _OURS
+    for name in options:
+        if name not in allowed:
+            close = difflib.get_close_matches(name, [*known, *allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AbortConfigError(
+                f"AbortMiddleware got an unknown option {name!r}{hint}; options other than "
+                f"its own go to redis-py's {'RedisCluster' if cluster else 'Redis'} client"
+            )
+
+
+@dataclass
+class Topology:
+    """Where the control plane lives: ``url`` (one Redis, or any node of a Cluster with
+    ``cluster``), or the master ``master_name`` that the ``sentinels`` manage."""
+
+    url: str | None
+    cluster: bool = False
+    sentinels: Sequence[tuple[str, int]] = ()
+    master_name: str | None = None
+    sentinel_kwargs: dict[str, Any] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "cluster" if self.cluster else "sentinel" if self.sentinels else "standalone"
+
+    @property
+    def publish(self) -> str:
+        """The publish command of the scripts: sharded in a Cluster (never on the bus)."""
+        return "SPUBLISH" if self.cluster else "PUBLISH"
+
+    @property
+    def where(self) -> str:
+        """Where the control plane is, safe to print."""
+        if self.sentinels:
+            hosts = ",".join(f"{h}:{p}" for h, p in self.sentinels)
+            return f"master {self.master_name!r} of sentinels {hosts}"
+        where = safe_url(self.url or "")
+        return f"Redis Cluster at {where}" if self.cluster else f"Redis at {where}"
+
+    def _sentinel(self, timeout: float, **kwargs: Any) -> Sentinel:
+        sentinel_kwargs = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
+        return Sentinel(  # type: ignore[no-untyped-call]
+            list(self.sentinels),
+            sentinel_kwargs={**sentinel_kwargs, **(self.sentinel_kwargs or {})},
+            **{**self.kwargs, **kwargs},
         )
-    )
+
+    def command_client(self, timeout: float) -> CommandClient:
+        """The client for scripts and reads. A dropped connection is retried, a timeout is
+        not: a hung Redis must fail abort() after one ``timeout``, not three."""
+        retry = Retry(ExponentialBackoff(cap=0.25, base=0.02), 2, (rexc.ConnectionError,))
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+        }
+        if self.cluster:
+            assert self.url is not None
+            return RedisCluster.from_url(self.url, **{**common, "retry": retry, **self.kwargs})
+        if self.sentinels:
+            assert self.master_name is not None
+            sentinel = self._sentinel(timeout)
+            client: Redis = sentinel.master_for(self.master_name, retry=retry, **common)
+            return client
+        # A blocking pool: a burst of concurrent aborts waits for a free connection instead of
+        # failing with "Too many connections" once 100 are in use.
+        assert self.url is not None
+        pool_kwargs: dict[str, Any] = {"max_connections": 100, "timeout": 10 * timeout}
+        return Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                self.url, retry=retry, **{**common, **pool_kwargs, **self.kwargs}
+            )
+        )
+
+    async def owner(self, cmd: CommandClient, key: str, refresh: bool) -> ClusterNode:
+        """The Cluster master serving ``key``'s slot (re-reading the slot map if ``refresh``)."""
+        assert isinstance(cmd, RedisCluster)
+        await cmd.initialize()
+        if refresh:
+            await cmd.nodes_manager.initialize()
+        node = cmd.get_node_from_key(key)
+        if node is None:
+            raise rexc.SlotNotCoveredError(f"no master serves the slot of {key!r} yet")
+        return node
+
+    async def lane_connection(
+        self, cmd: CommandClient, key: str, fresh: bool
+    ) -> AbstractConnection:
+        """A new, unconnected connection to the master serving ``key`` (``lane.py``)."""
+        if isinstance(cmd, RedisCluster):
+            node = await self.owner(cmd, key, refresh=fresh)
+            return node.connection_class(
+                **{**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
+            )
+        # Sentinel's pool asks the sentinels for the current master at every connect.
+        conn: AbstractConnection = cmd.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def pubsub(self, cmd: CommandClient, channel: str, timeout: float, fresh: bool) -> PubSub:
+        """A pub/sub connection for ``channel``, without silent retries nor read timeout."""
+        quiet: dict[str, Any] = {
+            "socket_connect_timeout": timeout,
+            "socket_timeout": None,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if isinstance(cmd, RedisCluster):  # straight to the slot's master: sharded pub/sub
+            node = await self.owner(cmd, channel, refresh=fresh)
+            kwargs = {**node.connection_kwargs, **quiet}
+            pool = ConnectionPool(connection_class=node.connection_class, **kwargs)
+            return Redis(connection_pool=pool).pubsub()
+        if self.sentinels:  # the command client's Sentinel, which finds the current master
+            assert self.master_name is not None
+            sentinel: Sentinel = cmd.connection_pool.sentinel_manager  # type: ignore[attr-defined]
+            client: Redis = sentinel.master_for(self.master_name, **quiet)
+            return client.pubsub()
+        assert self.url is not None
+        return Redis.from_url(self.url, **{**quiet, **self.kwargs}).pubsub()
+
+    async def check(self, cmd: CommandClient) -> None:
+        """:class:`AbortConfigError` when the server is not the kind configured."""
+        if isinstance(cmd, RedisCluster):
+            try:
+                await cmd.initialize()
+            except rexc.RedisClusterException as exc:
+                if "not enabled" in str(exc) or "cluster mode" in str(exc).lower():
+                    raise AbortConfigError(
+                        f"{self.where} is not a Redis Cluster ({exc}): drop cluster=True "
+                        "(CLI: --cluster)"
+                    ) from exc
+                raise
+            return
+        if self.sentinels:
+            assert self.master_name is not None
+            sentinel = self._sentinel(3.0)
+            try:
+                await sentinel.discover_master(self.master_name)
+            except MasterNotFoundError as exc:
+                known = await _known_masters(sentinel)
+                if known is not None and self.master_name not in known:
+                    raise AbortConfigError(
+                        f"the sentinels know no master named {self.master_name!r} (they "
+                        f"monitor {sorted(known) or 'none'}): fix master_name (CLI: --master-name)"
+                    ) from exc
+                raise
+            finally:
+                for s in sentinel.sentinels:
+                    await s.aclose()
+            return
+        try:
+            info = await cmd.info("server")
+        except rexc.NoPermissionError:
+            return  # a user with only the documented rights; a Cluster then answers MOVED
+        mode = info.get("redis_mode")
+        if mode == "cluster":
+            raise AbortConfigError(
+                f"{self.where} is a Redis Cluster node: pass cluster=True (CLI: --cluster)"
+            )
+        if mode == "sentinel":
+            raise AbortConfigError(
+                f"{self.where} is a Sentinel, not a Redis: pass sentinels=[(host, port)] and "
+                "master_name (CLI: --sentinel host:port --master-name NAME)"
+            )
 
 
-def pubsub_client(url: str, timeout: float, **kwargs: Any) -> Redis:
-    """A client for one subscription: no silent retries, no read timeout (it waits)."""
-    return Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=None,
-        retry=Retry(NoBackoff(), 0),
-        **kwargs,
-    )
+async def _known_masters(sentinel: Sentinel) -> set[str] | None:
+    """The master names the first reachable sentinel monitors (``None``: none reachable)."""
+    for node in sentinel.sentinels:
+        try:
+            masters: Any = await node.sentinel_masters()
+            return set(masters)
+        except (rexc.RedisError, OSError):
+            continue
+    return None
 
 
-async def call(url: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
+async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
     """Await ``op``; turn Redis's errors into ours, with a message that says what to do."""
     try:
         return await op
-    except (rexc.ConnectionError, rexc.TimeoutError, OSError) as exc:
+    except MasterNotFoundError as exc:
         raise AbortBackendUnavailableError(
-            f"cannot reach Redis at {safe_url(url)} for {what}: {str(exc).rstrip('.')}. "
+            f"no master for {where} while {what}: {exc}. Check the sentinels."
+        ) from exc
+    except NotReplicatedError as exc:
+        raise AbortBackendUnavailableError(
+            f"{where} did not get {what} to a replica in time ({exc}): a failover may be under "
+            "way, or the master has no replica (set replicas=0 if it never has one)"
+        ) from exc
+    except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            raise AbortBackendUnavailableError(
+                f"TLS to {where} failed for {what}: the server's certificate is not signed by a "
+                "CA this client trusts (or names another host): check ssl_ca_certs "
+                f"({str(exc).rstrip('.')})"
+            ) from exc
+        raise AbortBackendUnavailableError(
+            f"cannot reach {where} for {what}: {str(exc).rstrip('.')}. "
             "Check the URL and that Redis is running."
         ) from exc
     except rexc.RedisError as exc:
-        raise translate(url, keys, what, exc) from exc
+        raise translate(where, keys, what, exc) from exc
 
 
-def translate(url: str, keys: KeySpace, what: str, exc: BaseException) -> AbortBackendError:
+def translate(where: str, keys: KeySpace, what: str, exc: BaseException) -> AbortBackendError:
     """Our error for a Redis error reply (``exc``)."""
-    where, text = f"Redis at {safe_url(url)}", str(exc).rstrip(".")
+    text = str(exc).rstrip(".")
     if isinstance(exc, rexc.NoPermissionError) or "NOPERM" in text:
         return AbortPermissionError(
             f"{where} refused {what}: {text}. Grant this user the keys '{keys.tag}:*' and "
             f"the channels '{keys.channel_prefix}*' (see docs/acl.md)."
         )
+    if text.startswith(("MOVED", "ASK ", "CROSSSLOT")) or "cluster support disabled" in text:
+        raise AbortConfigError(
+            f"{where} answered {text.split()[0]} to {what}: the server is "
+            + (
+                "not a Redis Cluster: drop cluster=True"
+                if "disabled" in text
+                else "a Redis Cluster: pass cluster=True (CLI: --cluster)"
+            )
+        ) from exc
     return AbortBackendError(
         f"{where} failed {what}: {type(exc).__name__}: {text}. taskiq-abort needs a "
         "writable Redis >= 6.2 primary (not a replica or a proxy) with Lua scripting."

@@ -8,6 +8,9 @@ keeps a connection of its own, set up by redis-py (URL, TLS, AUTH, database: eve
 user configured), and then speaks RESP on it directly. Calls are serialised by the worker (one
 batch in flight), so there is no pipelining to manage.
 
+Durable calls send ``WAIT <replicas> <ms>`` right behind the script on the same connection, so
+the reply comes only once replicas hold the write (see docs/deploy.md, "the failover invariant").
+
 Faults: any connection problem closes the lane and raises ``redis.exceptions.ConnectionError``
 (the caller maps it, and the next call reconnects); a reply that does not arrive in ``timeout``
 aborts the connection; an error reply raises ``redis.exceptions.ResponseError``.
@@ -18,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis import exceptions as rexc
@@ -73,48 +77,119 @@ async def read_reply(reader: asyncio.StreamReader) -> Any:
     raise rexc.ConnectionError(f"unexpected reply from Redis: {line[:40]!r}")
 
 
-class ScriptLane:
-    """Calls one Lua script over a dedicated connection.
+@dataclass(frozen=True)
+class LuaScript:
+    """A Lua script and its SHA1 (``EVALSHA``), loaded with ``EVAL`` when the server lacks it."""
 
-    :param make_connection: a redis-py connection, not yet connected (``pool.make_connection``).
-    :param script: the Lua source (loaded with ``EVAL`` when the server does not know it).
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+_UNREPLICATED_HOLD = 5.0  # seconds durable calls wait only briefly after a master had no replica
+_QUICK_WAIT_MS = 20
+
+
+class NotReplicatedError(rexc.ConnectionError):
+    """``WAIT`` saw fewer replicas acknowledge the write than required: the master may be a
+    stale one (failed over) or its replicas are down. The write may not survive a failover."""
+
+
+class ScriptLane:
+    """Calls Lua scripts over one dedicated connection to the master of the prefix's slot.
+
+    :param make_connection: a new redis-py connection, not yet connected, to the current
+        master (``fresh``: after a failure, so look the master up again).
     :param timeout: seconds a call may take before the connection counts as broken.
+    :param replicas: replicas that must acknowledge a ``durable`` call (``WAIT``).
+
+    A connection failure, a redirection (``MOVED``/``ASK``: the slot moved), ``READONLY`` (a
+    demoted master) or a write not acknowledged by ``replicas`` replicas drops the connection
+    and tries once more on a fresh one, so that the caller follows a failover at once. When
+    the fresh master has no replica either, durable calls wait only briefly (20 ms) for one for
+    a few seconds, instead of each waiting a whole WAIT timeout twice.
     """
 
     def __init__(
         self,
-        make_connection: Callable[[], AbstractConnection],
-        script: str,
+        make_connection: Callable[[bool], Awaitable[AbstractConnection]],
         timeout: float,
+        replicas: int = 0,
     ) -> None:
         self._make_connection = make_connection
-        self.script = script
-        self.sha = hashlib.sha1(script.encode()).hexdigest()
         self.timeout = timeout
+        self.replicas = replicas
         self._conn: AbstractConnection | None = None
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._lock = asyncio.Lock()
+        self._fresh = False
+        self._unreplicated_until = float("-inf")
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        conn = self._make_connection()
+        conn = await asyncio.wait_for(self._make_connection(self._fresh), self.timeout)
         await asyncio.wait_for(conn.connect(), self.timeout)  # type: ignore[no-untyped-call]
         reader = getattr(conn, "_reader", None)
         writer = getattr(conn, "_writer", None)
         if not isinstance(reader, asyncio.StreamReader) or writer is None:  # pragma: no cover
             await conn.disconnect()
             raise rexc.ConnectionError("redis-py's connection exposes no streams")
-        self._conn, self._streams = conn, (reader, writer)
+        self._conn, self._streams, self._fresh = conn, (reader, writer), False
         return reader, writer
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        tail = [len(keys), *keys, *args]
-        try:
-            return await self._roundtrip(["EVALSHA", self.sha, *tail])
-        except rexc.ResponseError as exc:
-            if not str(exc).startswith("NOSCRIPT"):
-                raise
-            return await self._roundtrip(["EVAL", self.script, *tail])  # loads it, too
+    async def __call__(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        durable: bool = False,
+    ) -> Any:
+        """Run ``script``; with ``durable``, return only once ``replicas`` replicas have it."""
+        wait = durable and self.replicas > 0
+        async with self._lock:
+            now = asyncio.get_running_loop().time()
+            if wait and now < self._unreplicated_until:
+                # The master had no replica a moment ago: don't make every call wait a whole
+                # WAIT timeout (twice) for one; a short WAIT tells whether one is back.
+                result = await self._call(script, keys, args, wait, _QUICK_WAIT_MS)
+                self._unreplicated_until = float("-inf")
+                return result
+            try:
+                return await self._call(script, keys, args, wait)
+            except rexc.TimeoutError:
+                raise  # a hung server: don't spend a second timeout on it
+            except rexc.ConnectionError:
+                self._fresh = True  # follow a failover: look the master up again
+                try:
+                    return await self._call(script, keys, args, wait)
+                except NotReplicatedError:
+                    self._unreplicated_until = now + _UNREPLICATED_HOLD
+                    raise
 
-    async def _roundtrip(self, command: Sequence[str | int]) -> Any:
+    async def _call(
+        self,
+        script: LuaScript,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        wait: bool,
+        wait_ms: int | None = None,
+    ) -> Any:
+        tail = [len(keys), *keys, *args]
+        wait_ms = (wait_ms or max(1, int(self.timeout * 500))) if wait else None
+        try:
+            return await self._roundtrip(["EVALSHA", script.sha, *tail], wait_ms)
+        except rexc.ResponseError as exc:
+            text = str(exc)
+            if text.startswith(("MOVED", "ASK ", "READONLY", "TRYAGAIN", "CLUSTERDOWN")):
+                self._drop()
+                self._fresh = True
+                raise rexc.ConnectionError(f"the master moved: {text}") from exc
+            if not text.startswith("NOSCRIPT"):
+                raise
+            return await self._roundtrip(["EVAL", script.source, *tail], wait_ms)  # loads it
+
+    async def _roundtrip(self, command: Sequence[str | int], wait_ms: int | None) -> Any:
         reader, writer = self._streams or await self._connect()
         expired = False
 
@@ -126,12 +201,31 @@ class ScriptLane:
         # A timer instead of wait_for(): no extra task or timeout context on the hot path.
         guard = asyncio.get_running_loop().call_later(self.timeout, expire)
         try:
-            writer.write(pack(command))
-            return await read_reply(reader)
+            data = pack(command)
+            wait = wait_ms is not None
+            if wait_ms is not None:  # WAIT right behind it, on the same connection
+                data += pack(["WAIT", self.replicas, wait_ms])
+            writer.write(data)
+            error: rexc.ResponseError | None = None
+            try:
+                reply = await read_reply(reader)
+            except rexc.ResponseError as exc:
+                error = exc  # still read WAIT's reply, to stay in step
+            acked = await read_reply(reader) if wait else 0
+            if error is not None:
+                raise error
+            if wait and int(acked) < self.replicas:
+                self._drop()
+                raise NotReplicatedError(
+                    f"{acked} of {self.replicas} replica(s) acknowledged the write"
+                )
+            return reply
         except rexc.ResponseError:
             raise  # an error reply: the connection is still in step
         except (OSError, asyncio.IncompleteReadError, ValueError, rexc.ConnectionError) as exc:
             self._drop()
+            if isinstance(exc, NotReplicatedError):
+                raise
             if expired:
                 raise rexc.TimeoutError(f"no reply within {self.timeout} s") from exc
             raise rexc.ConnectionError(str(exc) or type(exc).__name__) from exc

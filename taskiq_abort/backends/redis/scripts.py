@@ -252,3 +252,48 @@ end
 return out
 """
 )
+
+# The aborter's last word before it reports "revoked": the request must still be there (a
+# failover may have lost it), and the reply must come only once replicas hold it. So the script
+# always writes (it renews the TTL, as a new request would), and the lane sends WAIT right
+# behind it on the same connection: WAIT covers every write the master made up to this one,
+# including the request itself and any outcome it read. KEYS: request hash; ARGV: outcome, ttl_ms.
+# Returns the recorded outcome, or false when the request is gone.
+REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'worker', '')  -- revoked by the aborter: no worker confirmed it
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return redis.call('HGET', KEYS[1], 'outcome')
+"""
+
+
+# The aborter found a result and nobody holding the task: did a worker refuse or abort it
+# because of our request (then it is revoked), or did it finish on its own (then the request is
+# moot and goes)? Always a write, for the WAIT behind it, like REVOKE: a stale master (one that
+# was failed over and still serves a few seconds) must not answer "finished".
+# KEYS: request hash; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the request was
+# dropped, or false when it is gone (lost in a failover).
+SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker')
+if r[1] == 'revoked' or r[1] == 'aborted' then
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+  return {r[1], r[2] or ''}
+end
+redis.call('DEL', KEYS[1])
+return {'', ''}
+"""
+
+
+def sharded(script: str) -> str:
+    """``script`` publishing with SPUBLISH (and counting subscribers with SHARDNUMSUB): a
+    Cluster's sharded pub/sub, delivered by the slot's own master (a classic PUBLISH would cross
+    the cluster bus and reach every node).
+
+    >>> sharded("redis.call('PUBLISH', ch, m)")
+    "redis.call('SPUBLISH', ch, m)"
+    """
+    script = script.replace("redis.call('PUBSUB', 'NUMSUB'", "redis.call('PUBSUB', 'SHARDNUMSUB'")
+    return script.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")

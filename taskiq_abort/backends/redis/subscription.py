@@ -15,7 +15,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis import exceptions as rexc
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 logger = logging.getLogger("taskiq_abort")
@@ -25,7 +24,7 @@ _IDLE_READ = 60.0  # seconds one read may wait for a message; a dead socket erro
 
 
 async def subscription(
-    make_client: Callable[[], Redis],
+    open_pubsub: Callable[[bool], Awaitable[PubSub]],
     channel: str,
     on_subscribed: Callable[[], Awaitable[None]],
     *,
@@ -33,55 +32,66 @@ async def subscription(
     where: str,
     confirm_timeout: float,
     on_error: Callable[[], None] | None = None,
+    sharded: bool = False,
 ) -> AsyncIterator[bytes]:
     """Yield the payloads published on ``channel`` until cancelled.
 
-    :param make_client: a client without silent retries, so that every disconnect reaches us.
+    :param open_pubsub: a pub/sub connection to the server that delivers ``channel`` (``True``
+        after a fault: look it up again), without silent retries: every disconnect reaches us.
     :param role: what the channel is for, in log lines ("control", "reply").
     :param where: the server, for log lines (password masked).
     :param on_error: called on every fault (an aborter stops waiting for the subscription).
+    :param sharded: SSUBSCRIBE (a Cluster's sharded pub/sub) instead of SUBSCRIBE.
     """
     backoff, outage_since = 0.05, 0.0
-    client = make_client()
-    try:
-        while True:
-            pubsub: PubSub = client.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                # Resync only once SUBSCRIBE is confirmed: nothing published after it is missed.
-                while (await pubsub.get_message(timeout=confirm_timeout)) is None:
-                    pass
-                await on_subscribed()
-                if outage_since:
-                    logger.warning(
-                        "taskiq-abort: %s channel back after %.1f s; pending aborts applied",
-                        role,
-                        time.monotonic() - outage_since,
-                    )
-                backoff, outage_since = 0.05, 0.0
-                while True:
-                    msg = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=_IDLE_READ
-                    )
-                    if msg is not None and msg.get("type") == "message":
-                        data = msg["data"]
-                        yield data if isinstance(data, bytes) else str(data).encode()
-            except REDIS_ERRORS as exc:
-                if on_error is not None:
-                    on_error()
-                if not outage_since:
-                    outage_since = time.monotonic()
-                    logger.warning(
-                        "taskiq-abort: lost the %s channel on %s (%s); reconnecting",
-                        role,
-                        where,
-                        exc,
-                    )
-            finally:
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-    finally:
-        with contextlib.suppress(BaseException):
-            await asyncio.wait_for(client.aclose(), 1.0)
+    kinds = ("smessage",) if sharded else ("message",)
+    while True:
+        pubsub: PubSub | None = None
+        try:
+            pubsub = await asyncio.wait_for(open_pubsub(bool(outage_since)), confirm_timeout)
+            await (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
+            # Resync only once SUBSCRIBE is confirmed: nothing published after it is missed.
+            while (await pubsub.get_message(timeout=confirm_timeout)) is None:
+                pass
+            await on_subscribed()
+            if outage_since:
+                logger.warning(
+                    "taskiq-abort: %s channel back after %.1f s; pending aborts applied",
+                    role,
+                    time.monotonic() - outage_since,
+                )
+            backoff, outage_since = 0.05, 0.0
+            while True:
+                msg = await pubsub.get_message(timeout=_IDLE_READ)
+                if msg is None:
+                    continue
+                kind = msg.get("type")
+                if kind in kinds:
+                    data = msg["data"]
+                    yield data if isinstance(data, bytes) else str(data).encode()
+                elif kind in ("sunsubscribe", "unsubscribe"):  # e.g. the slot moved
+                    raise rexc.ConnectionError(f"{channel} moved to another master")
+        except REDIS_ERRORS as exc:
+            if on_error is not None:
+                on_error()
+            if not outage_since:
+                outage_since = time.monotonic()
+                logger.warning(
+                    "taskiq-abort: lost the %s channel on %s (%s); reconnecting",
+                    role,
+                    where,
+                    exc,
+                )
+        finally:
+            if pubsub is not None:
+                await _close(pubsub)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 2.0)
+
+
+async def _close(pubsub: PubSub) -> None:
+    """Close the subscription and the pool it came from (one per subscription)."""
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(pubsub.connection_pool.disconnect(), 1.0)

@@ -1,0 +1,84 @@
+"""One event loop's Redis clients, and the replies of the scripts turned into our records.
+
+redis-py's connections belong to the event loop that opened them: ``RedisAbortBackend`` keeps
+one :class:`LoopClients` per loop (``backend._c``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+
+from taskiq_abort.backends.base import AbortNotice, RequestRecord
+from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.connect import Topology
+from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
+
+SYNC, REGISTER, REVOKE, SETTLE = (
+    LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE, scripts.SETTLE)
+)
+OWN_OPTIONS = (
+    "prefix", "channel", "request_ttl", "lease", "timeout", "cluster", "sentinels",
+    "master_name", "sentinel_kwargs", "replicas", "redis_timeout", "abort_timeout",
+    "fail_closed", "cancel_mode", "backend",
+)  # fmt: skip
+
+
+class LoopClients:
+    """One event loop's command client and the scripts registered on it; the worker's registry
+    scripts, and the aborter's revoke, have connections of their own (``lane.py``)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        topo: Topology,
+        slot_key: str,
+        timeout: float,
+        replicas: int,
+    ) -> None:
+        self.loop = loop
+        self.cmd = cmd = topo.command_client(timeout)
+
+        def lane() -> ScriptLane:
+            def connect(fresh: bool) -> Awaitable[AbstractConnection]:
+                return topo.lane_connection(cmd, slot_key, fresh)
+
+            return ScriptLane(connect, timeout, replicas)
+
+        self.lane, self.fence = lane(), lane()
+        publishing = scripts.sharded if topo.cluster else str
+        self.heartbeat = cmd.register_script(publishing(scripts.HEARTBEAT))
+        self.unregister = cmd.register_script(scripts.UNREGISTER)
+        self.request = cmd.register_script(publishing(scripts.REQUEST))
+        self.confirm = cmd.register_script(publishing(scripts.CONFIRM))
+        self.list = cmd.register_script(scripts.LIST)
+        self.scripts = (self.request, self.confirm, self.list, self.unregister)  # to warm
+
+
+def record_from_hash(task_id: str, data: dict[str, str]) -> RequestRecord | None:
+    if not data:
+        return None
+    return RequestRecord(
+        task_id=task_id,
+        reason=data.get("reason"),
+        requested_at=int(data.get("at", 0)) / 1000,
+        requested_by=data.get("by", ""),
+        outcome=data.get("outcome") or None,
+        worker=data.get("worker") or None,
+    )
+
+
+def notices(flat: list[Any]) -> list[AbortNotice]:
+    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at]*``."""
+    return [
+        AbortNotice(
+            str(flat[i]),
+            str(flat[i + 2]) if str(flat[i + 1]) == "1" else None,
+            str(flat[i + 3]),
+            int(flat[i + 4] or 0),
+        )
+        for i in range(0, len(flat), 5)
+    ]
