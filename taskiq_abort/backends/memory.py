@@ -115,11 +115,7 @@ class MemoryAbortBackend(AbortBackend):
     async def confirm(
         self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str] = ()
     ) -> None:
-        if outcome == "finished":  # the request was moot (see scripts.CONFIRM)
-            record = self._record(task_id)
-            if record is not None and record.outcome is None:
-                self._requests.pop(task_id, None)
-        elif outcome != "unknown":  # "unknown" only replies
+        if outcome != "unknown":  # "unknown" only replies (see scripts.CONFIRM)
             await self.set_outcome(task_id, outcome, worker_id)
         self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
 

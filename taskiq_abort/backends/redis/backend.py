@@ -362,7 +362,9 @@ class RedisAbortBackend(AbortBackend):
                 return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
             # The reply may have been lost (reconnect): the durable record is the truth.
             record = await self.get_request(task_id)
-            if record is None:  # a worker confirmed "finished", which deletes the request
+            if record is None:  # gone (a failover, an expiry): settle it from the result
+                return ReplyMessage(task_id, "unknown", "")
+            if record.outcome == "finished":
                 return ReplyMessage(task_id, "finished", "")
             if record.outcome in ("aborted", "revoked"):
                 # "revoked" here: a worker refused the attempt it had just shown as running.

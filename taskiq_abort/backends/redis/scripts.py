@@ -224,14 +224,14 @@ return {holders, entry, outcome, receivers, reason}
 # KEYS: request hash; ARGV: outcome, worker_id, payload, reply channel*
 # 'unknown' (the attempt ended without a result, e.g. a retry is coming) only replies: it is not
 # how the abort ended. 'finished' (the task ended with its own result before the abort landed)
-# makes the request moot: it is deleted, unless an outcome was recorded before.
+# makes the request moot: it is kept 5 minutes (at most), so that an aborter whose reply was
+# lost reads 'finished' rather than a missing record, which a failover can also cause.
 CONFIRM = """
 if ARGV[1] ~= 'unknown' and redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
-    if ARGV[1] == 'finished' then
-      redis.call('DEL', KEYS[1])
-    else
-      redis.call('HSET', KEYS[1], 'worker', ARGV[2])
+    redis.call('HSET', KEYS[1], 'worker', ARGV[2])
+    if ARGV[1] == 'finished' and redis.call('PTTL', KEYS[1]) > 300000 then
+      redis.call('PEXPIRE', KEYS[1], 300000)  -- moot: kept 5 minutes, to answer late askers
     end
   end
 end
