@@ -112,9 +112,11 @@ class AbortMiddleware(TaskiqMiddleware):
                 3.0,
                 {},
             )
-            if topology != (False, None, None, None, None):
-                ignored = (*ignored, topology)
-            if url is not None or ignored != defaults:
+            if (
+                url is not None
+                or ignored != defaults
+                or topology != (False, None, None, None, None)
+            ):
                 raise ValueError(
                     "with backend=..., configure that backend (prefix, lease, URL...) "
                     "instead of passing those options to AbortMiddleware"
