@@ -183,12 +183,17 @@ class Live:
             if any(marker in key for marker in APP_KEYS):
                 continue
             kind = client.type(key)
-            self.keys[key] = kind
-            self.ttls[key] = client.pttl(key)
+            if kind == "none":  # gone since the scan (a finish emptied it): the last read stands
+                continue
             if kind == "hash":
-                self.hashes[key] = client.hgetall(key)
+                data = client.hgetall(key)
+                if not data:  # emptied between TYPE and HGETALL: Redis has no empty hashes
+                    continue
+                self.hashes[key] = data
             elif kind == "zset":
                 self.zsets[key] = client.zrange(key, 0, -1, withscores=True)
+            self.keys[key] = kind
+            self.ttls[key] = client.pttl(key)
 
 
 def _drain(pubsub: Any, live: Live, until: set[tuple[str, str]], timeout: float = 30.0) -> None:
