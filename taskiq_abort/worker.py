@@ -48,7 +48,12 @@ class WorkerSide:
         self.cancel_mode: CancelMode = cancel_mode
         self.worker_id = make_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None  # the event loop it runs on
-        self.running: dict[str, RunningTask] = {}
+        # Attempts running here, by task id: usually one, but a broker may redeliver a task that
+        # is still running into the same process (JetStream after ``ack_wait``, a RabbitMQ
+        # requeue); an abort must stop every copy.
+        self.running: dict[str, list[RunningTask]] = {}
+        self._ended: dict[str, list[RunningEntry]] = {}  # registered copies ended, others run on
+        self._owed: set[str] = set()  # a copy that ended was aborted: the last one confirms
         self.recent: OrderedDict[str, str] = OrderedDict()
         self.info = {
             "host": socket.gethostname(),
@@ -101,8 +106,16 @@ class WorkerSide:
     # --- task path -------------------------------------------------------------------
     def begin(self, task_id: str, task_name: str) -> RunningTask:
         run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode)
-        self.running[task_id] = run
+        runs = self.running.setdefault(task_id, [])
+        if runs and runs[0].aborted:  # a copy of an aborted task: it must not run either
+            run.revoke(runs[0].reason)
+            run.replies.extend(runs[0].replies)
+        runs.append(run)
         return run
+
+    def attempts(self) -> list[RunningTask]:
+        """Every attempt running here."""
+        return [run for runs in self.running.values() for run in runs]
 
     async def admit(self, run: RunningTask) -> None:
         """Register the start; marks ``run`` revoked if an abort request was already stored."""
@@ -116,20 +129,36 @@ class WorkerSide:
         if run.done:
             return False
         run.done = True
-        if self.running.get(run.task_id) is run:
-            del self.running[run.task_id]
+        runs = self.running.get(run.task_id, [])
+        if run in runs:
+            runs.remove(run)
+        ended = self._ended.setdefault(run.task_id, [])
+        if run.registered:
+            ended.append(run.entry)
+        if runs:
+            # Another copy of this task runs on here: the registry keeps showing it (and the
+            # holder index keeps routing aborts to us) until the last copy ends, and only the
+            # last one confirms an abort, once every copy has stopped.
+            if run.abort_requested:
+                self._owed.add(run.task_id)
+            return False
+        del self.running[run.task_id]
+        del self._ended[run.task_id]
+        owed = run.task_id in self._owed
+        self._owed.discard(run.task_id)
         self.recent[run.task_id] = outcome
         self.recent.move_to_end(run.task_id)
         while len(self.recent) > _RECENT:
             self.recent.popitem(last=False)
-        if run.registered:
+        if ended:
             # Not urgent (`recent` answers aborts of it meanwhile): ride along with the next
             # start batch, or go on their own shortly; a busy worker pays one call, not two.
-            self._finishes.append(run.entry)
+            # Every registered copy's entry goes: Redis drops the one whose run id it holds.
+            self._finishes.extend(ended)
             self._arm_finish_timer()
         # Also for an attempt revoked at its start: a resync may have shown it as running to an
         # aborter now waiting for us (an aborter that saw no holder takes this as revoked).
-        return run.abort_requested
+        return run.abort_requested or owed
 
     async def confirm(self, task_id: str, outcome: str, reply_to: Iterable[str]) -> None:
         try:
@@ -139,12 +168,13 @@ class WorkerSide:
 
     # --- abort requests --------------------------------------------------------------
     def on_abort(self, notice: AbortNotice) -> None:
-        run = self.running.get(notice.task_id)
-        if run is not None:
-            if notice.reply_to and notice.reply_to not in run.replies:
-                run.replies.append(notice.reply_to)
-            run.request_abort(notice.reason)
-            return  # confirmed when the attempt ends, after its result is stored
+        runs = self.running.get(notice.task_id)
+        if runs:
+            for run in runs:  # every copy (a redelivered task may run here twice)
+                if notice.reply_to and notice.reply_to not in run.replies:
+                    run.replies.append(notice.reply_to)
+                run.request_abort(notice.reason)
+            return  # confirmed when the last copy ends, after its result is stored
         outcome = self.recent.get(notice.task_id)
         # It ended here a moment ago: say so, don't leave them waiting. Unless it ended without
         # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
@@ -217,7 +247,7 @@ class WorkerSide:
 
     async def _register_all(self) -> None:
         """Rewrite our whole registration; apply requests for anything we hold. Lock held."""
-        runs = [run for run in self.running.values() if not run.done and not run.revoked]
+        runs = [run for run in self.attempts() if not run.done and not run.revoked]
         aborted = await self.backend.register(
             self.worker_id, self.info, [run.entry for run in runs]
         )
@@ -252,7 +282,7 @@ class WorkerSide:
         """End attempts whose callback ended without ``post_save`` (taskiq skips it when
         storing the result fails), so that no ghost stays registered. Exact, not timed: a
         slow result write under load is not mistaken for a lost one."""
-        for run in [r for r in self.running.values() if r.callback and r.callback.done()]:
+        for run in [r for r in self.attempts() if r.callback and r.callback.done()]:
             # No stored result to confirm: an aborter waiting for it gets "unconfirmed".
             self.finish(run, "unknown")
 

@@ -6,6 +6,7 @@ import asyncio
 import threading
 from typing import Any
 
+import anyio
 import pytest
 from taskiq import InMemoryBroker, TaskiqDepends
 from taskiq.middlewares import SimpleRetryMiddleware
@@ -362,5 +363,60 @@ async def test_no_ghost_when_taskiq_cannot_store_the_result() -> None:
         while any(w.tasks for w in await backend.workers()):
             assert asyncio.get_running_loop().time() < deadline, "a ghost stayed registered"
             await asyncio.sleep(0.05)  # polling the registry until the sweep has run
+    finally:
+        await broker.shutdown()
+
+
+@pytest.mark.parametrize("abort_between", [False, True])
+async def test_a_redelivered_copy_running_beside_the_first_is_stopped_too(
+    abort_between: bool,
+) -> None:
+    """A broker that redelivers a task still running (JetStream after ``ack_wait``, a
+    RabbitMQ requeue) runs two copies with one id in one worker: an abort stops both, the
+    stored result stays the abort's, and the task stays listed until the last copy ends."""
+    middleware = AbortMiddleware()
+    broker = InMemoryBroker().with_middlewares(middleware)
+    entered: asyncio.Queue[int] = asyncio.Queue()
+    ended: list[str] = []
+    copies = iter(range(2))
+
+    @broker.task
+    async def twice() -> str:
+        copy = next(copies)
+        await entered.put(copy)
+        try:
+            await asyncio.sleep(60)
+        finally:
+            ended.append(f"copy {copy} stopped")
+        return f"copy {copy} returned"
+
+    await broker.startup()
+    try:
+        kicker = twice.kicker().with_task_id("redelivered-id")
+        task = await kicker.kiq()
+        assert await entered.get() == 0
+        if abort_between:  # aborted before the redelivery: the copy must not run at all
+            outcome = await task.abort(reason="stop")
+            assert outcome.status is AbortStatus.ABORTED
+            await kicker.kiq()
+        else:
+            await kicker.kiq()
+            assert await entered.get() == 1
+            held = await middleware.backend.find_running("redelivered-id")
+            assert held is not None
+            outcome = await task.abort(reason="stop")
+            assert outcome.status is AbortStatus.ABORTED
+        await broker.wait_all()
+        result = await task.wait_result(timeout=5)
+        assert isinstance(result.error, TaskAbortedError), result
+        assert sorted(ended) == (
+            ["copy 0 stopped"] if abort_between else ["copy 0 stopped", "copy 1 stopped"]
+        )
+        assert entered.empty()
+        assert middleware.worker is not None
+        assert middleware.worker.running == {}
+        with anyio.fail_after(5):  # the finish is written behind (it rides with the next call)
+            while await middleware.backend.find_running("redelivered-id") is not None:
+                await asyncio.sleep(0.01)
     finally:
         await broker.shutdown()
