@@ -30,6 +30,7 @@ async def abort(
     reason: str | None = None,
     wait: bool = True,
     timeout: float | None = None,
+    grace: float | None = None,
 ) -> AbortOutcome:
     """Abort a task, queued or running, on whichever worker holds it.
 
@@ -40,6 +41,12 @@ async def abort(
         is recorded and sent to its worker (``unconfirmed`` when a worker holds the task).
     :param timeout: seconds to wait for the confirmation (default: the middleware's
         ``abort_timeout``, 5 s).
+    :param grace: seconds a running task gets to stop on its own before it is cancelled: its
+        ``AbortToken`` is set at once (``is_aborted``, ``await token.wait()``), and the body is
+        cancelled only if it is still running when the grace period ends (then
+        ``outcome.forced`` is true). A task that stops by raising (through the token, say) is
+        ``aborted``; one that returns its result within the grace period is ``finished``. The
+        worker enforces the grace period even after ``timeout`` has run out here.
     :returns: an :class:`AbortOutcome` whose ``status`` is ``aborted`` (it was running and
         stopped), ``revoked`` (it had not started and never will), ``finished`` (it already had
         a result; nothing changed) or ``unconfirmed`` (its worker did not confirm in time).
@@ -48,4 +55,6 @@ async def abort(
     :raises AbortConfigError: the broker has no ``AbortMiddleware``.
     """
     task_id = task.task_id if isinstance(task, AsyncTaskiqTask) else task
-    return await find_middleware(broker).abort(task_id, reason=reason, wait=wait, timeout=timeout)
+    return await find_middleware(broker).abort(
+        task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+    )

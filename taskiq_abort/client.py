@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter
 from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, TaskiqAbortError
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
-from taskiq_abort.protocol import clean_reason, validate_task_id
+from taskiq_abort.protocol import check_grace, clean_reason, validate_task_id
 
 if TYPE_CHECKING:  # taskiq is imported where a result is stored: `taskiq-abort ID` starts fast
     from taskiq import AsyncResultBackend, TaskiqResult
@@ -44,23 +44,26 @@ async def _replies(
     waiter: ReplyWaiter,
     holders: tuple[str, ...],
     deadline: float,
-) -> tuple[str, str | None] | None:
-    """Wait until every holder replied: ``(status, worker)``, or ``None`` if one did not in
-    time. ``aborted`` wins over the others (a task delivered to several workers is aborted if
-    any copy was), then ``finished``; ``unknown`` only when no holder says more."""
+) -> tuple[str, str | None, bool] | None:
+    """Wait until every holder replied: ``(status, worker, forced)``, or ``None`` if one did
+    not in time. ``aborted`` wins over the others (a task delivered to several workers is
+    aborted if any copy was), then ``finished``; ``unknown`` only when no holder says more.
+    ``forced``: some copy had to be cancelled when its grace period ran out."""
     pending = set(holders)
     said: dict[str, str | None] = {}
+    forced = False
     while pending:
         reply = await backend.wait_reply(task_id, waiter, deadline - time.perf_counter())
         if reply is None:
             return None
         said.setdefault(reply.status, reply.worker or holders[0])
+        forced = forced or reply.forced
         if not reply.worker:  # read from the durable record: the word for the whole task
             break
         pending.discard(reply.worker)
     for status in ("aborted", "finished", "unknown"):
         if status in said:
-            return status, said[status]
+            return status, said[status], forced and status == "aborted"
     return None
 
 
@@ -72,22 +75,25 @@ async def abort_task(
     reason: str | None = None,
     wait: bool = True,
     timeout: float = 5.0,
+    grace: float | None = None,
 ) -> AbortOutcome:
     """Abort ``task_id``; see :func:`taskiq_abort.abort` for the meaning of each status."""
     task_id = validate_task_id(task_id)
     reason = clean_reason(reason)
+    grace_s = check_grace(grace)
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0, not {timeout}")
     started = time.perf_counter()
 
-    def done(status: AbortStatus, worker: str | None = None) -> AbortOutcome:
+    def done(status: AbortStatus, worker: str | None = None, forced: bool = False) -> AbortOutcome:
         elapsed = time.perf_counter() - started
-        return AbortOutcome(task_id, status, worker, reason, elapsed)
+        return AbortOutcome(task_id, status, worker, reason, elapsed, forced)
 
     # Listen before we publish, or a fast reply could slip past us.
     waiter = await backend.prepare_reply(task_id) if wait else None
     try:
-        found = await backend.request(task_id, reason, f"{socket.gethostname()}:{os.getpid()}")
+        by = f"{socket.gethostname()}:{os.getpid()}"
+        found = await backend.request(task_id, reason, by, grace_s)
         reason = found.reason  # the first request's reason stands, as in TaskAbortedError
         if found.outcome in ("aborted", "revoked") or (
             found.outcome == "finished" and found.holder is None
@@ -97,7 +103,8 @@ async def abort_task(
                 await backend.clear_request(task_id)
             elif found.outcome == "revoked":  # said again only once it would survive a failover
                 await backend.set_outcome(task_id, "revoked")
-            return done(AbortStatus(found.outcome), record.worker if record else None)
+            worker, forced = (record.worker, record.forced) if record else (None, False)
+            return done(AbortStatus(found.outcome), worker, forced)
         if found.holders:
             if waiter is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
@@ -105,9 +112,9 @@ async def abort_task(
             heard = await _replies(backend, task_id, waiter, found.holders, deadline)
             if heard is None:
                 return done(AbortStatus.UNCONFIRMED, found.holder)
-            status, worker = heard
+            status, worker, forced = heard
             if status == "aborted":
-                return done(AbortStatus.ABORTED, worker)
+                return done(AbortStatus.ABORTED, worker, forced)
             if status == "finished":
                 await backend.clear_request(task_id)
                 return done(AbortStatus.FINISHED, worker)

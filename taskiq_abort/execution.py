@@ -9,7 +9,7 @@ message. Two ways to deliver the cancellation, chosen by ``AbortMiddleware(cance
   roll back) as they would after ``Task.cancel()``. A cancellation that code inside the body
   swallows (CPython 3.10/3.11's ``asyncio.wait_for`` drops one when the awaited operation
   completes at the same moment; redis-py writes every command through it) is delivered again at
-  the body's next ``await``: see :class:`_Body`.
+  the body's next ``await``: see :class:`taskiq_abort.body.Body`.
 - ``"level"``: anyio's semantics. The body runs in an anyio cancel scope that stays cancelled:
   every later ``await`` inside it is cancelled too (clean-up must be shielded), so even a body
   that swallows ``CancelledError`` cannot carry on.
@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import inspect
 import itertools
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, Literal
 
 import anyio
 
 from taskiq_abort.backends.base import RunningEntry
+from taskiq_abort.body import Body
 from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.threads import Interrupted, ThreadInterrupt
 
 CancelMode = Literal["edge", "level"]
 
@@ -57,6 +58,7 @@ class RunningTask:
     __slots__ = (
         "_async_event",
         "_event",
+        "_grace_timer",
         "abort_requested",
         "callback",
         "cancels",
@@ -65,7 +67,9 @@ class RunningTask:
         "done",
         "entered",
         "entry",
+        "forced",
         "host",
+        "interrupt",
         "mode",
         "reason",
         "refused",
@@ -74,6 +78,8 @@ class RunningTask:
         "revoked",
         "scope",
         "shields",
+        "stopping",
+        "thread",
     )
 
     def __init__(
@@ -87,7 +93,12 @@ class RunningTask:
         self.shields = 0  # open ``shield()`` sections: the cancel waits for them
         self.delivered = False  # a cancellation of ours is in flight in the body
         self.cancels = 0  # Task.cancel() calls we made on ``host`` (each one is uncancelled)
-        self.abort_requested = False  # an abort arrived while this attempt was held
+        self.abort_requested = False  # the body is to be cancelled (now, or once unshielded)
+        self.stopping = False  # aborted with a grace period: token set, cancel when it ends
+        self.forced = False  # the grace period ran out with the body still running
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self.interrupt = False  # AbortMiddleware(interrupt_threads=True): may interrupt a thread
+        self.thread: ThreadInterrupt | None = None  # the sync body's thread, while it runs
         self.revoked = False  # an abort request existed when this attempt started
         self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
         self.reason: str | None = None
@@ -108,19 +119,60 @@ class RunningTask:
 
     @property
     def aborted(self) -> bool:
-        return self.abort_requested or self.revoked
+        """An abort reached this attempt (what its token reports)."""
+        return self.abort_requested or self.revoked or self.stopping
 
-    def request_abort(self, reason: str | None) -> bool:
-        """Stop this attempt; ``True`` when this call is what aborted it."""
-        if self.aborted or self.done:
+    @property
+    def in_body(self) -> bool:
+        """The task body is running (and can be cancelled or interrupted)."""
+        return self.host is not None or self.scope is not None or self.thread is not None
+
+    def request_abort(self, reason: str | None, grace: float = 0.0) -> bool:
+        """Stop this attempt: now, or with ``grace``, once that many seconds have passed and
+        the body has not stopped on its own (its token is set at once). ``True`` when this call
+        is what aborted it; a later request can only bring the forced stop closer."""
+        if self.done or self.revoked or self.abort_requested:
             return False
-        self.abort_requested, self.reason = True, reason
-        self.deliver()
+        if self.stopping:  # already in its grace period: keep the nearer deadline
+            timer = self._grace_timer
+            if timer is not None and timer.when() > asyncio.get_running_loop().time() + grace:
+                self._start_grace(grace)
+            return False
+        self.reason = reason
+        if grace > 0:
+            self.stopping = True
+            self._start_grace(grace)
+        else:
+            self.abort_requested = True
+            self.deliver()
         if self._event is not None:
             self._event.set()
         if self._async_event is not None:
             self._async_event.set()
         return True
+
+    def _start_grace(self, grace: float) -> None:
+        self.end_grace()
+        if grace <= 0:
+            self.force()
+        else:
+            self._grace_timer = asyncio.get_running_loop().call_later(grace, self.force)
+
+    def end_grace(self) -> None:
+        if self._grace_timer is not None:
+            self._grace_timer.cancel()
+            self._grace_timer = None
+
+    def force(self) -> None:
+        """The grace period is over: cancel the body if it is still running."""
+        self._grace_timer = None
+        if self.done or self.abort_requested:
+            return
+        if self.in_body or not self.entered:
+            # Still running, or not started yet (then it never starts: ``check`` refuses it).
+            self.forced = self.in_body
+            self.abort_requested = True
+            self.deliver()
 
     def deliver(self) -> None:
         """Cancel the body now, unless a shielded section is open (then at its end)."""
@@ -133,6 +185,8 @@ class RunningTask:
             self.delivered = True
             self.cancels += 1
             self.host.cancel(_CANCEL_MSG)
+        elif self.thread is not None:
+            self.delivered = self.thread.interrupt()
 
     def redeliver(self) -> None:
         """The body swallowed our cancellation: cancel it again (at its current ``await``)."""
@@ -177,84 +231,58 @@ def _enter(run: RunningTask | None) -> RunningTask | None:
     return run
 
 
-def _handling(coro: object, exc: BaseException) -> bool:
-    """Whether a frame of the suspended ``coro`` (or of what it awaits) is still handling
-    ``exc``: in an ``except`` or ``finally`` block it raised, directly or as the cause or context
-    of another exception. Such a frame holds the exception on its stack or in its exception
-    state, which the garbage collector's referents show; a frame that swallowed it does not."""
-    obj: object = coro
-    while obj is not None:
-        for ref in gc.get_referents(obj):
-            depth = 0
-            while isinstance(ref, BaseException) and depth < 8:
-                if ref is exc:
-                    return True
-                ref, depth = ref.__cause__ or ref.__context__, depth + 1
-        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
-    return False
-
-
-class _Body:
-    """Awaits the task body exactly as ``await body`` would (``yield from``), and watches the
-    cancellations of an abort go through it.
-
-    After a ``CancelledError`` of ours was thrown into the body, each time the body suspends
-    again we check whether it is still handling that exception (clean-up in ``except`` or
-    ``finally``: let it run, as asyncio does) or has dropped it (swallowed by the body or by
-    code it awaited, e.g. 3.10/3.11's ``asyncio.wait_for``): then the abort is delivered again,
-    at the ``await`` the body is now suspended in. Only costs anything once an abort arrived.
-    """
-
-    __slots__ = ("coro", "run")
-
-    def __init__(self, run: RunningTask, coro: Coroutine[Any, Any, Any]) -> None:
-        self.run, self.coro = run, coro
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        run, coro = self.run, self.coro
-        value: Any = None
-        thrown: BaseException | None = None
-        ours: BaseException | None = None  # our cancellation, in flight in the body
-        while True:
-            try:
-                yielded = coro.send(value) if thrown is None else coro.throw(thrown)
-            except StopIteration as stop:
-                return stop.value
-            finally:
-                thrown = None
-            if ours is not None and not _handling(coro, ours):
-                ours = None
-                run.redeliver()
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # forwarded into the body, as ``yield from`` does
-                thrown, value = exc, None
-                if run.cancels and isinstance(exc, asyncio.CancelledError):
-                    ours = exc
-
-
 async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
     host = asyncio.current_task()
     run.host = host
     try:
-        result = await _Body(run, func(*args, **kwargs))
+        result = await Body(run, func(*args, **kwargs))
     except asyncio.CancelledError:
         if not run.cancels:
             raise  # not ours (worker shutdown...): let it through
         _uncancel(run, host)  # we consumed our own cancellations
         raise TaskAbortedError(run.task_id, run.reason) from None
     except Exception as exc:
-        if run.abort_requested:  # an error raised while cleaning up after the abort
+        # An error raised while cleaning up after the abort, or while stopping on its own in a
+        # grace period (through the token): the abort's result.
+        if run.abort_requested or run.stopping:
             _uncancel(run, host)
-            raise TaskAbortedError(run.task_id, run.reason) from exc
+            raise _aborted(run, exc) from exc
         raise
     finally:
         run.host = None  # no cancel may land outside the body
     if run.abort_requested:  # the body caught the cancellation and returned: the abort wins
         _uncancel(run, host)
+        raise TaskAbortedError(run.task_id, run.reason)
+    return result
+
+
+def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
+    if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
+        return exc  # raised through the token: keep it as it is
+    return TaskAbortedError(run.task_id, run.reason)
+
+
+def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+    """Run a sync body so that an abort can interrupt its thread (see ``threads``)."""
+    guard = ThreadInterrupt()
+    try:
+        try:
+            run.thread = guard
+            run.deliver()  # an abort that came between the start check and now
+            result = func(*args, **kwargs)
+        finally:
+            try:
+                guard.close()
+            except Interrupted:  # it landed in close() itself: nothing is pending now
+                guard.close()
+            run.thread = None
+    except Interrupted:
+        raise TaskAbortedError(run.task_id, run.reason) from None
+    except Exception as exc:
+        if run.abort_requested or run.stopping:
+            raise _aborted(run, exc) from exc
+        raise
+    if guard.sent:  # interrupted, yet the body caught it and returned: the abort wins
         raise TaskAbortedError(run.task_id, run.reason)
     return result
 
@@ -276,8 +304,8 @@ async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwar
         try:
             result = await func(*args, **kwargs)
         except Exception as exc:
-            if run.abort_requested:
-                raise TaskAbortedError(run.task_id, run.reason) from exc
+            if run.abort_requested or run.stopping:
+                raise _aborted(run, exc) from exc
             raise
         finally:
             run.scope = None
@@ -306,8 +334,10 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            # Threads cannot be interrupted: only the start check and the token apply.
-            _enter(current_run.get())
+            run = _enter(current_run.get())
+            if run is not None and run.interrupt:
+                return _run_sync(run, func, args, kwargs)
+            # Without interrupt_threads: only the start check and the token apply.
             return func(*args, **kwargs)
 
         wrapper = sync_wrapper

@@ -68,12 +68,19 @@ class AbortableTask(AsyncTaskiqTask[_R]):
         return result
 
     async def abort(
-        self, *, reason: str | None = None, wait: bool = True, timeout: float | None = None
+        self,
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
     ) -> AbortOutcome:
         """Abort this task; see :func:`taskiq_abort.abort`."""
         from taskiq_abort.api import abort
 
-        return await abort(self.broker, self.task_id, reason=reason, wait=wait, timeout=timeout)
+        return await abort(
+            self.broker, self.task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+        )
 
     def __repr__(self) -> str:
         return f"AbortableTask({self.task_id!r})"

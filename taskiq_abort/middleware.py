@@ -62,6 +62,9 @@ class AbortMiddleware(TaskiqMiddleware):
     :param cancel_mode: ``"edge"`` (default): asyncio's semantics, one ``CancelledError`` at the
         current ``await``, after which ``finally`` blocks may ``await`` their clean-up.
         ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
+    :param interrupt_threads: also stop sync tasks that never look at their token: raise
+        ``TaskAbortedError`` in the thread running the body, at its next Python bytecode (not
+        inside a blocking C call such as ``time.sleep()``, which it waits out). Off by default.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
     :param cluster: ``url`` is a node of a Redis Cluster (redis-py's ``RedisCluster``).
@@ -90,6 +93,7 @@ class AbortMiddleware(TaskiqMiddleware):
         abort_timeout: float = 5.0,
         fail_closed: bool = False,
         cancel_mode: CancelMode = "edge",
+        interrupt_threads: bool = False,
         redis_timeout: float = 3.0,
         cluster: bool = False,
         sentinels: Sequence[tuple[str, int]] | None = None,
@@ -150,6 +154,7 @@ class AbortMiddleware(TaskiqMiddleware):
         if cancel_mode not in ("edge", "level"):
             raise ValueError(f"cancel_mode must be 'edge' or 'level', not {cancel_mode!r}")
         self.cancel_mode: CancelMode = cancel_mode
+        self.interrupt_threads = interrupt_threads
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
         self._starting_loop: asyncio.AbstractEventLoop | None = None
@@ -166,6 +171,7 @@ class AbortMiddleware(TaskiqMiddleware):
         reason: str | None = None,
         wait: bool = True,
         timeout: float | None = None,
+        grace: float | None = None,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
         if self.broker is None:
@@ -182,6 +188,7 @@ class AbortMiddleware(TaskiqMiddleware):
                 reason=reason,
                 wait=wait,
                 timeout=self.abort_timeout if timeout is None else timeout,
+                grace=grace,
             )
         except Exception:
             elapsed = time.perf_counter() - started
@@ -254,7 +261,10 @@ class AbortMiddleware(TaskiqMiddleware):
                     self._wrap(name)
                 install_log_filter()
                 worker = WorkerSide(
-                    self.backend, fail_closed=self.fail_closed, cancel_mode=self.cancel_mode
+                    self.backend,
+                    fail_closed=self.fail_closed,
+                    cancel_mode=self.cancel_mode,
+                    interrupt_threads=self.interrupt_threads,
                 )
                 await worker.start()
                 self.worker = worker
@@ -340,4 +350,5 @@ class AbortMiddleware(TaskiqMiddleware):
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
         if self.worker.finish(run, outcome):
-            await self.worker.confirm(run.task_id, outcome, run.replies)
+            forced = run.forced and outcome == "aborted"
+            await self.worker.confirm(run.task_id, outcome, run.replies, forced)

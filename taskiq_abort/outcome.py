@@ -35,6 +35,9 @@ class AbortOutcome:
     worker: str | None = None
     reason: str | None = None
     elapsed: float = 0.0
+    forced: bool = False
+    """``aborted`` with a grace period that ran out: the task did not stop on its own and was
+    cancelled (``abort(..., grace=...)``)."""
 
     @property
     def ok(self) -> bool:
@@ -49,4 +52,5 @@ class AbortOutcome:
             "worker": self.worker,
             "reason": self.reason,
             "elapsed_ms": round(self.elapsed * 1000, 3),
+            "forced": self.forced,
         }

@@ -18,6 +18,8 @@ reply on (``reply_to``); version 1 broadcast them."""
 MAX_TASK_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 MAX_MESSAGE_BYTES = 8192
+MAX_GRACE = 7 * 24 * 3600.0
+"""Longest grace period, in seconds (a week): longer ones are refused by ``abort()``."""
 
 _ABORT = "abort"
 _REPLY = "reply"
@@ -72,20 +74,23 @@ class AbortMessage:
     """The aborter's reply channel ('' : nobody waits for a reply)."""
     at: int = 0
     """When the request was recorded, ms since the epoch on the Redis clock (0: unknown)."""
+    grace: float = 0.0
+    """Seconds the task may take to stop on its own (its token is set at once) before it is
+    cancelled; 0: cancel at once. Sent only when not 0, so older workers read the message."""
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": VERSION,
-                "type": _ABORT,
-                "task_id": self.task_id,
-                "reason": self.reason,
-                "reply_to": self.reply_to,
-                "at": self.at,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,  # an emoji is 4 bytes, not a 12-byte escape pair
-        )
+        data: dict[str, Any] = {
+            "v": VERSION,
+            "type": _ABORT,
+            "task_id": self.task_id,
+            "reason": self.reason,
+            "reply_to": self.reply_to,
+            "at": self.at,
+        }
+        if self.grace:
+            data["grace"] = self.grace
+        # ensure_ascii=False: an emoji is 4 bytes, not a 12-byte escape pair
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True)
@@ -95,19 +100,20 @@ class ReplyMessage:
     task_id: str
     status: str
     worker: str
+    forced: bool = False
+    """``aborted`` only after its grace period ran out (sent only when true)."""
 
     def encode(self) -> str:
-        return json.dumps(
-            {
-                "v": VERSION,
-                "type": _REPLY,
-                "task_id": self.task_id,
-                "status": self.status,
-                "worker": self.worker,
-            },
-            separators=(",", ":"),
-            ensure_ascii=False,  # an emoji is 4 bytes, not a 12-byte escape pair
-        )
+        data: dict[str, Any] = {
+            "v": VERSION,
+            "type": _REPLY,
+            "task_id": self.task_id,
+            "status": self.status,
+            "worker": self.worker,
+        }
+        if self.forced:
+            data["forced"] = True
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
 def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
@@ -131,8 +137,8 @@ def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
 def parse_abort(raw: bytes | str) -> AbortMessage | None:
     """Parse a control message; ``None`` for anything malformed.
 
-    >>> parse_abort(AbortMessage("t1", "why", "{app}:ctl:r:a1", 1700000000000).encode())
-    AbortMessage(task_id='t1', reason='why', reply_to='{app}:ctl:r:a1', at=1700000000000)
+    >>> parse_abort(AbortMessage("t1", "why", "{app}:ctl:r:a1", 1700000000000, 2.5).encode())
+    AbortMessage(task_id='t1', reason='why', reply_to='{app}:ctl:r:a1', at=1700000000000, grace=2.5)
     >>> parse_abort(b"not json") is None
     True
     """
@@ -140,11 +146,14 @@ def parse_abort(raw: bytes | str) -> AbortMessage | None:
     if data is None:
         return None
     reason, reply_to, at = data.get("reason"), data.get("reply_to", ""), data.get("at", 0)
+    grace = data.get("grace", 0)
     if reason is not None and not isinstance(reason, str):
         return None
     if not isinstance(reply_to, str) or len(reply_to) > 1024 or type(at) is not int:
         return None
-    return AbortMessage(data["task_id"], clean_reason(reason), reply_to, at)
+    if type(grace) not in (int, float) or not 0 <= grace <= MAX_GRACE:  # NaN fails this too
+        return None
+    return AbortMessage(data["task_id"], clean_reason(reason), reply_to, at, float(grace))
 
 
 def parse_reply(raw: bytes | str) -> ReplyMessage | None:
@@ -152,7 +161,18 @@ def parse_reply(raw: bytes | str) -> ReplyMessage | None:
     data = _load(raw, _REPLY)
     if data is None:
         return None
-    status, worker = data.get("status"), data.get("worker")
-    if status not in REPLY_STATUSES or not isinstance(worker, str):
+    status, worker, forced = data.get("status"), data.get("worker"), data.get("forced", False)
+    if status not in REPLY_STATUSES or not isinstance(worker, str) or type(forced) is not bool:
         return None
-    return ReplyMessage(data["task_id"], status, worker[:MAX_TASK_ID_LENGTH])
+    return ReplyMessage(data["task_id"], status, worker[:MAX_TASK_ID_LENGTH], forced)
+
+
+def check_grace(grace: object) -> float:
+    """Validate a grace period in seconds (``None`` is 0: no grace)."""
+    if grace is None:
+        return 0.0
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)):
+        raise TypeError(f"grace must be a number of seconds, not {type(grace).__name__}")
+    if not 0 <= grace <= MAX_GRACE:  # NaN fails this too
+        raise ValueError(f"grace must be between 0 and {MAX_GRACE:.0f} seconds, not {grace}")
+    return float(grace)

@@ -42,10 +42,12 @@ class WorkerSide:
         *,
         fail_closed: bool = False,
         cancel_mode: CancelMode = "edge",
+        interrupt_threads: bool = False,
     ) -> None:
         self.backend = backend
         self.fail_closed = fail_closed
         self.cancel_mode: CancelMode = cancel_mode
+        self.interrupt_threads = interrupt_threads
         self.worker_id = make_worker_id()
         self.loop: asyncio.AbstractEventLoop | None = None  # the event loop it runs on
         # Attempts running here, by task id: usually one, but a broker may redeliver a task that
@@ -106,6 +108,7 @@ class WorkerSide:
     # --- task path -------------------------------------------------------------------
     def begin(self, task_id: str, task_name: str) -> RunningTask:
         run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode)
+        run.interrupt = self.interrupt_threads
         runs = self.running.setdefault(task_id, [])
         if runs and runs[0].aborted:  # a copy of an aborted task: it must not run either
             run.revoke(runs[0].reason)
@@ -129,6 +132,8 @@ class WorkerSide:
         if run.done:
             return False
         run.done = True
+        run.end_grace()
+        asked = run.abort_requested or run.stopping  # an aborter waits for our word
         runs = self.running.get(run.task_id, [])
         if run in runs:
             runs.remove(run)
@@ -139,7 +144,7 @@ class WorkerSide:
             # Another copy of this task runs on here: the registry keeps showing it (and the
             # holder index keeps routing aborts to us) until the last copy ends, and only the
             # last one confirms an abort, once every copy has stopped.
-            if run.abort_requested:
+            if asked:
                 self._owed.add(run.task_id)
             return False
         del self.running[run.task_id]
@@ -158,11 +163,13 @@ class WorkerSide:
             self._arm_finish_timer()
         # Also for an attempt revoked at its start: a resync may have shown it as running to an
         # aborter now waiting for us (an aborter that saw no holder takes this as revoked).
-        return run.abort_requested or owed
+        return asked or owed
 
-    async def confirm(self, task_id: str, outcome: str, reply_to: Iterable[str]) -> None:
+    async def confirm(
+        self, task_id: str, outcome: str, reply_to: Iterable[str], forced: bool = False
+    ) -> None:
         try:
-            await self.backend.confirm(task_id, outcome, self.worker_id, reply_to)
+            await self.backend.confirm(task_id, outcome, self.worker_id, reply_to, forced)
         except TaskiqAbortError as exc:
             logger.warning("taskiq-abort: could not confirm abort of task %s: %s", task_id, exc)
 
@@ -173,7 +180,7 @@ class WorkerSide:
             for run in runs:  # every copy (a redelivered task may run here twice)
                 if notice.reply_to and notice.reply_to not in run.replies:
                     run.replies.append(notice.reply_to)
-                run.request_abort(notice.reason)
+                run.request_abort(notice.reason, notice.grace)
             return  # confirmed when the last copy ends, after its result is stored
         outcome = self.recent.get(notice.task_id)
         # It ended here a moment ago: say so, don't leave them waiting. Unless it ended without

@@ -29,6 +29,7 @@ from taskiq_redis import (
 )
 
 from taskiq_abort import AbortMiddleware, AbortToken, shield
+from tests.stop_tasks import define_stop_tasks
 
 _signals: dict[str, Any] = {}
 
@@ -298,6 +299,7 @@ def _define_tasks(broker: AsyncBroker) -> None:
 
     _define_fault_tasks(broker)
     _define_cli_tasks(broker)
+    define_stop_tasks(broker)
 
 
 def _define_cli_tasks(broker: AsyncBroker) -> None:
@@ -376,4 +378,5 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         fail_closed=os.environ.get("TASKIQ_ABORT_TEST_FAIL_CLOSED") == "1",
         idle_timeout_ms=int(os.environ.get("TASKIQ_ABORT_TEST_IDLE_MS", "0")) or None,
         channel=os.environ.get("TASKIQ_ABORT_TEST_CHANNEL") or None,
+        interrupt_threads=os.environ.get("TASKIQ_ABORT_TEST_INTERRUPT") == "1",
     )

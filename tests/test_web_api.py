@@ -151,7 +151,8 @@ async def test_list_look_up_and_abort_a_running_task(
     outcome = answer.json()
     assert outcome["task_id"] == task_id and outcome["status"] == "aborted"
     assert outcome["worker"] == worker_id and outcome["reason"] == "from the API"
-    assert set(outcome) == {"task_id", "status", "worker", "reason", "elapsed_ms"}
+    assert set(outcome) == {"task_id", "status", "worker", "reason", "elapsed_ms", "forced"}
+    assert outcome["forced"] is False
     web_events.wait(task_id, "finally")
     result = await AsyncTaskiqTask(task_id, kicker.result_backend).wait_result(timeout=10)
     assert isinstance(result.error, TaskAbortedError)

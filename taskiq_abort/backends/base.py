@@ -93,6 +93,8 @@ class RequestRecord:
     requested_by: str
     outcome: str | None
     worker: str | None
+    forced: bool = False
+    """The outcome is ``aborted`` and came after a grace period ran out."""
 
 
 ReplyWaiter = asyncio.Queue[ReplyMessage]
@@ -108,6 +110,8 @@ class AbortNotice:
     """Where the aborter waits for the confirmation ('' : nobody waits)."""
     at: int = 0
     """When the request was recorded, ms since the epoch on the control plane's clock."""
+    grace: float = 0.0
+    """Seconds the task may take to stop on its own before it is cancelled."""
 
 
 AbortHandler = Callable[[AbortNotice], None]
@@ -151,9 +155,15 @@ class AbortBackend(abc.ABC):
 
     @abc.abstractmethod
     async def confirm(
-        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str]
+        self,
+        task_id: str,
+        outcome: str,
+        worker_id: str,
+        reply_to: Iterable[str],
+        forced: bool = False,
     ) -> None:
-        """Record how an abort ended and send the reply to the aborters waiting for it."""
+        """Record how an abort ended and send the reply to the aborters waiting for it;
+        ``forced``: it was cancelled when its grace period ran out."""
 
     @abc.abstractmethod
     async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
@@ -163,8 +173,11 @@ class AbortBackend(abc.ABC):
 
     # --- aborter side ----------------------------------------------------------------
     @abc.abstractmethod
-    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
-        """Record the request durably, then tell the workers holding the task."""
+    async def request(
+        self, task_id: str, reason: str | None, requested_by: str, grace: float = 0.0
+    ) -> RequestResult:
+        """Record the request durably, then tell the workers holding the task (to cancel it
+        at once, or after ``grace`` seconds if it has not stopped on its own by then)."""
 
     # Each abort() call waits on a queue of its own (a task held by several workers sends
     # several replies), so concurrent aborts of one id (a bulk abort with duplicates, two

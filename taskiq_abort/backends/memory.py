@@ -43,6 +43,7 @@ class MemoryAbortBackend(AbortBackend):
         self.request_ttl = request_ttl
         self.lease = lease
         self._requests: dict[str, tuple[float, RequestRecord]] = {}
+        self._graces: dict[str, float] = {}
         self._workers: dict[str, _Worker] = {}
         # Each worker's handler, with the loop it was registered from: a worker of an event
         # loop that has ended (``asyncio.run`` per test) must not be called from the next one.
@@ -58,6 +59,7 @@ class MemoryAbortBackend(AbortBackend):
             return None
         if item[0] < time.monotonic():
             del self._requests[task_id]
+            self._graces.pop(task_id, None)
             return None
         return item[1]
 
@@ -97,7 +99,7 @@ class MemoryAbortBackend(AbortBackend):
         worker.tasks = {entry.task_id: entry for entry in running}
         self._workers[worker_id] = worker
         return [
-            AbortNotice(entry.task_id, record.reason)
+            AbortNotice(entry.task_id, record.reason, grace=self._graces.get(entry.task_id, 0.0))
             for entry in running
             if (record := self._record(entry.task_id)) is not None
         ]
@@ -113,11 +115,16 @@ class MemoryAbortBackend(AbortBackend):
         self._workers.pop(worker_id, None)
 
     async def confirm(
-        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str] = ()
+        self,
+        task_id: str,
+        outcome: str,
+        worker_id: str,
+        reply_to: Iterable[str] = (),
+        forced: bool = False,
     ) -> None:
         if outcome != "unknown":  # "unknown" only replies (see scripts.CONFIRM)
-            await self.set_outcome(task_id, outcome, worker_id)
-        self._deliver_reply(ReplyMessage(task_id, outcome, worker_id))
+            await self.set_outcome(task_id, outcome, worker_id, forced)
+        self._deliver_reply(ReplyMessage(task_id, outcome, worker_id, forced))
 
     async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
         entry = (asyncio.get_running_loop(), handler)
@@ -129,15 +136,18 @@ class MemoryAbortBackend(AbortBackend):
             if self._handlers.get(worker_id) is entry:
                 del self._handlers[worker_id]
 
-    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+    async def request(
+        self, task_id: str, reason: str | None, requested_by: str, grace: float = 0.0
+    ) -> RequestResult:
         record = self._record(task_id)
         if record is None:
             record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
         self._requests[task_id] = (time.monotonic() + self.request_ttl, record)
+        self._graces[task_id] = grace  # the latest request's grace (0: stop it now)
         holders = [(wid, w.tasks[task_id]) for wid, w in self._live().items() if task_id in w.tasks]
         observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()
-        notice = AbortNotice(task_id, record.reason, "memory")
+        notice = AbortNotice(task_id, record.reason, "memory", grace=grace)
         receivers = 0
         for wid, _ in holders:  # each holder only; delivered later, like a real message
             owner, handler = self._handlers.get(wid, (None, None))
@@ -152,7 +162,9 @@ class MemoryAbortBackend(AbortBackend):
             reason=record.reason,
         )
 
-    async def set_outcome(self, task_id: str, outcome: str, worker_id: str = "") -> None:
+    async def set_outcome(
+        self, task_id: str, outcome: str, worker_id: str = "", forced: bool = False
+    ) -> None:
         item = self._requests.get(task_id)
         if item is not None and item[1].outcome is None:  # the first word stands
             expires, record = item
@@ -163,11 +175,13 @@ class MemoryAbortBackend(AbortBackend):
                 record.requested_by,
                 outcome,
                 worker_id or record.worker,
+                forced,
             )
             self._requests[task_id] = (expires, updated)
 
     async def clear_request(self, task_id: str) -> None:
         self._requests.pop(task_id, None)
+        self._graces.pop(task_id, None)
 
     async def get_request(self, task_id: str) -> RequestRecord | None:
         return self._record(task_id)

@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
             return await abort_by_name(conn, args, timeout)
         await conn.backend.get_requests(task_ids)  # fail fast when Redis is unreachable
         outcomes = await abort_ids(
-            conn, task_ids, args.reason, not args.no_wait, timeout, args.json
+            conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace
         )
         return exit_status(outcomes)
     finally:
@@ -91,6 +91,7 @@ async def abort_ids(
     wait: bool,
     timeout: float,
     as_json: bool,
+    grace: float | None = None,
 ) -> list[AbortOutcome]:
     """Abort each id concurrently and print one line per id (errors: raised after)."""
     limit = asyncio.Semaphore(CONCURRENCY)
@@ -106,6 +107,7 @@ async def abort_ids(
                     reason=reason,
                     wait=wait,
                     timeout=timeout,
+                    grace=grace,
                 )
             except Exception:
                 elapsed = time.perf_counter() - started
@@ -166,7 +168,9 @@ async def abort_by_name(conn: Connection, args: argparse.Namespace, timeout: flo
         if answer.strip().lower() not in ("y", "yes"):
             err("nothing aborted")
             return 1
-    outcomes = await abort_ids(conn, task_ids, args.reason, not args.no_wait, timeout, args.json)
+    outcomes = await abort_ids(
+        conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace
+    )
     # One line per task is printed; the count goes where it cannot spoil --json output.
     stopped = sum(1 for o in outcomes if o.ok)
     (err if args.json else out)(f"aborted {stopped} of {what}")

@@ -41,7 +41,7 @@ def outcome_lines(outcomes: Sequence[AbortOutcome]) -> list[str]:
     worker_w = max((len(o.worker or "-") for o in outcomes), default=1)
     return [
         f"{o.task_id:<{id_w}}  {o.status.value:<11}  {o.worker or '-':<{worker_w}}  "
-        f"{o.elapsed * 1000:8.1f} ms"
+        f"{o.elapsed * 1000:8.1f} ms{'  forced' if o.forced else ''}"
         for o in outcomes
     ]
 

@@ -126,6 +126,13 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         help="how long to wait for a worker's confirmation (default: the middleware's, 5)",
     )
     opts.add_argument(
+        "--grace",
+        type=_non_negative,
+        metavar="SECONDS",
+        help="let a running task stop on its own (its AbortToken is set at once) for this "
+        "long before it is cancelled; 'aborted (forced)' when it had to be",
+    )
+    opts.add_argument(
         "--no-wait",
         action="store_true",
         help="do not wait for confirmations: running tasks are reported unconfirmed",

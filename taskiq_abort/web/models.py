@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from taskiq_abort.protocol import MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
+from taskiq_abort.protocol import MAX_GRACE, MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
 
 MAX_TIMEOUT = 60.0
 """Longest an HTTP caller may ask the server to wait for a worker's confirmation, in seconds."""
@@ -98,6 +98,12 @@ class AbortBody(BaseModel):
     timeout: float | None = Field(
         None, ge=0, le=MAX_TIMEOUT, description="seconds to wait (default: abort_timeout)"
     )
+    grace: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_GRACE,
+        description="seconds a running task may take to stop on its own before it is cancelled",
+    )
 
     _check_reason = field_validator("reason")(_storable)
 
@@ -112,6 +118,7 @@ class BulkAbortBody(BaseModel):
     reason: str | None = Field(None, max_length=MAX_REASON_LENGTH)
     wait: bool = True
     timeout: float | None = Field(None, ge=0, le=MAX_TIMEOUT)
+    grace: float | None = Field(None, ge=0, le=MAX_GRACE)
 
     _check_text = field_validator("task_name", "reason")(_storable)
 
@@ -124,6 +131,7 @@ class Outcome(BaseModel):
     worker: str | None
     reason: str | None
     elapsed_ms: float
+    forced: bool = Field(False, description="aborted after its grace period ran out")
 
 
 class BulkAbortResult(BaseModel):

@@ -191,7 +191,7 @@ def abort_router(
         if not body.confirm:
             raise HTTPException(400, 'a bulk abort needs "confirm": true')
         return await guard(
-            service.abort_by_name(body.task_name, body.reason, body.wait, body.timeout)
+            service.abort_by_name(body.task_name, body.reason, body.wait, body.timeout, body.grace)
         )
 
     @router.post(
@@ -207,7 +207,9 @@ def abort_router(
         will), ``finished`` (it already had a result) or ``unconfirmed`` (no confirmation
         within ``timeout``, or ``wait`` false).
         """
-        outcome = await guard(service.abort(task_id, body.reason, body.wait, body.timeout))
+        outcome = await guard(
+            service.abort(task_id, body.reason, body.wait, body.timeout, body.grace)
+        )
         return outcome.to_dict()
 
     @router.get("/workers", response_model=models.WorkerList, responses=_ERRORS)

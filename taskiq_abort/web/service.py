@@ -159,10 +159,17 @@ class TaskService:
             ) from exc
 
     async def abort(
-        self, task_id: str, reason: str | None, wait: bool, timeout: float | None
+        self,
+        task_id: str,
+        reason: str | None,
+        wait: bool,
+        timeout: float | None,
+        grace: float | None = None,
     ) -> AbortOutcome:
         """Abort one task (see :func:`taskiq_abort.abort`), and remember the outcome."""
-        outcome = await self.middleware.abort(task_id, reason=reason, wait=wait, timeout=timeout)
+        outcome = await self.middleware.abort(
+            task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+        )
         self._remember(outcome)
         return outcome
 
@@ -171,7 +178,12 @@ class TaskService:
         self.recent.appendleft(models.RecentOutcome(**data, at=time.time()))
 
     async def abort_by_name(
-        self, task_name: str, reason: str | None, wait: bool, timeout: float | None
+        self,
+        task_name: str,
+        reason: str | None,
+        wait: bool,
+        timeout: float | None,
+        grace: float | None = None,
     ) -> models.BulkAbortResult:
         """Abort every running task called ``task_name``; errors are counted as ``failed``."""
         ids = list(
@@ -184,7 +196,7 @@ class TaskService:
 
         async def one(task_id: str) -> AbortOutcome:
             async with limit:
-                return await self.abort(task_id, reason, wait, timeout)
+                return await self.abort(task_id, reason, wait, timeout, grace)
 
         results = await asyncio.gather(*(one(t) for t in ids), return_exceptions=True)
         for result in results:

@@ -227,10 +227,16 @@ class RedisAbortBackend(AbortBackend):
         await self._call("unregistering a worker", op)
 
     async def confirm(
-        self, task_id: str, outcome: str, worker_id: str, reply_to: Iterable[str] = ()
+        self,
+        task_id: str,
+        outcome: str,
+        worker_id: str,
+        reply_to: Iterable[str] = (),
+        forced: bool = False,
     ) -> None:
-        payload = ReplyMessage(task_id, outcome, worker_id).encode()
-        args = [outcome, worker_id, payload, *(ch for ch in reply_to if ch)]
+        payload = ReplyMessage(task_id, outcome, worker_id, forced).encode()
+        args = [outcome, worker_id, payload, "1" if forced else "0"]
+        args += [ch for ch in reply_to if ch]
         op = self._c.confirm([self.keys.request(task_id)], args)
         await self._call("confirming an abort", op)
 
@@ -241,7 +247,9 @@ class RedisAbortBackend(AbortBackend):
             if parsed is None:
                 self._count_malformed(channel, message)
                 continue
-            notice = AbortNotice(parsed.task_id, parsed.reason, parsed.reply_to, parsed.at)
+            notice = AbortNotice(
+                parsed.task_id, parsed.reason, parsed.reply_to, parsed.at, parsed.grace
+            )
             observe.request_seen(parsed.task_id, parsed.at or None, None)
             try:
                 handler(notice)
@@ -281,7 +289,9 @@ class RedisAbortBackend(AbortBackend):
         )
 
     # --- aborter side ----------------------------------------------------------------
-    async def request(self, task_id: str, reason: str | None, requested_by: str) -> RequestResult:
+    async def request(
+        self, task_id: str, reason: str | None, requested_by: str, grace: float = 0.0
+    ) -> RequestResult:
         keys = self.keys
         args = [
             task_id,
@@ -292,6 +302,7 @@ class RedisAbortBackend(AbortBackend):
             self.reply_channel,
             keys.worker_channel_prefix,
             keys.tasks_prefix,
+            round(grace * 1000),
         ]
         holders, entry, outcome, receivers, stored_reason = await self._call(
             f"recording the abort of task {task_id}",
@@ -369,7 +380,7 @@ class RedisAbortBackend(AbortBackend):
             if record.outcome in ("aborted", "revoked"):
                 # "revoked" here: a worker refused the attempt it had just shown as running.
                 # No worker named: this is the word for the task, not for one of its holders.
-                return ReplyMessage(task_id, "aborted", "")
+                return ReplyMessage(task_id, "aborted", "", record.forced)
             if deadline - time.monotonic() <= 0:
                 return None
             poll = min(poll * 2, 5.0)
@@ -378,7 +389,7 @@ class RedisAbortBackend(AbortBackend):
         key = self.keys.request(task_id)
         if outcome != "revoked":
             await self._call(
-                "recording an abort outcome", self._c.confirm([key], [outcome, "", ""])
+                "recording an abort outcome", self._c.confirm([key], [outcome, "", "", "0"])
             )
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).

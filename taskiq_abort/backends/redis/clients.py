@@ -68,17 +68,20 @@ def record_from_hash(task_id: str, data: dict[str, str]) -> RequestRecord | None
         requested_by=data.get("by", ""),
         outcome=data.get("outcome") or None,
         worker=data.get("worker") or None,
+        forced=data.get("forced") == "1",
     )
 
 
 def notices(flat: list[Any]) -> list[AbortNotice]:
-    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at]*``."""
+    """The requests a script found, as flat ``[task_id, has_reason, reason, reply_to, at,
+    grace_ms]*``."""
     return [
         AbortNotice(
             str(flat[i]),
             str(flat[i + 2]) if str(flat[i + 1]) == "1" else None,
             str(flat[i + 3]),
             int(flat[i + 4] or 0),
+            int(flat[i + 5] or 0) / 1000,
         )
-        for i in range(0, len(flat), 5)
+        for i in range(0, len(flat), 6)
     ]

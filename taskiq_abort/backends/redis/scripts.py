@@ -47,17 +47,18 @@ local function drop_worker(index, workers, wkey, tkey, wid)
 end
 """
 
-# Append {task_id, has_reason, reason, reply channel, at} to `list` when `task_id` has an abort
-# request; returns whether it has one.
+# Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
+# an abort request; returns whether it has one.
 _NOTE_REQUEST = """
 local function note_request(list, req, tid)
-  local r = redis.call('HMGET', req .. tid, 'at', 'reason', 'rc')
+  local r = redis.call('HMGET', req .. tid, 'at', 'reason', 'rc', 'grace')
   if not r[1] then return false end
   list[#list + 1] = tid
   list[#list + 1] = r[2] and 1 or 0
   list[#list + 1] = r[2] or ''
   list[#list + 1] = r[3] or ''
   list[#list + 1] = r[1]
+  list[#list + 1] = r[4] or '0'
   return true
 end
 """
@@ -66,9 +67,9 @@ end
 # KEYS: worker hash, tasks hash, holders index
 # ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value]*n, n_finishes,
 #       [task_id, run_id]*n
-# Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, ...}} for starts that
-# were already aborted;
-# those are not registered (they must not run) and are marked revoked in their request.
+# Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, grace_ms, ...}} for
+# starts that were already aborted; those are not registered (they must not run) and are
+# marked revoked in their request.
 SYNC = (
     _HOLDERS
     + _NOTE_REQUEST
@@ -177,7 +178,7 @@ return 1
 # check (SYNC), however late it starts.
 # KEYS: request hash, holders index, workers zset
 # ARGV: task_id, has_reason, reason, ttl_ms, requested_by, reply_channel, worker_channel_prefix,
-#       tasks_prefix
+#       tasks_prefix, grace_ms (the latest request's grace stands: 0 means "stop it now")
 # Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
 # far or false, receivers, the stored reason or false}. The first request's reason stands.
 REQUEST = (
@@ -190,15 +191,17 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'at', now, 'by', ARGV[5])
   if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 end
-redis.call('HSET', KEYS[1], 'rc', ARGV[6])  -- the latest aborter's reply channel
+redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', ARGV[9])  -- the latest aborter's
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
 local reason = redis.call('HGET', KEYS[1], 'reason')
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
 local live, entry, receivers = {}, false, 0
 local cur = redis.call('HGET', KEYS[2], tid)
 if cur then
-  local message = cjson.encode({v = 2, type = 'abort', task_id = tid,
-                                reason = reason or cjson.null, reply_to = ARGV[6], at = at})
+  local fields = {v = 2, type = 'abort', task_id = tid,
+                  reason = reason or cjson.null, reply_to = ARGV[6], at = at}
+  if ARGV[9] ~= '0' then fields.grace = tonumber(ARGV[9]) / 1000 end
+  local message = cjson.encode(fields)
   for wid in string.gmatch(cur, '%S+') do
     -- A holder is alive if its lease is current or it listens on its channel (a worker whose
     -- event loop stalled past its lease still holds the task, and will hear this).
@@ -221,7 +224,8 @@ return {holders, entry, outcome, receivers, reason}
 
 # Record how an abort ended (if the request still exists and no outcome was recorded yet: the
 # first word stands), then tell the aborters that asked.
-# KEYS: request hash; ARGV: outcome, worker_id, payload, reply channel*
+# KEYS: request hash; ARGV: outcome, worker_id, payload, forced ('1': after its grace ran out),
+# reply channel*
 # 'unknown' (the attempt ended without a result, e.g. a retry is coming) only replies: it is not
 # how the abort ended. 'finished' (the task ended with its own result before the abort landed)
 # makes the request moot: it is kept 5 minutes (at most), so that an aborter whose reply was
@@ -230,12 +234,13 @@ CONFIRM = """
 if ARGV[1] ~= 'unknown' and redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
     redis.call('HSET', KEYS[1], 'worker', ARGV[2])
+    if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'forced', '1') end
     if ARGV[1] == 'finished' and redis.call('PTTL', KEYS[1]) > 300000 then
       redis.call('PEXPIRE', KEYS[1], 300000)  -- moot: kept 5 minutes, to answer late askers
     end
   end
 end
-for i = 4, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
+for i = 5, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
 return 1
 """
 
