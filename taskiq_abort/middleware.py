@@ -8,7 +8,7 @@ import inspect
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -19,8 +19,13 @@ from taskiq_abort import observe
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
-from taskiq_abort.client import abort_task
-from taskiq_abort.errors import AbortBackendError, AbortConfigError, TaskAbortedError
+from taskiq_abort.client import abort_task, abort_tasks_each, raise_first
+from taskiq_abort.errors import (
+    AbortBackendError,
+    AbortConfigError,
+    TaskAbortedError,
+    TaskiqAbortError,
+)
 from taskiq_abort.execution import (
     MESSAGE_ATTR,
     CancelMode,
@@ -190,21 +195,58 @@ class AbortMiddleware(TaskiqMiddleware):
                 timeout=self.abort_timeout if timeout is None else timeout,
                 grace=grace,
             )
-        except Exception:
+        except Exception as exc:
             elapsed = time.perf_counter() - started
-            await observe.abort_requested(
-                task_id, "error", elapsed, reason=reason, broker=self.broker
-            )
+            await observe.abort_answered(task_id, exc, elapsed, reason, self.broker)
             raise
-        await observe.abort_requested(
-            outcome.task_id,
-            outcome.status.value,
-            outcome.elapsed,
-            reason=outcome.reason,
-            worker=outcome.worker,
-            broker=self.broker,
-        )
+        await observe.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
         return outcome
+
+    async def abort_many(
+        self,
+        task_ids: Iterable[str],
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> list[AbortOutcome]:
+        """Abort many tasks at once; see :func:`taskiq_abort.abort_many`."""
+        answers = await self.abort_each(
+            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
+        )
+        return raise_first(answers)
+
+    async def abort_each(
+        self,
+        task_ids: Iterable[str],
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> list[AbortOutcome | TaskiqAbortError]:
+        """:meth:`abort_many` with each id's error in its place instead of raised."""
+        ids = list(task_ids)
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort {len(ids)} task(s): this AbortMiddleware is not attached to a "
+                "broker; add it with broker.with_middlewares(middleware)"
+            )
+        started = time.perf_counter()
+        answers = await abort_tasks_each(
+            self.backend,
+            self.broker.result_backend,
+            ids,
+            reason=reason,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+            grace=grace,
+        )
+        elapsed = time.perf_counter() - started
+        for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
+            await observe.abort_answered(task_id, got, elapsed, reason, self.broker)
+        return answers
 
     # --- taskiq hooks ----------------------------------------------------------------
     def set_broker(self, broker: AsyncBroker) -> None:
