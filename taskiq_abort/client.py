@@ -10,7 +10,12 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter, RequestResult
-from taskiq_abort.errors import AbortBackendUnavailableError, TaskAbortedError, TaskiqAbortError
+from taskiq_abort.errors import (
+    AbortBackendUnavailableError,
+    InvalidTaskIdError,
+    TaskAbortedError,
+    TaskiqAbortError,
+)
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
 
@@ -194,11 +199,8 @@ async def abort_task(
             backend.discard_reply(task_id, waiter)
 
 
-BATCH = 1000
-"""Ids per ``request_many`` call in a bulk abort; each batch's confirmations are awaited for
-``timeout`` from when the batch was sent."""
-CONCURRENCY = 32
-"""Per-id follow-ups in flight at once in a bulk abort (revoking queued tasks: their results)."""
+BATCH = 1000  # ids per request_many call; each batch gets `timeout` from when it was sent
+CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' results)
 _FIRST_POLL = 1.0
 
 
@@ -220,14 +222,12 @@ async def abort_tasks(
     return raise_first(answers)
 
 
-def raise_first(answers: Iterable[AbortOutcome | TaskiqAbortError]) -> list[AbortOutcome]:
+def raise_first(answers: list[AbortOutcome | TaskiqAbortError]) -> list[AbortOutcome]:
     """The outcomes, or the first error among them raised."""
-    outcomes = []
     for answer in answers:
         if isinstance(answer, BaseException):
             raise answer
-        outcomes.append(answer)
-    return outcomes
+    return answers  # type: ignore[return-value]
 
 
 async def abort_tasks_each(
@@ -239,17 +239,27 @@ async def abort_tasks_each(
     wait: bool = True,
     timeout: float = 5.0,
     grace: float | None = None,
+    invalid_in_place: bool = False,
 ) -> list[AbortOutcome | TaskiqAbortError]:
     """:func:`abort_tasks`, with each id's error in its place instead of raised (the CLI and
-    the web API report them next to the others' outcomes)."""
-    ids = [validate_task_id(task_id) for task_id in task_ids]  # all, before anything is sent
+    the web API report them next to the others' outcomes). With ``invalid_in_place``, an
+    invalid id gets its :class:`InvalidTaskIdError` as its answer (ids read from the registry,
+    which any client may fill); otherwise it is raised before anything is sent."""
+    ids = list(task_ids)
+    answers: dict[str, AbortOutcome | TaskiqAbortError] = {}
+    for task_id in ids:  # all, before anything is sent
+        try:
+            validate_task_id(task_id)
+        except InvalidTaskIdError as exc:
+            if not invalid_in_place:
+                raise
+            answers[task_id] = exc
     reason = clean_reason(reason)
     grace_s = check_grace(grace)
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0, not {timeout}")
     started = time.perf_counter()
-    unique = list(dict.fromkeys(ids))  # once each; duplicates get the same answer
-    answers: dict[str, AbortOutcome | TaskiqAbortError] = {}
+    unique = [t for t in dict.fromkeys(ids) if t not in answers]  # once each
     found: dict[str, RequestResult] = {}
 
     def done(task_id: str, status: AbortStatus, worker: str | None, forced: bool = False) -> None:

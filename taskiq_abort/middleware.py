@@ -225,8 +225,10 @@ class AbortMiddleware(TaskiqMiddleware):
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        invalid_in_place: bool = False,
     ) -> list[AbortOutcome | TaskiqAbortError]:
-        """:meth:`abort_many` with each id's error in its place instead of raised."""
+        """:meth:`abort_many` with each id's error in its place instead of raised (with
+        ``invalid_in_place``, an invalid id's too)."""
         ids = list(task_ids)
         if self.broker is None:
             raise AbortConfigError(
@@ -242,6 +244,7 @@ class AbortMiddleware(TaskiqMiddleware):
             wait=wait,
             timeout=self.abort_timeout if timeout is None else timeout,
             grace=grace,
+            invalid_in_place=invalid_in_place,
         )
         elapsed = time.perf_counter() - started
         for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
