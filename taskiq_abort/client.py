@@ -357,9 +357,10 @@ async def _hear_all(
     deadlines: list[tuple[float, list[str]]],
 ) -> dict[str, tuple[str, str | None, bool] | None]:
     """Wait for the replies about every id of ``tallies``, each batch until its deadline
-    (``None``: no answer in time). Replies come on one queue; a reply may be lost in a
-    reconnect, so the durable records of the ids still waiting are read now and then (one
-    pipelined read per 1,000), as a single abort does."""
+    (``None``: no answer in time). Replies come on one queue. A reply may be lost in a
+    reconnect, so when none has come for a second (then 2, 4, 5 s...), the durable records of
+    the ids still waiting are read (one pipelined read per 1,000), as a single abort does; not
+    while replies keep coming, which would cost Redis 1,000s of reads a second for nothing."""
     verdicts: dict[str, tuple[str, str | None, bool] | None] = {}
     pending = dict(tallies)
 
@@ -370,12 +371,12 @@ async def _hear_all(
             del pending[reply.task_id]
 
     poll = _FIRST_POLL
-    next_poll = time.perf_counter() + poll
+    quiet_since = time.perf_counter()  # when the last reply came
     k = 0  # the first batch whose deadline is still ahead
     while pending:
         now = time.perf_counter()
         due = deadlines[k][0] if k < len(deadlines) else float("inf")
-        wake = min(next_poll, due)
+        wake = min(quiet_since + poll, due)
         if wake > now:
             try:
                 reply = await asyncio.wait_for(waiter.get(), wake - now)
@@ -384,12 +385,13 @@ async def _hear_all(
             take(reply)
             while not waiter.empty():  # a message of many replies came in at once
                 take(waiter.get_nowait())
+            quiet_since = time.perf_counter()
             continue
-        if now >= next_poll:
+        if now >= quiet_since + poll:
             for reply in await backend.recheck(list(pending)):
                 take(reply)
             poll = min(poll * 2, 5.0)
-            next_poll = time.perf_counter() + poll
+            quiet_since = time.perf_counter()
         else:  # this batch's time is up: a last look at the records, then no answer
             late = [task_id for task_id in deadlines[k][1] if task_id in pending]
             for reply in await backend.recheck(late):
