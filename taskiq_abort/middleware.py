@@ -31,6 +31,7 @@ from taskiq_abort.execution import (
     CancelMode,
     RunningTask,
     current_run,
+    release_frames,
     wrap_task_function,
 )
 from taskiq_abort.handle import install_abortable_handles
@@ -394,6 +395,8 @@ class AbortMiddleware(TaskiqMiddleware):
         if run is None or self.worker is None:
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
+        if outcome == "aborted":  # its tracebacks have served: free its frames now
+            release_frames(result.error)
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)

@@ -338,3 +338,41 @@ async def test_request_many_splits_at_8_kb_and_keeps_first_reasons(
         pubsub.close()
         await backend.unregister(worker)
         await backend.close()
+
+
+async def test_an_aborted_task_leaves_no_reference_cycle() -> None:
+    """taskiq's run_task keeps the exception's traceback in a local (a cycle through its frame):
+    once the result is stored, an aborted task's frames are released at once, not left to the
+    cyclic GC, which with thousands of tasks running is expensive (benchmarks/README.md, 5)."""
+    import gc
+
+    from taskiq.result_backends.dummy import DummyResultBackend
+
+    # A result backend that keeps nothing, like one that serializes to Redis: the exception
+    # and its traceback are unreachable once the task's callback ends.
+    broker = InMemoryBroker().with_result_backend(DummyResultBackend())
+    broker.add_middlewares(AbortMiddleware())
+    started = asyncio.Event()
+
+    @broker.task
+    async def hold() -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    await broker.startup()
+    gc.collect()
+    gc.disable()
+    try:
+        task = await hold.kiq()
+        await asyncio.wait_for(started.wait(), 10)
+        assert (await task.abort()).status is AbortStatus.ABORTED
+        await asyncio.wait_for(asyncio.gather(*broker._running_tasks), 5)  # the callback ended
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        frames = [o.f_code.co_name for o in gc.garbage if type(o).__name__ == "frame"]
+        assert not {"run_task", "_run_edge", "async_wrapper"} & set(frames), frames
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        await broker.shutdown()
