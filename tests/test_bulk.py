@@ -376,3 +376,63 @@ async def test_an_aborted_task_leaves_no_reference_cycle() -> None:
         gc.garbage.clear()
         gc.enable()
         await broker.shutdown()
+
+
+async def test_bodies_stop_at_once_reports_take_turns() -> None:
+    """A bulk abort stops every body at once; their reports (result write, ack, confirmation)
+    go a bounded number at a time (the worker's turns; 2 here, 32 by default)."""
+    from taskiq.brokers.inmemory_broker import InmemoryResultBackend
+
+    class HeldResults(InmemoryResultBackend[Any]):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writing = self.peak = 0
+            self.two_writing, self.go = asyncio.Event(), asyncio.Event()
+
+        async def set_result(self, task_id: str, result: Any) -> None:
+            self.writing += 1
+            self.peak = max(self.peak, self.writing)
+            if self.writing >= 2:
+                self.two_writing.set()
+            await self.go.wait()
+            self.writing -= 1
+            await super().set_result(task_id, result)
+
+    results = HeldResults()
+    broker = InMemoryBroker().with_result_backend(results)
+    middleware = AbortMiddleware()
+    broker.add_middlewares(middleware)
+    started: dict[int, asyncio.Event] = {}
+    stopped: set[int] = set()
+    all_stopped = asyncio.Event()
+
+    @broker.task
+    async def hold(n: int) -> None:
+        started[n].set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            stopped.add(n)
+            if len(stopped) == 20:
+                all_stopped.set()
+
+    await broker.startup()
+    try:
+        assert middleware.worker is not None
+        middleware.worker._reports = asyncio.Semaphore(2)
+        tasks = []
+        for n in range(20):
+            started[n] = asyncio.Event()
+            tasks.append(await hold.kiq(n))
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 10)
+        aborting = asyncio.create_task(abort_many(broker, tasks, timeout=30))
+        await asyncio.wait_for(all_stopped.wait(), 10)  # every body stopped...
+        await asyncio.wait_for(results.two_writing.wait(), 10)
+        assert results.writing == 2  # ...while two report and the others wait their turn
+        results.go.set()
+        outcomes = await asyncio.wait_for(aborting, 30)
+        assert [o.status for o in outcomes] == [AbortStatus.ABORTED] * 20
+        assert results.peak == 2
+    finally:
+        results.go.set()
+        await broker.shutdown()
