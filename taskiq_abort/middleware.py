@@ -395,8 +395,8 @@ class AbortMiddleware(TaskiqMiddleware):
         if run is None or self.worker is None:
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
-        if outcome == "aborted":  # its tracebacks have served: free its frames now
-            release_frames(result.error)
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)
+        if outcome == "aborted":  # its tracebacks have served: free its frames now
+            release_frames(result.error)
