@@ -379,13 +379,13 @@ async def _hear_all(
         wake = min(quiet_since + poll, due)
         if wake > now:
             try:
-                reply = await asyncio.wait_for(waiter.get(), wake - now)
+                take(await asyncio.wait_for(waiter.get(), wake - now))
             except asyncio.TimeoutError:
                 continue
-            take(reply)
-            while not waiter.empty():  # a message of many replies came in at once
-                take(waiter.get_nowait())
             quiet_since = time.perf_counter()
+        while not waiter.empty():  # a message of many replies came in at once
+            take(waiter.get_nowait())
+        if wake > now:
             continue
         if now >= quiet_since + poll:
             for reply in await backend.recheck(list(pending)):

@@ -436,3 +436,35 @@ async def test_bodies_stop_at_once_reports_take_turns() -> None:
     finally:
         results.go.set()
         await broker.shutdown()
+
+
+async def test_lost_replies_are_read_from_the_records_and_deadlines_hold() -> None:
+    """A reply lost on the way (a reconnect) is found in the durable records once replies stop
+    coming; an id that never answers is given up at its batch's deadline, after a last look."""
+    from taskiq_abort.client import _hear_all, _Tally
+    from taskiq_abort.protocol import ReplyMessage
+
+    class Records(MemoryAbortBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.looked: list[list[str]] = []
+
+        async def recheck(self, task_ids: Any) -> list[ReplyMessage]:
+            self.looked.append(sorted(task_ids))
+            return [ReplyMessage(t, "aborted", "") for t in task_ids if t == "lost"]
+
+    backend = Records()
+    ids = ["heard", "lost", "silent"]
+    waiter = await backend.prepare_replies(ids)
+    backend._deliver_reply(ReplyMessage("heard", "finished", "w1"))
+    now = time.perf_counter()
+    deadlines = [(now, ["silent"]), (now + 30, ["heard", "lost"])]
+    tallies = {t: _Tally(("w1",)) for t in ids}
+    verdicts = await asyncio.wait_for(_hear_all(backend, waiter, tallies, deadlines), 10)
+    assert verdicts == {
+        "heard": ("finished", "w1", False),
+        "silent": None,
+        "lost": ("aborted", "w1", False),
+    }
+    assert backend.looked[0] == ["silent"]  # the last look at the first batch's deadline
+    assert ["lost"] in backend.looked[1:]  # then, once nothing came for a second
