@@ -1,7 +1,9 @@
 """A task kicked with a delay longer than ``request_ttl`` stays revocable until it is due.
 
 The kick notes the task's ETA (``{P}:eta:<id>``, only for such kicks), and a request for the
-task is kept until the ETA + ``request_ttl``, by each script that sets its life.
+task is kept until the ETA + ``request_ttl``, by each script that sets its life. The end-to-end
+proof, on a broker that delays tasks, is ``test_broker_matrix.py::
+test_a_delayed_task_aborted_before_its_time_never_runs[rabbitmq]``.
 """
 
 from __future__ import annotations
