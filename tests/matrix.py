@@ -64,10 +64,11 @@ class Deployment:
 
 async def wait_event(
     events: Events, task_id: str, event: str, count: int = 1, timeout: float = 30.0
-) -> None:
-    """``events.wait`` off the event loop: core NATS only sends a published task once the
-    client's loop runs again (nats-py buffers it), so a test must not block its loop."""
-    await asyncio.to_thread(events.wait, task_id, event, timeout, count)
+) -> float:
+    """``events.wait`` off the event loop (returns the event's ``time.time()``): core NATS only
+    sends a published task once the client's loop runs again (nats-py buffers it), so a test
+    must not block its loop."""
+    return await asyncio.to_thread(events.wait, task_id, event, timeout, count)
 
 
 async def _rabbit_answers(url: str) -> str | None:

@@ -8,6 +8,10 @@ scenario a broker cannot have skips, saying why (these skips are the table's "n/
 
 from __future__ import annotations
 
+import asyncio
+import os
+import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta, timezone
@@ -47,6 +51,8 @@ REDELIVERY = {
     "nats-push": "ack_wait",
 }
 AT_MOST_ONCE = "n/a: at-most-once delivery, a task is never delivered again"
+LONG = os.environ.get("TASKIQ_ABORT_LONG") == "1"
+ROUNDS = 20
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +240,32 @@ async def _a_killed_workers_task_comes_back_refused(
             await wait_event(events, nudge.task_id, "started")
     await refused(deployment, events, task.task_id, runs=1)  # its run before the kill
     assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+
+
+@pytest.mark.skipif(not LONG, reason="set TASKIQ_ABORT_LONG=1 for aborts racing redeliveries")
+async def test_aborts_racing_a_jetstream_redelivery(
+    deployment: Deployment, client: AsyncBroker, events: Events
+) -> None:
+    """Aborts that land around the moment JetStream delivers a running task again (its second
+    copy starting, registering, or not yet there): every copy stops, every time."""
+    if REDELIVERY.get(deployment.kind) != "ack_wait":
+        pytest.skip("n/a: the broker does not deliver a running task again")
+    rng = random.Random(16)
+    copies: list[int] = []
+    for _ in range(ROUNDS):
+        task = await client.find_task("sleeper").kiq(30)
+        first = await wait_event(events, task.task_id, "started")
+        # Around the redelivery: ack_wait after the first delivery, +-0.3 s (a race generator).
+        await asyncio.sleep(max(0.0, first + ACK_WAIT + rng.uniform(-0.3, 0.3) - time.time()))
+        assert (await abort(client, task.task_id)).status is AbortStatus.ABORTED
+        runs = events.all(task.task_id).count("started")
+        await wait_event(events, task.task_id, "finally", runs, 10)
+        assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+
+        async def settled() -> bool:
+            return await jetstream_pending(deployment) == (0, 0)
+
+        await apoll(settled, 10 * ACK_WAIT, "JetStream to hold nothing unacked")
+        assert events.all(task.task_id).count("started") == runs
+        copies.append(runs)
+    assert 1 in copies and max(copies) >= 2, copies  # both sides of the race happened
