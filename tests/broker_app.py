@@ -15,11 +15,10 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aio_pika import ExchangeType
 from nats.js.api import ConsumerConfig, StreamConfig
 from taskiq import AsyncBroker
 from taskiq.middlewares import SimpleRetryMiddleware
-from taskiq_aio_pika import AioPikaBroker, Exchange, Queue, QueueType
+from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
 from taskiq_nats import NatsBroker, PullBasedJetStreamBroker, PushBasedJetStreamBroker
 from taskiq_redis import PubSubBroker, RedisAsyncResultBackend
 
@@ -102,15 +101,13 @@ def _inner(cfg: MatrixConfig) -> AsyncBroker:
     if cfg.kind == "rabbitmq":
         names = RabbitNames.of(p)
 
-        def queue(name: str) -> Queue:
-            return Queue(name=name, type=QueueType.CLASSIC, durable=False)
-
+        # taskiq-aio-pika's defaults (durable quorum queues, a topic exchange), our names.
         return AioPikaBroker(
             cfg.amqp_url,
-            exchange=Exchange(name=names.exchange, type=ExchangeType.DIRECT, durable=False),
-            task_queues=[queue(names.tasks)],
-            delay_queue=queue(names.delay),  # taskiq-aio-pika's `delay` label: a TTL queue
-            dead_letter_queue=queue(names.dead),
+            exchange=Exchange(name=names.exchange),
+            task_queues=[Queue(name=names.tasks)],
+            delay_queue=Queue(name=names.delay),  # the `delay` label: a TTL queue
+            dead_letter_queue=Queue(name=names.dead),
         )
     if cfg.kind in ("nats-pull", "nats-push"):
         js_kw: dict[str, Any] = {
