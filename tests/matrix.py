@@ -25,7 +25,7 @@ from taskiq_abort.testing import RedisServer
 from taskiq_abort.testing_nats import NatsServer
 from tests.broker_app import BROADCAST, DEFAULT_AMQP, MatrixConfig, RabbitNames, make_matrix_broker
 from tests.conftest import Events, WorkerProcess
-from tests.faultkit import started
+from tests.faultkit import poll, started, worker_log
 
 SLOTS = 2
 """``--max-async-tasks`` of the matrix's workers: two running tasks fill a worker, so a third
@@ -164,6 +164,26 @@ async def jetstream_pending(deployment: Deployment) -> tuple[int, int]:
         return info.num_pending or 0, info.num_ack_pending or 0
     finally:
         await client.close()
+
+
+async def nudge_stream_claims(
+    deployment: Deployment, client: AsyncBroker, events: Events, needle: str
+) -> None:
+    """taskiq-redis claims (XAUTOCLAIM) a dead consumer's message idle for ``idle_timeout``
+    only after reading a new one: once the killed worker's message is that idle, kick tasks
+    until the worker logs ``needle``."""
+    stream, group = f"{deployment.cfg.prefix}:queue", f"{deployment.cfg.prefix}:group"
+
+    def idle_enough() -> bool:
+        pending = events.client.xpending_range(stream, group, "-", "+", 100)
+        return any(entry["time_since_delivered"] >= IDLE_MS for entry in pending)
+
+    poll(idle_enough, 30, "the killed worker's message to be idle past idle_timeout")
+    deadline = time.monotonic() + 30
+    while needle not in worker_log(deployment.worker):
+        assert time.monotonic() < deadline, f"{needle!r} never in {deployment.worker.log}"
+        nudge = await client.find_task("quick").kiq(0)
+        await wait_event(events, nudge.task_id, "started")
 
 
 @contextlib.asynccontextmanager

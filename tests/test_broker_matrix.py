@@ -34,6 +34,7 @@ from tests.matrix import (
     Deployment,
     deploy,
     jetstream_pending,
+    nudge_stream_claims,
     rabbit_unavailable,
     running_scheduler,
     wait_event,
@@ -231,13 +232,8 @@ async def _a_killed_workers_task_comes_back_refused(
     assert (await abort(client, task.task_id)).status is AbortStatus.REVOKED
     worker.start()
     if deployment.kind == "stream":
-        # taskiq-redis claims idle messages only after reading a new one: nudge it.
         needle = f"skipped revoked task {task.task_id}"
-        for _ in range(100):
-            if needle in worker_log(worker):
-                break
-            nudge = await client.find_task("quick").kiq(0)
-            await wait_event(events, nudge.task_id, "started")
+        await nudge_stream_claims(deployment, client, events, needle)
     await refused(deployment, events, task.task_id, runs=1)  # its run before the kill
     assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
 
