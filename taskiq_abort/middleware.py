@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -54,7 +55,8 @@ class AbortMiddleware(TaskiqMiddleware):
     :param channel: namespace of the control channels (default ``ctl``: a worker listens on
         ``{<prefix>}:ctl:w:<worker id>``, an aborter on ``{<prefix>}:ctl:r:<aborter id>``).
     :param request_ttl: seconds an abort request is kept (default one day): how long a revoked
-        queued task stays revoked.
+        queued task stays revoked; until it is due + ``request_ttl`` for a task kicked with a
+        longer ``delay`` label.
     :param lease: seconds a crashed worker's running-task entries outlive it (default 10).
     :param abort_timeout: default seconds ``abort()`` waits for a worker's confirmation.
     :param fail_closed: refuse to start tasks while the registry is unreachable (default: run
@@ -293,6 +295,22 @@ class AbortMiddleware(TaskiqMiddleware):
         if mine < last_retry:
             mws.insert(last_retry, mws.pop(mine))
 
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        delay = _delay_of(message)
+        if delay is not None and delay > self.backend.request_ttl:
+            # An abort request lives request_ttl: one made now would be gone before the task
+            # arrives. Note its ETA, so that requests for it are kept until then.
+            try:
+                await self.backend.note_eta(message.task_id, delay)
+            except AbortBackendError as exc:  # never stop a kick: abort() says what is wrong
+                logger.warning(
+                    "taskiq-abort: could not note when delayed task %s is due (%s): an abort "
+                    "of it is kept only request_ttl",
+                    message.task_id,
+                    exc,
+                )
+        return message
+
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         worker = self.worker
         if worker is None or worker.loop is not asyncio.get_running_loop():
@@ -352,3 +370,16 @@ class AbortMiddleware(TaskiqMiddleware):
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)
+
+
+def _delay_of(message: TaskiqMessage) -> float | None:
+    """The seconds of taskiq's ``delay`` label (brokers that honour it, such as
+    taskiq-aio-pika, deliver the task that much later), if it has a valid one."""
+    raw = message.labels.get("delay")
+    if raw is None:
+        return None
+    try:
+        delay = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return delay if math.isfinite(delay) else None

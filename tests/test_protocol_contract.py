@@ -228,6 +228,9 @@ async def live(
         while (m := pubsub.get_message(timeout=1.0)) is None or m["type"] != "psubscribe":
             pass
         running = await client.find_task("sleeper").kiq(60)
+        # A kick delayed beyond request_ttl notes its ETA (the stream broker runs it at once).
+        ttl = find_middleware(client).backend.request_ttl
+        delayed = await client.find_task("quick").kicker().with_labels(delay=ttl + 60).kiq(1)
         events.wait(running.task_id, "started")
         state.snapshot(rclient)  # the registry while the task runs
         outcome = await running.abort(reason="contract test")
@@ -240,8 +243,8 @@ async def live(
         _drain(pubsub, state, until)
     finally:
         pubsub.close()
-    state.task_ids = {running.task_id, never_sent}
-    state.task_names = {running.task_id: "sleeper"}
+    state.task_ids = {running.task_id, never_sent, delayed.task_id}
+    state.task_names = {running.task_id: "sleeper", delayed.task_id: "quick"}
     state.worker_ids = {outcome.worker}
     return state
 

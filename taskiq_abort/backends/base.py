@@ -179,6 +179,12 @@ class AbortBackend(abc.ABC):
         """Record the request durably, then tell the workers holding the task (to cancel it
         at once, or after ``grace`` seconds if it has not stopped on its own by then)."""
 
+    @abc.abstractmethod
+    async def note_eta(self, task_id: str, delay: float) -> None:
+        """``task_id`` was kicked to start ``delay`` seconds from now, later than
+        ``request_ttl``: a request for it must be kept until then + ``request_ttl``, so that
+        the worker that gets it at its time still refuses it. Called only for such kicks."""
+
     # Each abort() call waits on a queue of its own (a task held by several workers sends
     # several replies), so concurrent aborts of one id (a bulk abort with duplicates, two
     # operators) never take each other's replies.

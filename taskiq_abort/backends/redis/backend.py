@@ -306,7 +306,9 @@ class RedisAbortBackend(AbortBackend):
         ]
         holders, entry, outcome, receivers, stored_reason = await self._call(
             f"recording the abort of task {task_id}",
-            self._c.request([keys.request(task_id), keys.holders, keys.workers], args),
+            self._c.request(
+                [keys.request(task_id), keys.holders, keys.workers, keys.eta(task_id)], args
+            ),
         )
         live = tuple(holders.split()) if holders else ()
         return RequestResult(
@@ -316,6 +318,12 @@ class RedisAbortBackend(AbortBackend):
             receivers=int(receivers),
             reason=stored_reason or None,
         )
+
+    async def note_eta(self, task_id: str, delay: float) -> None:
+        eta_ms = int((time.time() + delay) * 1000)  # for people reading it; Redis uses the PTTL
+        life = int((delay + self.request_ttl) * 1000)
+        op = self._c.cmd.set(self.keys.eta(task_id), eta_ms, px=life)
+        await self._call(f"noting when delayed task {task_id} is due", op)
 
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
         self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
@@ -394,7 +402,7 @@ class RedisAbortBackend(AbortBackend):
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
         ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(REVOKE, [key], [outcome, ttl], durable=True)
+        op = self._c.fence(REVOKE, [key, self.keys.eta(task_id)], [outcome, ttl], durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
         if recorded is None and self.replicas > 0:
             raise AbortBackendUnavailableError(
@@ -407,7 +415,8 @@ class RedisAbortBackend(AbortBackend):
             return await super().settle_finished(task_id)
         # One fenced call on the current master: a stale one must not answer "finished".
         ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(SETTLE, [self.keys.request(task_id)], [ttl], durable=True)
+        keys = [self.keys.request(task_id), self.keys.eta(task_id)]
+        op = self._c.fence(SETTLE, keys, [ttl], durable=True)
         settled = await self._call(f"settling the abort of task {task_id}", op)
         if not settled:
             raise AbortBackendUnavailableError(
