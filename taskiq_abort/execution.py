@@ -246,7 +246,7 @@ async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwarg
         # grace period (through the token): the abort's result.
         if run.abort_requested or run.stopping:
             _uncancel(run, host)
-            raise _aborted(run, exc) from exc
+            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
     finally:
         run.host = None  # no cancel may land outside the body
@@ -257,9 +257,12 @@ async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwarg
 
 
 def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
+    """What an error raised after the abort (or in its grace period) becomes."""
     if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
         return exc  # raised through the token: keep it as it is
-    return TaskAbortedError(run.task_id, run.reason)
+    aborted = TaskAbortedError(run.task_id, run.reason)
+    aborted.__cause__ = exc  # as ``raise ... from exc``, without making exc its own cause
+    return aborted
 
 
 def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -280,7 +283,7 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
         raise TaskAbortedError(run.task_id, run.reason) from None
     except Exception as exc:
         if run.abort_requested or run.stopping:
-            raise _aborted(run, exc) from exc
+            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
     if guard.sent:  # interrupted, yet the body caught it and returned: the abort wins
         raise TaskAbortedError(run.task_id, run.reason)
@@ -305,7 +308,7 @@ async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwar
             result = await func(*args, **kwargs)
         except Exception as exc:
             if run.abort_requested or run.stopping:
-                raise _aborted(run, exc) from exc
+                raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
             raise
         finally:
             run.scope = None
