@@ -28,6 +28,7 @@ from taskiq_abort.errors import (
     AbortPermissionError,
     InvalidTaskIdError,
     TaskAbortedError,
+    TaskInterrupted,
     TaskiqAbortError,
 )
 
@@ -76,6 +77,7 @@ __all__ = [
     "MemoryAbortBackend",
     "RedisAbortBackend",
     "TaskAbortedError",
+    "TaskInterrupted",
     "TaskiqAbortError",
     "__version__",
     "abort",

@@ -65,8 +65,10 @@ class AbortMiddleware(TaskiqMiddleware):
         current ``await``, after which ``finally`` blocks may ``await`` their clean-up.
         ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
     :param interrupt_threads: also stop sync tasks that never look at their token: raise
-        ``TaskAbortedError`` in the thread running the body, at its next Python bytecode (not
-        inside a blocking C call such as ``time.sleep()``, which it waits out). Off by default.
+        :class:`TaskInterrupted` in the thread running the body, at its next Python bytecode
+        (not inside a blocking C call such as ``time.sleep()``, which it waits out); the stored
+        result is ``TaskAbortedError``. It can land inside library code: see the README for
+        what that risks. Off by default.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
     :param cluster: ``url`` is a node of a Redis Cluster (redis-py's ``RedisCluster``).

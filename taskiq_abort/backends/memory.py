@@ -154,8 +154,11 @@ class MemoryAbortBackend(AbortBackend):
         record = self._record(task_id)
         if record is None:
             record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
-        self._requests[task_id] = (self._expiry(task_id), record)
-        self._graces[task_id] = grace  # the latest request's grace (0: stop it now)
+        # The nearest forced stop stands, and the request outlives it (see scripts.REQUEST).
+        grace = min(grace, self._graces.get(task_id, grace))
+        self._graces[task_id] = grace
+        expiry = max(self._expiry(task_id), time.monotonic() + grace + self.request_ttl)
+        self._requests[task_id] = (expiry, record)
         holders = [(wid, w.tasks[task_id]) for wid, w in self._live().items() if task_id in w.tasks]
         observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
         loop = asyncio.get_running_loop()

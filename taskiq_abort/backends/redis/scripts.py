@@ -189,7 +189,7 @@ return 1
 # check (SYNC), however late it starts.
 # KEYS: request hash, holders index, workers zset, the task's ETA marker
 # ARGV: task_id, has_reason, reason, ttl_ms, requested_by, reply_channel, worker_channel_prefix,
-#       tasks_prefix, grace_ms (the latest request's grace stands: 0 means "stop it now")
+#       tasks_prefix, grace_ms (the shortest grace of the requests stands: 0 means "now")
 # Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
 # far or false, receivers, the stored reason or false}. The first request's reason stands.
 REQUEST = (
@@ -203,8 +203,15 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'at', now, 'by', ARGV[5])
   if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 end
-redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', ARGV[9])  -- the latest aborter's
-redis.call('PEXPIRE', KEYS[1], request_life(tonumber(ARGV[4]), KEYS[4]))
+-- The nearest forced stop stands (a second abort can only bring it closer), and the request
+-- outlives it: a worker that resyncs during the grace period must still find it.
+local grace = tonumber(ARGV[9])
+local before = tonumber(redis.call('HGET', KEYS[1], 'grace') or grace)
+if before < grace then grace = before end
+redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', grace)  -- rc: the latest aborter's
+local life = request_life(tonumber(ARGV[4]), KEYS[4])
+if grace + tonumber(ARGV[4]) > life then life = grace + tonumber(ARGV[4]) end
+redis.call('PEXPIRE', KEYS[1], life)
 local reason = redis.call('HGET', KEYS[1], 'reason')
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
 local live, entry, receivers = {}, false, 0
@@ -212,7 +219,7 @@ local cur = redis.call('HGET', KEYS[2], tid)
 if cur then
   local fields = {v = 2, type = 'abort', task_id = tid,
                   reason = reason or cjson.null, reply_to = ARGV[6], at = at}
-  if ARGV[9] ~= '0' then fields.grace = tonumber(ARGV[9]) / 1000 end
+  if grace > 0 then fields.grace = grace / 1000 end
   local message = cjson.encode(fields)
   for wid in string.gmatch(cur, '%S+') do
     -- A holder is alive if its lease is current or it listens on its channel (a worker whose
