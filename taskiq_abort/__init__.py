@@ -29,6 +29,7 @@ from taskiq_abort.errors import (
     AbortPermissionError,
     InvalidTaskIdError,
     TaskAbortedError,
+    TaskInterrupted,
     TaskiqAbortError,
 )
 
@@ -78,6 +79,7 @@ __all__ = [
     "MemoryAbortBackend",
     "RedisAbortBackend",
     "TaskAbortedError",
+    "TaskInterrupted",
     "TaskiqAbortError",
     "__version__",
     "abort",

@@ -62,3 +62,10 @@ class AbortBackendUnavailableError(AbortBackendError, ConnectionError):
 
 class AbortPermissionError(AbortBackendError, PermissionError):
     """Redis refused a command (ACL): the user lacks rights on the abort keys or channel."""
+
+
+class TaskInterrupted(BaseException):
+    """Raised inside a sync task body's thread by an abort, with
+    ``AbortMiddleware(interrupt_threads=True)``. A ``BaseException``, like ``KeyboardInterrupt``,
+    so that the body's ``except Exception`` handlers let it through; its ``finally`` blocks run.
+    The task's stored result is a :class:`TaskAbortedError` all the same."""

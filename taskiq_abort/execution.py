@@ -33,8 +33,8 @@ import anyio
 
 from taskiq_abort.backends.base import RunningEntry
 from taskiq_abort.body import Body
-from taskiq_abort.errors import TaskAbortedError
-from taskiq_abort.threads import Interrupted, ThreadInterrupt
+from taskiq_abort.errors import TaskAbortedError, TaskInterrupted
+from taskiq_abort.threads import ThreadInterrupt
 
 CancelMode = Literal["edge", "level"]
 
@@ -173,11 +173,12 @@ class RunningTask:
         self._grace_timer = None
         if self.done or self.abort_requested:
             return
-        if self.in_body or not self.entered:
-            # Still running, or not started yet (then it never starts: ``check`` refuses it).
-            self.forced = self.in_body
-            self.abort_requested = True
-            self.deliver()
+        # Also when the body is between two states we can see (a sync body whose thread is not
+        # installed yet: ``_run_sync`` delivers once it is), or not started (``check`` refuses
+        # it), or over (nothing reads the flag any more).
+        self.forced = self.in_body
+        self.abort_requested = True
+        self.deliver()
 
     def deliver(self) -> None:
         """Cancel the body now, unless a shielded section is open (then at its end)."""
@@ -268,7 +269,7 @@ async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwarg
         # grace period (through the token): the abort's result.
         if run.abort_requested or run.stopping:
             _uncancel(run, host)
-            raise _aborted(run, exc) from exc
+            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
     finally:
         run.host = None  # no cancel may land outside the body
@@ -279,9 +280,12 @@ async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwarg
 
 
 def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
+    """What an error raised after the abort (or in its grace period) becomes."""
     if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
         return exc  # raised through the token: keep it as it is
-    return TaskAbortedError(run.task_id, run.reason)
+    aborted = TaskAbortedError(run.task_id, run.reason)
+    aborted.__cause__ = exc  # as ``raise ... from exc``, without making exc its own cause
+    return aborted
 
 
 def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
@@ -290,19 +294,21 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
     try:
         try:
             run.thread = guard
+            if run.abort_requested and run.stopping:
+                run.forced = True  # its grace ran out before the thread was installed
             run.deliver()  # an abort that came between the start check and now
             result = func(*args, **kwargs)
         finally:
             try:
                 guard.close()
-            except Interrupted:  # it landed in close() itself: nothing is pending now
+            except TaskInterrupted:  # it landed in close() itself: nothing is pending now
                 guard.close()
             run.thread = None
-    except Interrupted:
+    except TaskInterrupted:
         raise TaskAbortedError(run.task_id, run.reason) from None
     except Exception as exc:
         if run.abort_requested or run.stopping:
-            raise _aborted(run, exc) from exc
+            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
     if guard.sent:  # interrupted, yet the body caught it and returned: the abort wins
         raise TaskAbortedError(run.task_id, run.reason)
@@ -327,7 +333,7 @@ async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwar
             result = await func(*args, **kwargs)
         except Exception as exc:
             if run.abort_requested or run.stopping:
-                raise _aborted(run, exc) from exc
+                raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
             raise
         finally:
             run.scope = None

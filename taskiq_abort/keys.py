@@ -18,8 +18,8 @@ class KeySpace:
     """Key and channel names under one prefix; apps sharing one Redis use different prefixes.
 
     >>> ks = KeySpace("myapp")
-    >>> ks.request("t1"), ks.tasks("w1"), ks.holders
-    ('{myapp}:req:t1', '{myapp}:tasks:w1', '{myapp}:holders')
+    >>> ks.request("t1"), ks.tasks("w1"), ks.holders, ks.eta("t1")
+    ('{myapp}:req:t1', '{myapp}:tasks:w1', '{myapp}:holders', '{myapp}:eta:t1')
     >>> ks.worker_channel("w1"), ks.reply_channel("a1")
     ('{myapp}:ctl:w:w1', '{myapp}:ctl:r:a1')
     """
@@ -49,6 +49,12 @@ class KeySpace:
     def request(self, task_id: str) -> str:
         """HASH: the durable abort request for ``task_id`` (reason, at, by, outcome, worker)."""
         return self.request_prefix + task_id
+
+    def eta(self, task_id: str) -> str:
+        """STRING: when a task kicked with a delay longer than ``request_ttl`` is due (ms since
+        the epoch, the kicker's clock); it lives until then + ``request_ttl``, and a request for
+        the task is kept as long."""
+        return f"{self.tag}:eta:{task_id}"
 
     @property
     def workers(self) -> str:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -60,7 +61,8 @@ class AbortMiddleware(TaskiqMiddleware):
     :param channel: namespace of the control channels (default ``ctl``: a worker listens on
         ``{<prefix>}:ctl:w:<worker id>``, an aborter on ``{<prefix>}:ctl:r:<aborter id>``).
     :param request_ttl: seconds an abort request is kept (default one day): how long a revoked
-        queued task stays revoked.
+        queued task stays revoked; until it is due + ``request_ttl`` for a task kicked with a
+        longer ``delay`` label.
     :param lease: seconds a crashed worker's running-task entries outlive it (default 10).
     :param abort_timeout: default seconds ``abort()`` waits for a worker's confirmation.
     :param fail_closed: refuse to start tasks while the registry is unreachable (default: run
@@ -69,8 +71,10 @@ class AbortMiddleware(TaskiqMiddleware):
         current ``await``, after which ``finally`` blocks may ``await`` their clean-up.
         ``"level"``: anyio's, every ``await`` in the body stays cancelled (shield clean-up).
     :param interrupt_threads: also stop sync tasks that never look at their token: raise
-        ``TaskAbortedError`` in the thread running the body, at its next Python bytecode (not
-        inside a blocking C call such as ``time.sleep()``, which it waits out). Off by default.
+        :class:`TaskInterrupted` in the thread running the body, at its next Python bytecode
+        (not inside a blocking C call such as ``time.sleep()``, which it waits out); the stored
+        result is ``TaskAbortedError``. It can land inside library code: see the README for
+        what that risks. Off by default.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
     :param cluster: ``url`` is a node of a Redis Cluster (redis-py's ``RedisCluster``).
@@ -339,6 +343,22 @@ class AbortMiddleware(TaskiqMiddleware):
         if mine < last_retry:
             mws.insert(last_retry, mws.pop(mine))
 
+    async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        delay = _delay_of(message)
+        if delay is not None and delay > self.backend.request_ttl:
+            # An abort request lives request_ttl: one made now would be gone before the task
+            # arrives. Note its ETA, so that requests for it are kept until then.
+            try:
+                await self.backend.note_eta(message.task_id, delay)
+            except AbortBackendError as exc:  # never stop a kick: abort() says what is wrong
+                logger.warning(
+                    "taskiq-abort: could not note when delayed task %s is due (%s): an abort "
+                    "of it is kept only request_ttl",
+                    message.task_id,
+                    exc,
+                )
+        return message
+
     async def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         worker = self.worker
         if worker is None or worker.loop is not asyncio.get_running_loop():
@@ -400,3 +420,16 @@ class AbortMiddleware(TaskiqMiddleware):
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)
         if outcome == "aborted":  # its tracebacks have served: free its frames now
             release_frames(result.error)
+
+
+def _delay_of(message: TaskiqMessage) -> float | None:
+    """The seconds of taskiq's ``delay`` label (brokers that honour it, such as
+    taskiq-aio-pika, deliver the task that much later), if it has a valid one."""
+    raw = message.labels.get("delay")
+    if raw is None:
+        return None
+    try:
+        delay = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return delay if math.isfinite(delay) else None

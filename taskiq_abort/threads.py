@@ -13,14 +13,11 @@ from __future__ import annotations
 import ctypes
 import threading
 
+from taskiq_abort.errors import TaskInterrupted
+
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
 _set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
 _set_async_exc.restype = ctypes.c_int
-
-
-class Interrupted(BaseException):
-    """Raised inside a sync task body by an abort. A ``BaseException``, so that the body's
-    ``except Exception`` handlers let it through, as they do ``KeyboardInterrupt``."""
 
 
 def _send(ident: int, exc: type[BaseException] | None) -> int:
@@ -38,14 +35,14 @@ class ThreadInterrupt:
         self.ident = threading.get_ident()
         self._lock = threading.Lock()
         self.open = True  # the body runs
-        self.sent = False  # an Interrupted was sent (at most one, ever)
+        self.sent = False  # a TaskInterrupted was sent (at most one, ever)
 
     def interrupt(self) -> bool:
-        """Raise :class:`Interrupted` in the body's thread if the body still runs; ``True``
+        """Raise :class:`TaskInterrupted` in the body's thread if the body still runs; ``True``
         once one was sent."""
         with self._lock:
             if self.open and not self.sent:
-                self.sent = _send(self.ident, Interrupted) == 1
+                self.sent = _send(self.ident, TaskInterrupted) == 1
             return self.sent
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ class AbortToken:
         @broker.task
         def crunch(n: int, token: AbortToken = TaskiqDepends()) -> int:
             for chunk in range(n):
-                token.raise_if_aborted()   # a sync task must check: threads can't be interrupted
+                token.raise_if_aborted()   # a sync task checks (or see interrupt_threads)
                 work(chunk)
             return n
 

@@ -60,8 +60,10 @@ class WorkerSide:
         # requeue); an abort must stop every copy.
         self.running: dict[str, list[RunningTask]] = {}
         self._ended: dict[str, list[RunningEntry]] = {}  # registered copies ended, others run on
-        self._owed: set[str] = set()  # a copy that ended was aborted: the last one confirms
-        self.recent: OrderedDict[str, str] = OrderedDict()
+        # A copy that ended was aborted (value: it was forced): the last copy confirms.
+        self._owed: dict[str, bool] = {}
+        # Ids that ended here lately: (outcome, forced), to answer aborts that come just after.
+        self.recent: OrderedDict[str, tuple[str, bool]] = OrderedDict()
         self.info = {
             "host": socket.gethostname(),
             "pid": str(os.getpid()),
@@ -145,8 +147,9 @@ class WorkerSide:
         run.end_grace()
         asked = run.abort_requested or run.stopping  # an aborter waits for our word
         runs = self.running.get(run.task_id, [])
-        if run in runs:
-            runs.remove(run)
+        if run not in runs:  # not ours (a worker side replaced meanwhile): nothing to undo
+            return False
+        runs.remove(run)
         ended = self._ended.setdefault(run.task_id, [])
         if run.registered:
             ended.append(run.entry)
@@ -155,13 +158,13 @@ class WorkerSide:
             # holder index keeps routing aborts to us) until the last copy ends, and only the
             # last one confirms an abort, once every copy has stopped.
             if asked:
-                self._owed.add(run.task_id)
+                self._owed[run.task_id] = self._owed.get(run.task_id, False) or run.forced
             return False
         del self.running[run.task_id]
         del self._ended[run.task_id]
         owed = run.task_id in self._owed
-        self._owed.discard(run.task_id)
-        self.recent[run.task_id] = outcome
+        run.forced = self._owed.pop(run.task_id, False) or run.forced  # any copy forced
+        self.recent[run.task_id] = (outcome, run.forced and outcome == "aborted")
         self.recent.move_to_end(run.task_id)
         while len(self.recent) > _RECENT:
             self.recent.popitem(last=False)
@@ -228,11 +231,11 @@ class WorkerSide:
                     run.replies.append(notice.reply_to)
                 run.request_abort(notice.reason, notice.grace)
             return  # confirmed when the last copy ends, after its result is stored
-        outcome = self.recent.get(notice.task_id)
+        outcome, forced = self.recent.get(notice.task_id, ("", False))
         # It ended here a moment ago: say so, don't leave them waiting. Unless it ended without
         # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
-        if outcome is not None and outcome != "unknown":
-            confirm = self.confirm(notice.task_id, outcome, (notice.reply_to,))
+        if outcome and outcome != "unknown":
+            confirm = self.confirm(notice.task_id, outcome, (notice.reply_to,), forced)
             self._track(asyncio.get_running_loop().create_task(confirm))
 
     # --- registry --------------------------------------------------------------------

@@ -204,8 +204,10 @@ def _make_topology_broker(
 def _define_tasks(broker: AsyncBroker) -> None:
     @broker.task(task_name="sleeper")
     async def sleeper(seconds: float, context: Context = TaskiqDepends()) -> str:
-        await emit(context, "started")
         try:
+            # Inside the try: an abort that lands while this report is on its way (the test
+            # saw it stored, its reply is not back yet) still runs the ``finally`` below.
+            await emit(context, "started")
             await asyncio.sleep(seconds)
         finally:
             await emit(context, "finally")

@@ -107,13 +107,15 @@ class Events:
         name, stamp = item.rsplit(" ", 1)
         self.seen.setdefault(task_id, []).append((name, float(stamp)))
 
-    def wait(self, task_id: str, event: str, timeout: float = 30.0) -> float:
-        """Block until ``event`` arrives for ``task_id``; return its timestamp."""
+    def wait(self, task_id: str, event: str, timeout: float = 30.0, count: int = 1) -> float:
+        """Block until ``event`` arrived ``count`` times for ``task_id`` (a task delivered to
+        several workers, or delivered again, reports it once per run); return the timestamp
+        of the ``count``-th."""
         deadline = time.monotonic() + timeout
         while True:
-            for name, stamp in self.seen.get(task_id, []):
-                if name == event:
-                    return stamp
+            stamps = [stamp for name, stamp in self.seen.get(task_id, []) if name == event]
+            if len(stamps) >= count:
+                return stamps[count - 1]
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"task {task_id} never reported {event!r}: {self.all(task_id)}")
@@ -135,7 +137,8 @@ def events(rclient: redis.Redis, prefix: str) -> Events:
 
 
 class WorkerProcess:
-    """``taskiq worker tests.app:broker`` in a subprocess; stopped by PID (SIGKILL fallback)."""
+    """``taskiq worker tests.app:broker`` (or another ``app``) in a subprocess; stopped by PID
+    (SIGKILL fallback)."""
 
     log_dir = Path(os.environ.get("TMPDIR", "/tmp"))  # pytest's tmp dir, set per session below
 
@@ -148,6 +151,7 @@ class WorkerProcess:
         broker: str = "stream",
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        app: str = "tests.app:broker",
     ) -> None:
         self.url, self.prefix, self.workers = url, prefix, workers
         self.env = {
@@ -159,7 +163,7 @@ class WorkerProcess:
             **(env or {}),
         }
         self.args = [
-            sys.executable, "-m", "taskiq", "worker", "tests.app:broker",
+            sys.executable, "-m", "taskiq", "worker", app,
             "--workers", str(workers), "--max-async-tasks", "2000",
             "--shutdown-timeout", "3", *extra_args,
         ]  # fmt: skip

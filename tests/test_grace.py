@@ -15,6 +15,7 @@ import pytest
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 
 from taskiq_abort import AbortMiddleware, AbortStatus, AbortToken, TaskAbortedError, abort
+from taskiq_abort.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.test_cli import cli
@@ -227,3 +228,31 @@ async def test_worker_interrupt_lands_when_a_blocking_call_returns(
     result = await task.wait_result(timeout=10)
     assert isinstance(result.error, TaskAbortedError)
     assert "ran on" not in events.all(task.task_id)
+
+
+async def test_the_request_outlives_a_grace_longer_than_request_ttl(
+    redis_url: str, prefix: str, rclient: Any
+) -> None:
+    """The record is what a resyncing worker and a later ``abort()`` read: it must not expire
+    while the worker still counts the grace down."""
+    broker = InMemoryBroker().with_middlewares(
+        AbortMiddleware(redis_url, prefix=prefix, request_ttl=1)
+    )
+    started = asyncio.Event()
+
+    @broker.task(task_name="stubborn")
+    async def stubborn() -> None:
+        started.set()
+        await asyncio.sleep(60)
+
+    await broker.startup()
+    try:
+        task = await stubborn.kiq()
+        await started.wait()
+        first = await task.abort(grace=120, wait=False)
+        assert first.status is AbortStatus.UNCONFIRMED
+        assert rclient.pttl(KeySpace(prefix).request(task.task_id)) > 120_000
+        now = await task.abort(timeout=10)  # a second abort, without grace: forced at once
+        assert (now.status, now.forced) == (AbortStatus.ABORTED, True)
+    finally:
+        await broker.shutdown()

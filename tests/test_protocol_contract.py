@@ -241,6 +241,9 @@ async def live(
             pass
         running = await client.find_task("sleeper").kiq(60)
         bulk = [await client.find_task("sleeper").kiq(60) for _ in range(2)]
+        # A kick delayed beyond request_ttl notes its ETA (the stream broker runs it at once).
+        ttl = find_middleware(client).backend.request_ttl
+        delayed = await client.find_task("quick").kicker().with_labels(delay=ttl + 60).kiq(1)
         for task in (running, *bulk):
             events.wait(task.task_id, "started")
         state.snapshot(rclient)  # the registry while the tasks run
@@ -257,8 +260,9 @@ async def live(
         _drain(pubsub, state, until)
     finally:
         pubsub.close()
-    state.task_ids = {running.task_id, never_sent, *(t.task_id for t in bulk)}
+    state.task_ids = {running.task_id, never_sent, delayed.task_id, *(t.task_id for t in bulk)}
     state.task_names = {t.task_id: "sleeper" for t in (running, *bulk)}
+    state.task_names[delayed.task_id] = "quick"
     state.worker_ids = {outcome.worker}
     return state
 

@@ -17,7 +17,9 @@ from taskiq_abort import (
     AbortPermissionError,
     AbortStatus,
     TaskAbortedError,
+    find_middleware,
 )
+from taskiq_abort.keys import KeySpace
 from tests.conftest import Events
 from tests.faultkit import apoll, client_broker, held, own_server, spawn, wait_log, worker_log
 
@@ -29,15 +31,15 @@ PASSWORD = "s3cr3t-Pa55-do-not-log"
 WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time "
+    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time +set "
     "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 ABORTER_RULES = (
-    "on >{pw} resetkeys resetchannels ~{{{p}}}:req:* ~{{{p}}}:workers ~{{{p}}}:holders "
-    "%R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* &{{{p}}}:ctl:* -@all "
+    "on >{pw} resetkeys resetchannels ~{{{p}}}:req:* ~{{{p}}}:eta:* ~{{{p}}}:workers "
+    "~{{{p}}}:holders %R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +time +zscore +zrangebyscore "
-    "+publish +subscribe +unsubscribe"
+    "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +pttl +set +time "
+    "+zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 
 
@@ -66,6 +68,11 @@ async def test_minimal_acl_worker_and_aborter(redis_url, prefix, events: Events)
                 events.wait(task.task_id, "finally")
                 result = await task.wait_result(timeout=10)
                 assert isinstance(result.error, TaskAbortedError)
+                # A kick delayed beyond request_ttl notes its ETA: the rights cover it.
+                delay = find_middleware(client).backend.request_ttl + 60
+                delayed = await client.find_task("quick").kicker().with_labels(delay=delay).kiq(1)
+                with plane.client() as admin:
+                    assert admin.exists(KeySpace(prefix).eta(delayed.task_id))
                 queued = await client.find_task("quick").kicker().with_task_id("q-acl").kiq(1)
                 # Whatever stage it is in (queued, running, done), the rights suffice.
                 assert (await abort_id(client, queued.task_id)).status in (

@@ -84,18 +84,20 @@ async def test_a_wrong_ca_is_a_clear_error(tls_server: RedisServer, tmp_path: Pa
 
 
 # --- ACL on a Cluster: the rules of docs/deploy.md, "ACL per topology" ---------------------
+# docs/acl.md's worker rules, plus +pttl (the aborter's: this one user has both roles), plus
+# the Cluster's additions.
 CLUSTER_WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time "
+    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time +set +pttl "
     "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe "
     "+wait +spublish +ssubscribe +sunsubscribe +cluster|slots +command"
 )
 
 
 async def test_cluster_with_the_documented_acl(redis_cluster, prefix: str) -> None:
-    """docs/acl.md's worker rules plus the Cluster's additions are enough to run a worker and
-    abort from the same process (both roles) on a Cluster."""
+    """docs/acl.md's worker rules plus ``+pttl`` and the Cluster's additions are enough to run
+    a worker and abort from the same process (both roles) on a Cluster."""
     password = "cluster-acl-pw"
     user = f"abort-{prefix}"
     for node in redis_cluster.nodes:
@@ -109,8 +111,8 @@ async def test_cluster_with_the_documented_acl(redis_cluster, prefix: str) -> No
 
 
 async def test_sentinel_with_the_documented_acl(redis_sentinel, prefix: str) -> None:
-    """docs/acl.md's worker rules plus ``+wait`` on the master (and its replica, which may be
-    promoted: ACLs are not replicated) are enough on Sentinel."""
+    """docs/acl.md's worker rules plus ``+pttl`` and ``+wait`` on the master (and its replica,
+    which may be promoted: ACLs are not replicated) are enough on Sentinel."""
     password = "sentinel-acl-pw"
     user = f"abort-{prefix}"
     rules = (CLUSTER_WORKER_RULES.split(" +wait ")[0] + " +wait").format(pw=password, p=prefix)

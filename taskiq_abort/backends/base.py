@@ -209,6 +209,12 @@ class AbortBackend(abc.ABC):
         default each id is requested on its own."""
         return [await self.request(tid, reason, requested_by, grace) for tid in task_ids]
 
+    @abc.abstractmethod
+    async def note_eta(self, task_id: str, delay: float) -> None:
+        """``task_id`` was kicked to start ``delay`` seconds from now, later than
+        ``request_ttl``: a request for it must be kept until then + ``request_ttl``, so that
+        the worker that gets it at its time still refuses it. Called only for such kicks."""
+
     # Each abort() call waits on a queue of its own (a task held by several workers sends
     # several replies), so concurrent aborts of one id (a bulk abort with duplicates, two
     # operators) never take each other's replies.

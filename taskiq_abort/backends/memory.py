@@ -56,6 +56,7 @@ class MemoryAbortBackend(AbortBackend):
         self.lease = lease
         self._requests: dict[str, tuple[float, RequestRecord]] = {}
         self._graces: dict[str, float] = {}
+        self._etas: dict[str, float] = {}  # task id -> when its ETA marker expires (monotonic)
         self._workers: dict[str, _Worker] = {}
         # Each worker's handler, with the loop it was registered from: a worker of an event
         # loop that has ended (``asyncio.run`` per test) must not be called from the next one.
@@ -148,6 +149,17 @@ class MemoryAbortBackend(AbortBackend):
             if self._handlers.get(worker_id) is entry:
                 del self._handlers[worker_id]
 
+    async def note_eta(self, task_id: str, delay: float) -> None:
+        now = time.monotonic()
+        if len(self._etas) >= 1024:  # forget the markers of tasks long due
+            self._etas = {tid: end for tid, end in self._etas.items() if end > now}
+        self._etas[task_id] = now + delay + self.request_ttl
+
+    def _expiry(self, task_id: str) -> float:
+        """When a request made now expires: after ``request_ttl``, or when the task's ETA
+        marker does (a task kicked with a longer delay), whichever is later."""
+        return max(time.monotonic() + self.request_ttl, self._etas.get(task_id, 0.0))
+
     async def request(
         self, task_id: str, reason: str | None, requested_by: str, grace: float = 0.0
     ) -> RequestResult:
@@ -163,19 +175,22 @@ class MemoryAbortBackend(AbortBackend):
         """Record every request, then one delivery per holding worker with all its ids."""
         loop = asyncio.get_running_loop()
         live = self._live()
-        found: list[tuple[RequestRecord, list[tuple[str, RunningEntry]]]] = []
+        found: list[tuple[RequestRecord, float, list[tuple[str, RunningEntry]]]] = []
         for task_id in task_ids:
             record = self._record(task_id)
             if record is None:
                 record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
-            self._requests[task_id] = (time.monotonic() + self.request_ttl, record)
-            self._graces[task_id] = grace  # the latest request's grace (0: stop it now)
+            # The nearest forced stop stands, and the request outlives it (see scripts.REQUEST).
+            stop = min(grace, self._graces.get(task_id, grace))
+            self._graces[task_id] = stop
+            expiry = max(self._expiry(task_id), time.monotonic() + stop + self.request_ttl)
+            self._requests[task_id] = (expiry, record)
             holders = [(wid, w.tasks[task_id]) for wid, w in live.items() if task_id in w.tasks]
             observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
-            found.append((record, holders))
+            found.append((record, stop, holders))
         batches: dict[str, list[AbortNotice]] = {}
-        for record, holders in found:
-            notice = AbortNotice(record.task_id, record.reason, "memory", grace=grace)
+        for record, stop, holders in found:
+            notice = AbortNotice(record.task_id, record.reason, "memory", grace=stop)
             for wid, _ in holders:
                 batches.setdefault(wid, []).append(notice)
         reached: set[str] = set()
@@ -192,7 +207,7 @@ class MemoryAbortBackend(AbortBackend):
                 receivers=sum(1 for wid, _ in holders if wid in reached),
                 reason=record.reason,
             )
-            for record, holders in found
+            for record, _, holders in found
         ]
 
     async def set_outcome(

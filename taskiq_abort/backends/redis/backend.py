@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -260,7 +261,9 @@ class RedisAbortBackend(PubSubSide):
         ]
         row = await self._call(
             f"recording the abort of task {task_id}",
-            self._c.request([keys.request(task_id), keys.holders, keys.workers], args),
+            self._c.request(
+                [keys.request(task_id), keys.holders, keys.workers, keys.eta(task_id)], args
+            ),
         )
         return request_result(task_id, row)
 
@@ -273,6 +276,12 @@ class RedisAbortBackend(PubSubSide):
     ) -> list[RequestResult]:
         """One script call per 1,000 ids, one message per holding worker (``bulk.py``)."""
         return await bulk.request_many(self, task_ids, reason, requested_by, grace)
+
+    async def note_eta(self, task_id: str, delay: float) -> None:
+        eta_ms = int((time.time() + delay) * 1000)  # for people reading it; Redis uses the PTTL
+        life = int((delay + self.request_ttl) * 1000)
+        op = self._c.cmd.set(self.keys.eta(task_id), eta_ms, px=life)
+        await self._call(f"noting when delayed task {task_id} is due", op)
 
     async def warm(self, replies: bool = True) -> None:
         """Connect and load the scripts now (and subscribe to the reply channel, for an
@@ -296,7 +305,7 @@ class RedisAbortBackend(PubSubSide):
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
         ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(REVOKE, [key], [outcome, ttl], durable=True)
+        op = self._c.fence(REVOKE, [key, self.keys.eta(task_id)], [outcome, ttl], durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
         if recorded is None and self.replicas > 0:
             raise AbortBackendUnavailableError(
@@ -309,7 +318,8 @@ class RedisAbortBackend(PubSubSide):
             return await super().settle_finished(task_id)
         # One fenced call on the current master: a stale one must not answer "finished".
         ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(SETTLE, [self.keys.request(task_id)], [ttl], durable=True)
+        keys = [self.keys.request(task_id), self.keys.eta(task_id)]
+        op = self._c.fence(SETTLE, keys, [ttl], durable=True)
         settled = await self._call(f"settling the abort of task {task_id}", op)
         if not settled:
             raise AbortBackendUnavailableError(

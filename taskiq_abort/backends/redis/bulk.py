@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.backends.base import Confirmation, RequestResult
 from taskiq_abort.backends.redis.connect import call
-from taskiq_abort.backends.redis.scripts import HOLDERS, NOW, RECORD_OUTCOME
+from taskiq_abort.backends.redis.scripts import HOLDERS, NOW, RECORD_OUTCOME, REQUEST_LIFE
 from taskiq_abort.protocol import MAX_MESSAGE_BYTES, reply_payloads
 
 if TYPE_CHECKING:
@@ -23,24 +23,26 @@ if TYPE_CHECKING:
 BATCH = 1000
 """Ids per script call."""
 
-# REQUEST for many ids in one atomic call: record every request exactly as REQUEST does, then
+# REQUEST for many ids in one atomic call: record every request exactly as REQUEST does (the
+# first reason and the shortest grace stand, the life covers the grace and the ETA marker), then
 # group the ids by holder (from the index) and publish one `abort_many` message per holding
-# worker (and per (reason, at): ids requested now share both; ids requested earlier keep their
-# first reason and time, as with REQUEST), split so that each message stays within max_bytes.
-# Liveness and stale index entries as in REQUEST.
+# worker and (reason, at, grace): ids requested now share all three; ids requested earlier keep
+# their first reason and time, and maybe a shorter grace, as with REQUEST. Each message stays
+# within max_bytes. Liveness and stale index entries as in REQUEST.
 # KEYS: holders index, workers zset
 # ARGV: request_prefix, has_reason, reason, ttl_ms, requested_by, reply_channel,
-#       worker_channel_prefix, tasks_prefix, grace_ms, max_bytes, task_id*
+#       worker_channel_prefix, tasks_prefix, grace_ms, max_bytes, eta_prefix, task_id*
 # Returns one {live holders or false, first holder's entry or false, outcome so far or false,
 # receivers, stored reason or false} per task id, in order (REQUEST's reply for each).
 REQUEST_MANY = (
     NOW
     + HOLDERS
+    + REQUEST_LIFE
     + """
-local req, rc, wchan, tasks = ARGV[1], ARGV[6], ARGV[7], ARGV[8]
-local ttl, grace, max_bytes = tonumber(ARGV[4]), ARGV[9], tonumber(ARGV[10])
+local req, rc, wchan, tasks, eta = ARGV[1], ARGV[6], ARGV[7], ARGV[8], ARGV[11]
+local ttl, asked, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local found, groups, by_key = {}, {}, {}
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   local tid = ARGV[i]
   local key = req .. tid
   local outcome = redis.call('HGET', key, 'outcome')
@@ -48,8 +50,14 @@ for i = 11, #ARGV do
     redis.call('HSET', key, 'at', now, 'by', ARGV[5])
     if ARGV[2] == '1' then redis.call('HSET', key, 'reason', ARGV[3]) end
   end
-  redis.call('HSET', key, 'rc', rc, 'grace', grace)  -- the latest aborter's
-  redis.call('PEXPIRE', key, ttl)
+  -- As REQUEST: the nearest forced stop stands, and the request outlives it and the ETA.
+  local grace = asked
+  local before = tonumber(redis.call('HGET', key, 'grace') or grace)
+  if before < grace then grace = before end
+  redis.call('HSET', key, 'rc', rc, 'grace', grace)  -- rc: the latest aborter's
+  local life = request_life(ttl, eta .. tid)
+  if grace + ttl > life then life = grace + ttl end
+  redis.call('PEXPIRE', key, life)
   local reason = redis.call('HGET', key, 'reason')
   local at = tonumber(redis.call('HGET', key, 'at'))
   local wids = {}
@@ -57,10 +65,10 @@ for i = 11, #ARGV do
   if cur then
     for wid in string.gmatch(cur, '%S+') do
       wids[#wids + 1] = wid
-      local gkey = wid .. ' ' .. at .. ' ' .. (reason and ('+' .. reason) or '-')
+      local gkey = wid .. ' ' .. at .. ' ' .. grace .. ' ' .. (reason and ('+' .. reason) or '-')
       local group = by_key[gkey]
       if not group then
-        group = {wid = wid, at = at, reason = reason, ids = {}}
+        group = {wid = wid, at = at, grace = grace, reason = reason, ids = {}}
         by_key[gkey] = group
         groups[#groups + 1] = group
       end
@@ -72,7 +80,7 @@ end
 local function message(group, ids)
   local fields = {v = 2, type = 'abort_many', task_ids = ids,
                   reason = group.reason or cjson.null, reply_to = rc, at = group.at}
-  if grace ~= '0' then fields.grace = tonumber(grace) / 1000 end
+  if group.grace > 0 then fields.grace = group.grace / 1000 end
   return cjson.encode(fields)
 end
 local heard = {}
@@ -173,6 +181,7 @@ async def request_many(
         keys.tasks_prefix,
         round(grace * 1000),
         MAX_MESSAGE_BYTES,
+        keys.eta(""),
     ]
     results: list[RequestResult] = []
     for start in range(0, len(task_ids), BATCH):

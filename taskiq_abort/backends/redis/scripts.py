@@ -47,6 +47,17 @@ local function drop_worker(index, workers, wkey, tkey, wid)
 end
 """
 
+# How long a request is kept: ``ttl`` ms, or longer for a task kicked with a delay beyond it.
+# Its ETA marker ({P}:eta:<id>, written at the kick) lives until the task's ETA + request_ttl,
+# so its PTTL is exactly the life the request needs to refuse the task when it arrives.
+REQUEST_LIFE = """
+local function request_life(ttl, eta_key)
+  local eta = redis.call('PTTL', eta_key)
+  if eta > ttl then return eta end
+  return ttl
+end
+"""
+
 # Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
 # an abort request; returns whether it has one.
 _NOTE_REQUEST = """
@@ -176,14 +187,15 @@ return 1
 # Durable before fast: record the request, then find the holders in the index and tell each of
 # them on its own channel. Nobody else hears it: a task nobody holds is caught by the start
 # check (SYNC), however late it starts.
-# KEYS: request hash, holders index, workers zset
+# KEYS: request hash, holders index, workers zset, the task's ETA marker
 # ARGV: task_id, has_reason, reason, ttl_ms, requested_by, reply_channel, worker_channel_prefix,
-#       tasks_prefix, grace_ms (the latest request's grace stands: 0 means "stop it now")
+#       tasks_prefix, grace_ms (the shortest grace of the requests stands: 0 means "now")
 # Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
 # far or false, receivers, the stored reason or false}. The first request's reason stands.
 REQUEST = (
     NOW
     + HOLDERS
+    + REQUEST_LIFE
     + """
 local tid = ARGV[1]
 local outcome = redis.call('HGET', KEYS[1], 'outcome')
@@ -191,8 +203,15 @@ if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'at', now, 'by', ARGV[5])
   if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
 end
-redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', ARGV[9])  -- the latest aborter's
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]))
+-- The nearest forced stop stands (a second abort can only bring it closer), and the request
+-- outlives it: a worker that resyncs during the grace period must still find it.
+local grace = tonumber(ARGV[9])
+local before = tonumber(redis.call('HGET', KEYS[1], 'grace') or grace)
+if before < grace then grace = before end
+redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', grace)  -- rc: the latest aborter's
+local life = request_life(tonumber(ARGV[4]), KEYS[4])
+if grace + tonumber(ARGV[4]) > life then life = grace + tonumber(ARGV[4]) end
+redis.call('PEXPIRE', KEYS[1], life)
 local reason = redis.call('HGET', KEYS[1], 'reason')
 local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
 local live, entry, receivers = {}, false, 0
@@ -200,7 +219,7 @@ local cur = redis.call('HGET', KEYS[2], tid)
 if cur then
   local fields = {v = 2, type = 'abort', task_id = tid,
                   reason = reason or cjson.null, reply_to = ARGV[6], at = at}
-  if ARGV[9] ~= '0' then fields.grace = tonumber(ARGV[9]) / 1000 end
+  if grace > 0 then fields.grace = grace / 1000 end
   local message = cjson.encode(fields)
   for wid in string.gmatch(cur, '%S+') do
     -- A holder is alive if its lease is current or it listens on its channel (a worker whose
@@ -272,34 +291,40 @@ return out
 # failover may have lost it), and the reply must come only once replicas hold it. So the script
 # always writes (it renews the TTL, as a new request would), and the lane sends WAIT right
 # behind it on the same connection: WAIT covers every write the master made up to this one,
-# including the request itself and any outcome it read. KEYS: request hash; ARGV: outcome, ttl_ms.
-# Returns the recorded outcome, or false when the request is gone.
-REVOKE = """
+# including the request itself and any outcome it read. KEYS: request hash, ETA marker;
+# ARGV: outcome, ttl_ms. Returns the recorded outcome, or false when the request is gone.
+REVOKE = (
+    REQUEST_LIFE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'worker', '')  -- revoked by the aborter: no worker confirmed it
 end
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], request_life(tonumber(ARGV[2]), KEYS[2]))
 return redis.call('HGET', KEYS[1], 'outcome')
 """
+)
 
 
 # The aborter found a result and nobody holding the task: did a worker refuse or abort it
 # because of our request (then it is revoked), or did it finish on its own (then the request is
 # moot and goes)? Always a write, for the WAIT behind it, like REVOKE: a stale master (one that
 # was failed over and still serves a few seconds) must not answer "finished".
-# KEYS: request hash; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the request was
-# dropped, or false when it is gone (lost in a failover).
-SETTLE = """
+# KEYS: request hash, ETA marker; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the
+# request was dropped, or false when it is gone (lost in a failover).
+SETTLE = (
+    REQUEST_LIFE
+    + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker')
 if r[1] == 'revoked' or r[1] == 'aborted' then
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+  redis.call('PEXPIRE', KEYS[1], request_life(tonumber(ARGV[1]), KEYS[2]))
   return {r[1], r[2] or ''}
 end
 redis.call('DEL', KEYS[1])
 return {'', ''}
 """
+)
 
 
 def sharded(script: str) -> str:
