@@ -8,8 +8,7 @@ import inspect
 import logging
 import math
 import sys
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
@@ -17,15 +16,14 @@ from taskiq.exceptions import NoResultError
 from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
 
 from taskiq_abort import observe
+from taskiq_abort.aborter import AbortCalls
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
-from taskiq_abort.client import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortConfigError,
     TaskAbortedError,
-    TaskiqAbortError,
 )
 from taskiq_abort.execution import (
     MESSAGE_ATTR,
@@ -38,7 +36,6 @@ from taskiq_abort.execution import (
 from taskiq_abort.handle import install_abortable_handles
 from taskiq_abort.keys import DEFAULT_PREFIX
 from taskiq_abort.logs import install_log_filter
-from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
@@ -46,7 +43,7 @@ _RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
 _PROCESS_POOL_FLAG = "--use-process-pool"
 
 
-class AbortMiddleware(TaskiqMiddleware):
+class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     """Makes every task of a broker abortable, queued or running, from any process.
 
     >>> from taskiq import InMemoryBroker
@@ -172,89 +169,6 @@ class AbortMiddleware(TaskiqMiddleware):
 
     def __repr__(self) -> str:
         return f"AbortMiddleware({self.backend!r})"
-
-    # --- the API ---------------------------------------------------------------------
-    async def abort(
-        self,
-        task_id: str,
-        *,
-        reason: str | None = None,
-        wait: bool = True,
-        timeout: float | None = None,
-        grace: float | None = None,
-    ) -> AbortOutcome:
-        """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
-                "add it with broker.with_middlewares(middleware)"
-            )
-        started = time.perf_counter()
-        try:
-            outcome = await abort_task(
-                self.backend,
-                self.broker.result_backend,
-                task_id,
-                reason=reason,
-                wait=wait,
-                timeout=self.abort_timeout if timeout is None else timeout,
-                grace=grace,
-            )
-        except Exception as exc:
-            elapsed = time.perf_counter() - started
-            await observe.abort_answered(task_id, exc, elapsed, reason, self.broker)
-            raise
-        await observe.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
-        return outcome
-
-    async def abort_many(
-        self,
-        task_ids: Iterable[str],
-        *,
-        reason: str | None = None,
-        wait: bool = True,
-        timeout: float | None = None,
-        grace: float | None = None,
-    ) -> list[AbortOutcome]:
-        """Abort many tasks at once; see :func:`taskiq_abort.abort_many`."""
-        answers = await self.abort_each(
-            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
-        )
-        return raise_first(answers)
-
-    async def abort_each(
-        self,
-        task_ids: Iterable[str],
-        *,
-        reason: str | None = None,
-        wait: bool = True,
-        timeout: float | None = None,
-        grace: float | None = None,
-        invalid_in_place: bool = False,
-    ) -> list[AbortOutcome | TaskiqAbortError]:
-        """:meth:`abort_many` with each id's error in its place instead of raised (with
-        ``invalid_in_place``, an invalid id's too)."""
-        ids = list(task_ids)
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort {len(ids)} task(s): this AbortMiddleware is not attached to a "
-                "broker; add it with broker.with_middlewares(middleware)"
-            )
-        started = time.perf_counter()
-        answers = await abort_tasks_each(
-            self.backend,
-            self.broker.result_backend,
-            ids,
-            reason=reason,
-            wait=wait,
-            timeout=self.abort_timeout if timeout is None else timeout,
-            grace=grace,
-            invalid_in_place=invalid_in_place,
-        )
-        elapsed = time.perf_counter() - started
-        for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
-            await observe.abort_answered(task_id, got, elapsed, reason, self.broker)
-        return answers
 
     # --- taskiq hooks ----------------------------------------------------------------
     def set_broker(self, broker: AsyncBroker) -> None:
