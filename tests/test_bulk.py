@@ -468,3 +468,43 @@ async def test_lost_replies_are_read_from_the_records_and_deadlines_hold() -> No
     }
     assert backend.looked[0] == ["silent"]  # the last look at the first batch's deadline
     assert ["lost"] in backend.looked[1:]  # then, once nothing came for a second
+
+
+async def test_request_many_records_each_request_as_request_does(
+    redis_url: str, prefix: str, rclient: redis.Redis
+) -> None:
+    """The shortest grace stands per id (and is what its message says), and a request lives as
+    long as its delayed task's ETA marker requires, as with REQUEST."""
+    from taskiq_abort.backends.base import RunningEntry
+    from taskiq_abort.backends.redis import RedisAbortBackend
+
+    backend = RedisAbortBackend(redis_url, prefix=prefix, request_ttl=100)
+    keys = KeySpace(prefix)
+    worker = f"fake-{uuid.uuid4().hex[:6]}"
+    sooner, plain, delayed = (f"{kind}-{uuid.uuid4().hex}" for kind in ("sooner", "plain", "eta"))
+    entries = [RunningEntry(t, "held", f"r{i}", 0.0) for i, t in enumerate((sooner, plain))]
+    pubsub = rclient.pubsub()
+    pubsub.subscribe(keys.worker_channel(worker))
+    try:
+        while (m := pubsub.get_message(timeout=1.0)) is None or m["type"] != "subscribe":
+            pass
+        await backend.register(worker, {"host": "h", "pid": "1", "started": "0"}, entries)
+        await backend.note_eta(delayed, 1000)  # due in 1,000 s, beyond request_ttl
+        await backend.request(sooner, None, "test:1", grace=30)
+        pubsub.get_message(timeout=5.0)  # REQUEST's own `abort` message
+        await backend.request_many([sooner, plain, delayed], None, "test:2", grace=60)
+        graces: dict[str, float] = {}
+        while len(graces) < 2:
+            message = pubsub.get_message(timeout=5.0)
+            assert message is not None, graces
+            if message["type"] == "message":
+                graces.update({m.task_id: m.grace for m in parse_aborts(message["data"]) or ()})
+        assert graces == {sooner: 30.0, plain: 60.0}
+        assert rclient.hget(keys.request(sooner), "grace") == "30000"
+        assert rclient.hget(keys.request(plain), "grace") == "60000"
+        assert 100_000 < rclient.pttl(keys.request(plain)) <= 160_000  # ttl + grace
+        assert rclient.pttl(keys.request(delayed)) > 1_000_000  # until its ETA + ttl
+    finally:
+        pubsub.close()
+        await backend.unregister(worker)
+        await backend.close()
