@@ -1,7 +1,7 @@
 """4. Scale: abort latency vs tasks running (``scale``) and vs worker processes (``workers``).
 
 ``scale`` also runs 5. bulk abort and 6. memory on the same worker, which has ``p.bulk`` tasks
-running by then.
+running by then (and 5.'s no-op throughput on a fresh worker with the same options).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ async def run_tasks(bench: Bench) -> dict[str, Any]:
     p = bench.p
     prefix = f"scl{uuid.uuid4().hex[:6]}"
     top = max(p.scale_levels)
-    worker = Worker(bench.url, prefix, max_async=2 * top + 1000).start()
+    max_async = 2 * top + 1000
+    worker = Worker(bench.url, prefix, max_async=max_async).start()
     broker = await bench.client(prefix)
     levels: dict[str, Any] = {}
     mem: dict[str, Any] = {}
@@ -63,6 +64,8 @@ async def run_tasks(bench: Bench) -> dict[str, Any]:
             bench, prefix, background[0]
         )
         bulks["by_name"] = await bulk.by_name(bench, broker, prefix, worker, tasks_key)
+        bulks["many"] = await bulk.many(bench, broker, prefix, worker, tasks_key)
+        bulks["noop"] = await bulk.noop_throughput(bench, max_async)
     finally:
         await broker.shutdown()
         worker.stop()

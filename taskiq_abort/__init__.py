@@ -8,6 +8,7 @@ Quick start::
 
     task = await crunch.kiq(42)
     outcome = await task.abort(reason="user pressed stop")   # AbortStatus.ABORTED, ...
+    outcomes = await abort_many(broker, task_ids)             # many at once, one per id
 
 The public names are imported on first use (PEP 562), so ``import taskiq_abort.cli`` or
 ``taskiq_abort.errors`` does not import taskiq: the admin CLI answers in a fraction of a second.
@@ -33,7 +34,7 @@ from taskiq_abort.errors import (
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
-    from taskiq_abort.api import abort, find_middleware
+    from taskiq_abort.api import abort, abort_many, find_middleware
     from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
     from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
     from taskiq_abort.middleware import AbortMiddleware
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 
 _WHERE = {
     "abort": "taskiq_abort.api",
+    "abort_many": "taskiq_abort.api",
     "find_middleware": "taskiq_abort.api",
     "AbortBackend": "taskiq_abort.backends",
     "MemoryAbortBackend": "taskiq_abort.backends",
@@ -81,6 +83,7 @@ __all__ = [
     "TaskiqAbortError",
     "__version__",
     "abort",
+    "abort_many",
     "abortable_task",
     "find_middleware",
     "shield",

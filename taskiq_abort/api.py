@@ -1,7 +1,9 @@
-"""``abort(broker, task_id)``: abort a task by id, from any process that has the broker."""
+"""``abort(broker, task_id)`` and ``abort_many(broker, task_ids)``: abort tasks by id, from any
+process that has the broker."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -57,4 +59,36 @@ async def abort(
     task_id = task.task_id if isinstance(task, AsyncTaskiqTask) else task
     return await find_middleware(broker).abort(
         task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+    )
+
+
+async def abort_many(
+    broker: AsyncBroker,
+    tasks: Iterable[str | AsyncTaskiqTask[Any]],
+    *,
+    reason: str | None = None,
+    wait: bool = True,
+    timeout: float | None = None,
+    grace: float | None = None,
+) -> list[AbortOutcome]:
+    """Abort many tasks at once: what :func:`abort` does for each, at a fraction of the cost.
+
+    The requests are recorded in one Redis call per 1,000 ids, each worker holding some of the
+    tasks gets one message listing them, and confirms them in batches; ids that nobody runs
+    are revoked (their results stored) meanwhile.
+
+    :param tasks: task ids, or the handles ``.kiq()`` returned, in any mix. An id given twice
+        is aborted once, and its outcome given at each of its positions.
+    :param reason, wait, grace: as for :func:`abort`, the same for every task.
+    :param timeout: seconds to wait for each task's confirmation, from when its request was
+        sent (default: the middleware's ``abort_timeout``, 5 s).
+    :returns: one :class:`AbortOutcome` per item of ``tasks``, in the same order.
+    :raises InvalidTaskIdError: if any id cannot be a task id; nothing is sent.
+    :raises AbortBackendUnavailableError: Redis could not be reached (in bounded time). It is
+        raised once every other id has been dealt with; requests recorded before it stand.
+    :raises AbortConfigError: the broker has no ``AbortMiddleware``.
+    """
+    ids = [task.task_id if isinstance(task, AsyncTaskiqTask) else task for task in tasks]
+    return await find_middleware(broker).abort_many(
+        ids, reason=reason, wait=wait, timeout=timeout, grace=grace
     )

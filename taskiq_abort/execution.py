@@ -24,6 +24,7 @@ import itertools
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, Literal
@@ -68,6 +69,7 @@ class RunningTask:
         "entered",
         "entry",
         "forced",
+        "gate",
         "host",
         "interrupt",
         "mode",
@@ -80,6 +82,7 @@ class RunningTask:
         "shields",
         "stopping",
         "thread",
+        "turn",
     )
 
     def __init__(
@@ -112,6 +115,8 @@ class RunningTask:
         self.context: Token[RunningTask | None] | None = None  # to reset ``current_run``
         self._event: threading.Event | None = None
         self._async_event: asyncio.Event | None = None
+        self.gate: asyncio.Semaphore | None = None  # the worker's turns to report an abort
+        self.turn = False  # holds one
 
     @property
     def task_id(self) -> str:
@@ -194,6 +199,23 @@ class RunningTask:
         Redeliveries.count += 1
         self.delivered = False
         self.deliver()
+
+    async def take_turn(self) -> None:
+        """The body ended aborted: wait for a turn to report it (taskiq's error path, the
+        result write, the ack, our confirmation), at once unless many attempts are reporting.
+        A bulk abort stops every body at once; reporting thousands of them at once would keep
+        every one's objects alive across garbage collections, and full collections over a
+        worker running thousands of tasks cost more than the reports themselves."""
+        gate = self.gate
+        if gate is not None and not self.turn:
+            await gate.acquire()
+            self.turn = True
+
+    def end_turn(self) -> None:
+        """The attempt is over (``WorkerSide.finish``): give its turn to the next."""
+        if self.turn and self.gate is not None:
+            self.turn = False
+            self.gate.release()
 
     def revoke(self, reason: str | None) -> None:
         self.revoked, self.reason = True, reason
@@ -328,12 +350,20 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(func)
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            run = _enter(current_run.get())
-            if run is None:
-                return await func(*args, **kwargs)
-            if run.mode == "level":
-                return await _run_level(run, func, args, kwargs)
-            return await _run_edge(run, func, args, kwargs)
+            run = current_run.get()
+            outer = run is not None and not run.entered  # the attempt's body, not a call in it
+            try:
+                if _enter(run) is None:
+                    return await func(*args, **kwargs)
+                assert run is not None
+                if run.mode == "level":
+                    return await _run_level(run, func, args, kwargs)
+                return await _run_edge(run, func, args, kwargs)
+            except TaskAbortedError:
+                if outer:
+                    assert run is not None
+                    await run.take_turn()  # the body has stopped: its report waits its turn
+                raise
 
         wrapper: Callable[..., Any] = async_wrapper
     else:
@@ -349,3 +379,16 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
         wrapper = sync_wrapper
     setattr(wrapper, _WRAPPED, True)
     return wrapper
+
+
+def release_frames(error: BaseException | None) -> None:
+    """Clear the locals of the finished frames in an aborted task's tracebacks. taskiq's
+    ``run_task`` keeps ``(type, exc, exc.__traceback__)`` in a local, so its frame, the
+    traceback and every frame below form a cycle that only the cyclic GC frees: ~20 objects
+    per aborted task, and with thousands of tasks running, every full collection scans them
+    all. Called by ``post_save``: the result is stored and every ``on_error`` hook has run."""
+    for _ in range(8):  # the exception and its context (the CancelledError), not further
+        if error is None:
+            return
+        traceback.clear_frames(error.__traceback__)
+        error = error.__context__

@@ -8,7 +8,6 @@ import inspect
 import logging
 import math
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,22 +16,26 @@ from taskiq.exceptions import NoResultError
 from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
 
 from taskiq_abort import observe
+from taskiq_abort.aborter import AbortCalls
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
-from taskiq_abort.client import abort_task
-from taskiq_abort.errors import AbortBackendError, AbortConfigError, TaskAbortedError
+from taskiq_abort.errors import (
+    AbortBackendError,
+    AbortConfigError,
+    TaskAbortedError,
+)
 from taskiq_abort.execution import (
     MESSAGE_ATTR,
     CancelMode,
     RunningTask,
     current_run,
+    release_frames,
     wrap_task_function,
 )
 from taskiq_abort.handle import install_abortable_handles
 from taskiq_abort.keys import DEFAULT_PREFIX
 from taskiq_abort.logs import install_log_filter
-from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
@@ -40,7 +43,7 @@ _RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
 _PROCESS_POOL_FLAG = "--use-process-pool"
 
 
-class AbortMiddleware(TaskiqMiddleware):
+class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     """Makes every task of a broker abortable, queued or running, from any process.
 
     >>> from taskiq import InMemoryBroker
@@ -166,49 +169,6 @@ class AbortMiddleware(TaskiqMiddleware):
 
     def __repr__(self) -> str:
         return f"AbortMiddleware({self.backend!r})"
-
-    # --- the API ---------------------------------------------------------------------
-    async def abort(
-        self,
-        task_id: str,
-        *,
-        reason: str | None = None,
-        wait: bool = True,
-        timeout: float | None = None,
-        grace: float | None = None,
-    ) -> AbortOutcome:
-        """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
-                "add it with broker.with_middlewares(middleware)"
-            )
-        started = time.perf_counter()
-        try:
-            outcome = await abort_task(
-                self.backend,
-                self.broker.result_backend,
-                task_id,
-                reason=reason,
-                wait=wait,
-                timeout=self.abort_timeout if timeout is None else timeout,
-                grace=grace,
-            )
-        except Exception:
-            elapsed = time.perf_counter() - started
-            await observe.abort_requested(
-                task_id, "error", elapsed, reason=reason, broker=self.broker
-            )
-            raise
-        await observe.abort_requested(
-            outcome.task_id,
-            outcome.status.value,
-            outcome.elapsed,
-            reason=outcome.reason,
-            worker=outcome.worker,
-            broker=self.broker,
-        )
-        return outcome
 
     # --- taskiq hooks ----------------------------------------------------------------
     def set_broker(self, broker: AsyncBroker) -> None:
@@ -372,6 +332,8 @@ class AbortMiddleware(TaskiqMiddleware):
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)
+        if outcome == "aborted":  # its tracebacks have served: free its frames now
+            release_frames(result.error)
 
 
 def _delay_of(message: TaskiqMessage) -> float | None:

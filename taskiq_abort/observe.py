@@ -20,6 +20,8 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from taskiq_abort.outcome import AbortOutcome
+
 logger = logging.getLogger("taskiq_abort")
 
 RUNNING = "running"
@@ -186,6 +188,23 @@ async def abort_requested(
     event = AbortRequested(task_id, status, seconds, reason, worker, time.time() - seconds, broker)
     for observer in list(_observers):
         await _call(observer.abort_requested, event)
+
+
+async def abort_answered(
+    task_id: str,
+    answer: AbortOutcome | BaseException,
+    seconds: float,
+    reason: str | None,
+    broker: Any = None,
+) -> None:
+    """:func:`abort_requested` for an outcome, or for an error (``seconds``: until it came)."""
+    if isinstance(answer, AbortOutcome):
+        await abort_requested(
+            task_id, answer.status.value, answer.elapsed, reason=answer.reason,
+            worker=answer.worker, broker=broker,
+        )  # fmt: skip
+    else:
+        await abort_requested(task_id, "error", seconds, reason=reason, broker=broker)
 
 
 def abort_forced(task_name: str) -> None:

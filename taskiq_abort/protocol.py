@@ -7,6 +7,7 @@ input from the wire: it returns ``None`` and the caller counts the message as ma
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,9 @@ MAX_GRACE = 7 * 24 * 3600.0
 """Longest grace period, in seconds (a week): longer ones are refused by ``abort()``."""
 
 _ABORT = "abort"
+_ABORT_MANY = "abort_many"
 _REPLY = "reply"
+_REPLIES = "replies"
 REPLY_STATUSES = frozenset({"aborted", "finished", "unknown"})
 
 
@@ -89,8 +92,7 @@ class AbortMessage:
         }
         if self.grace:
             data["grace"] = self.grace
-        # ensure_ascii=False: an emoji is 4 bytes, not a 12-byte escape pair
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return _dumps(data)
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,29 @@ class ReplyMessage:
         }
         if self.forced:
             data["forced"] = True
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return _dumps(data)
 
 
-def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class RepliesMessage:
+    """Several confirmations for one reply channel, from the worker that held the tasks:
+    ``items`` are ``(task_id, status, forced)``."""
+
+    worker: str
+    items: tuple[tuple[str, str, bool], ...]
+
+    def encode(self) -> str:
+        data = {"v": VERSION, "type": _REPLIES, "worker": self.worker, "items": self.items}
+        return _dumps(data)
+
+
+def _dumps(data: object) -> str:
+    # ensure_ascii=False: an emoji is 4 bytes, not a 12-byte escape pair
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(raw: bytes | str, kinds: tuple[str, ...]) -> dict[str, Any] | None:
+    """The JSON object of a version-2 message of one of ``kinds``; ``None`` otherwise."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return None
     try:
@@ -126,25 +147,24 @@ def _load(raw: bytes | str, kind: str) -> dict[str, Any] | None:
     # ``type(...) is int``: JSON ``true`` and ``1.0`` compare equal to 1 but are not version 1.
     if not isinstance(data, dict) or type(data.get("v")) is not int or data["v"] != VERSION:
         return None
-    if data.get("type") != kind:
-        return None
-    task_id = data.get("task_id")
-    if not isinstance(task_id, str) or _task_id_problem(task_id):
+    if data.get("type") not in kinds:
         return None
     return data
 
 
-def parse_abort(raw: bytes | str) -> AbortMessage | None:
-    """Parse a control message; ``None`` for anything malformed.
+def _is_task_id(value: object) -> bool:
+    return isinstance(value, str) and not _task_id_problem(value)
 
-    >>> parse_abort(AbortMessage("t1", "why", "{app}:ctl:r:a1", 1700000000000, 2.5).encode())
-    AbortMessage(task_id='t1', reason='why', reply_to='{app}:ctl:r:a1', at=1700000000000, grace=2.5)
-    >>> parse_abort(b"not json") is None
-    True
-    """
-    data = _load(raw, _ABORT)
-    if data is None:
+
+def _task_ids(value: object) -> list[str] | None:
+    """A non-empty JSON list of valid task ids."""
+    if not isinstance(value, list) or not value or not all(_is_task_id(t) for t in value):
         return None
+    return value
+
+
+def _abort_fields(data: dict[str, Any]) -> tuple[str | None, str, int, float] | None:
+    """``(reason, reply_to, at, grace)`` of an ``abort`` or ``abort_many`` message."""
     reason, reply_to, at = data.get("reason"), data.get("reply_to", ""), data.get("at", 0)
     grace = data.get("grace", 0)
     if reason is not None and not isinstance(reason, str):
@@ -153,18 +173,125 @@ def parse_abort(raw: bytes | str) -> AbortMessage | None:
         return None
     if type(grace) not in (int, float) or not 0 <= grace <= MAX_GRACE:  # NaN fails this too
         return None
-    return AbortMessage(data["task_id"], clean_reason(reason), reply_to, at, float(grace))
+    return clean_reason(reason), reply_to, at, float(grace)
+
+
+def parse_abort(raw: bytes | str) -> AbortMessage | None:
+    """Parse an ``abort`` message; ``None`` for anything malformed (``abort_many`` too: see
+    :func:`parse_aborts`).
+
+    >>> parse_abort(AbortMessage("t1", "why", "{app}:ctl:r:a1", 1700000000000, 2.5).encode())
+    AbortMessage(task_id='t1', reason='why', reply_to='{app}:ctl:r:a1', at=1700000000000, grace=2.5)
+    >>> parse_abort(b"not json") is None
+    True
+    """
+    data = _load(raw, (_ABORT,))
+    if data is None or not _is_task_id(data.get("task_id")):
+        return None
+    fields = _abort_fields(data)
+    return None if fields is None else AbortMessage(data["task_id"], *fields)
+
+
+def parse_aborts(raw: bytes | str) -> list[AbortMessage] | None:
+    """Parse a worker's control message, ``abort`` or ``abort_many``, into one
+    :class:`AbortMessage` per task; ``None`` for anything malformed (never raises).
+
+    >>> raw = '{"v":2,"type":"abort_many","task_ids":["a","b"],"reason":null,"reply_to":"","at":5}'
+    >>> [m.task_id for m in parse_aborts(raw)]
+    ['a', 'b']
+    """
+    data = _load(raw, (_ABORT, _ABORT_MANY))
+    if data is None:
+        return None
+    if data["type"] == _ABORT:
+        ids = [data["task_id"]] if _is_task_id(data.get("task_id")) else None
+    else:
+        ids = _task_ids(data.get("task_ids"))
+    fields = _abort_fields(data)
+    if ids is None or fields is None:
+        return None
+    return [AbortMessage(task_id, *fields) for task_id in ids]
+
+
+def _reply_item(item: object, worker: str) -> ReplyMessage | None:
+    if not isinstance(item, list) or len(item) != 3:
+        return None
+    task_id, status, forced = item
+    if not _is_task_id(task_id) or type(forced) is not bool:
+        return None
+    if not isinstance(status, str) or status not in REPLY_STATUSES:
+        return None
+    return ReplyMessage(task_id, status, worker, forced)
 
 
 def parse_reply(raw: bytes | str) -> ReplyMessage | None:
-    """Parse a worker's reply; ``None`` for anything malformed."""
-    data = _load(raw, _REPLY)
+    """Parse a worker's ``reply``; ``None`` for anything malformed (``replies`` too: see
+    :func:`parse_replies`)."""
+    data = _load(raw, (_REPLY,))
     if data is None:
         return None
-    status, worker, forced = data.get("status"), data.get("worker"), data.get("forced", False)
-    if status not in REPLY_STATUSES or not isinstance(worker, str) or type(forced) is not bool:
+    return _reply(data)
+
+
+def _reply(data: dict[str, Any]) -> ReplyMessage | None:
+    worker = data.get("worker")
+    if not isinstance(worker, str):
         return None
-    return ReplyMessage(data["task_id"], status, worker[:MAX_TASK_ID_LENGTH], forced)
+    item = [data.get("task_id"), data.get("status"), data.get("forced", False)]
+    return _reply_item(item, worker[:MAX_TASK_ID_LENGTH])
+
+
+def parse_replies(raw: bytes | str) -> list[ReplyMessage] | None:
+    """Parse a worker's confirmation, ``reply`` or ``replies``, into one
+    :class:`ReplyMessage` per task; ``None`` for anything malformed (never raises).
+
+    >>> [r.task_id for r in parse_replies(reply_payloads("w1", [("a", "aborted", True)] * 2)[0])]
+    ['a', 'a']
+    """
+    data = _load(raw, (_REPLY, _REPLIES))
+    if data is None:
+        return None
+    if data["type"] == _REPLY:
+        one = _reply(data)
+        return None if one is None else [one]
+    worker, items = data.get("worker"), data.get("items")
+    if not isinstance(worker, str) or not isinstance(items, list) or not items:
+        return None
+    replies = []
+    for item in items:
+        reply = _reply_item(item, worker[:MAX_TASK_ID_LENGTH])
+        if reply is None:
+            return None
+        replies.append(reply)
+    return replies
+
+
+def reply_payloads(worker: str, items: Sequence[tuple[str, str, bool]]) -> list[str]:
+    """The confirmations ``(task_id, status, forced)`` for one reply channel, as messages of
+    at most :data:`MAX_MESSAGE_BYTES`: a ``reply`` for a lone one (what a single abort has
+    always received), else ``replies`` carrying as many as fit.
+
+    >>> reply_payloads("w1", [("t1", "aborted", False)])
+    ['{"v":2,"type":"reply","task_id":"t1","status":"aborted","worker":"w1"}']
+    >>> reply_payloads("w1", [("t1", "aborted", False), ("t2", "finished", False)])
+    ['{"v":2,"type":"replies","worker":"w1","items":[["t1","aborted",false],["t2","finished",false]]}']
+    """
+    chunks: list[list[tuple[str, str, bool]]] = []
+    base = len(RepliesMessage(worker, ()).encode().encode())
+    size = base
+    for item in items:
+        item_size = len(_dumps(list(item)).encode()) + 1  # and a comma
+        if not chunks or size + item_size > MAX_MESSAGE_BYTES:
+            chunks.append([])
+            size = base
+        chunks[-1].append(item)
+        size += item_size
+    return [
+        ReplyMessage(chunk[0][0], chunk[0][1], worker, chunk[0][2]).encode()
+        if len(chunk) == 1
+        else RepliesMessage(worker, tuple(chunk)).encode()
+        for chunk in chunks
+    ]
 
 
 def check_grace(grace: object) -> float:

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from taskiq_abort import observe
-from taskiq_abort.backends.base import AbortBackend, AbortNotice, RunningEntry
+from taskiq_abort.backends.base import AbortBackend, AbortNotice, Confirmation, RunningEntry
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
 
@@ -27,6 +27,11 @@ logger = logging.getLogger("taskiq_abort")
 _RECENT = 10_000  # finished ids remembered, to answer aborts that arrive just after the end
 _MIN_INTERVAL = 0.005  # seconds between two registry calls of a busy worker
 _FINISH_DELAY = 0.05  # finishes wait this long to ride along with a start batch (one call)
+# Aborted attempts reporting at once (taskiq's error path, result, ack, confirmation): every
+# body stops at once, the reports of a bulk abort go 32 at a time (RunningTask.take_turn).
+# Measured with 5,000 tasks aborted at once: 950 aborts/s unbounded, 1,230 with 16 or 32,
+# 1,130 with 64 (GC time 1.25 s -> 0.36 s).
+_REPORTS = 32
 
 
 def make_worker_id() -> str:
@@ -77,6 +82,9 @@ class WorkerSide:
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._confirms: set[asyncio.Task[None]] = set()
+        self._to_confirm: list[tuple[Confirmation, asyncio.Future[None]]] = []
+        self._confirming = False  # a confirmation call is in flight
+        self._reports = asyncio.Semaphore(_REPORTS)
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self, ready_timeout: float = 3.0) -> None:
@@ -111,6 +119,7 @@ class WorkerSide:
     def begin(self, task_id: str, task_name: str) -> RunningTask:
         run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode)
         run.interrupt = self.interrupt_threads
+        run.gate = self._reports
         runs = self.running.setdefault(task_id, [])
         if runs and runs[0].aborted:  # a copy of an aborted task: it must not run either
             run.revoke(runs[0].reason)
@@ -134,6 +143,7 @@ class WorkerSide:
         if run.done:
             return False
         run.done = True
+        run.end_turn()
         run.end_grace()
         asked = run.abort_requested or run.stopping  # an aborter waits for our word
         runs = self.running.get(run.task_id, [])
@@ -171,10 +181,46 @@ class WorkerSide:
     async def confirm(
         self, task_id: str, outcome: str, reply_to: Iterable[str], forced: bool = False
     ) -> None:
+        """Record how an abort ended and reply to its aborters. A lone confirmation goes at
+        once; those that come while one call is in flight (a bulk abort ending hundreds of
+        tasks) join the next call, one for all of them, as starts do in ``_flush``."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._to_confirm.append((Confirmation(task_id, outcome, tuple(reply_to), forced), done))
+        if not self._confirming:
+            self._confirming = True
+            try:
+                await self._confirm_round()
+            finally:
+                if self._to_confirm:  # came meanwhile: the next call, in a task of its own
+                    self._track(asyncio.get_running_loop().create_task(self._drain_confirms()))
+                else:
+                    self._confirming = False
+        await done
+
+    async def _confirm_round(self) -> None:
+        batch, self._to_confirm = self._to_confirm, []
         try:
-            await self.backend.confirm(task_id, outcome, self.worker_id, reply_to, forced)
-        except TaskiqAbortError as exc:
-            logger.warning("taskiq-abort: could not confirm abort of task %s: %s", task_id, exc)
+            await self.backend.confirm_many(self.worker_id, [item for item, _ in batch])
+        except Exception as exc:  # never into the task's post_save
+            ids = ", ".join(item.task_id for item, _ in batch[:3])
+            more = f" and {len(batch) - 3} more" if len(batch) > 3 else ""
+            log = logger.warning if isinstance(exc, TaskiqAbortError) else logger.exception
+            log("taskiq-abort: could not confirm abort of task %s%s: %s", ids, more, exc)
+        finally:
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _drain_confirms(self) -> None:
+        try:
+            while self._to_confirm:
+                await self._confirm_round()
+        finally:
+            self._confirming = False
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._confirms.add(task)
+        task.add_done_callback(self._confirms.discard)
 
     # --- abort requests --------------------------------------------------------------
     def on_abort(self, notice: AbortNotice) -> None:
@@ -190,9 +236,7 @@ class WorkerSide:
         # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
         if outcome and outcome != "unknown":
             confirm = self.confirm(notice.task_id, outcome, (notice.reply_to,), forced)
-            task = asyncio.get_running_loop().create_task(confirm)
-            self._confirms.add(task)
-            task.add_done_callback(self._confirms.discard)
+            self._track(asyncio.get_running_loop().create_task(confirm))
 
     # --- registry --------------------------------------------------------------------
     def _flush_finishes(self) -> None:

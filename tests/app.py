@@ -115,12 +115,14 @@ def make_broker(
     abort_url: str | None = None,
     fail_closed: bool = False,
     idle_timeout_ms: int | None = None,
+    queue: str | None = None,
     **abort_options: Any,
 ) -> AsyncBroker:
     """``abort_url``: a separate Redis for the abort control plane (fault and ACL tests);
     ``idle_timeout_ms``: how soon a stream message of a killed worker is redelivered;
+    ``queue``: a queue of its own, to put tasks on one worker of several (``<prefix>:queue``);
     ``abort_options``: more ``AbortMiddleware`` options (``channel``, ``abort_timeout``...)."""
-    queue = f"{prefix}:queue"
+    queue = queue or f"{prefix}:queue"
     inner: AsyncBroker
     topology, plain, sentinels, master = parse_target(url)
     if topology != "standalone":
@@ -381,4 +383,5 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         idle_timeout_ms=int(os.environ.get("TASKIQ_ABORT_TEST_IDLE_MS", "0")) or None,
         channel=os.environ.get("TASKIQ_ABORT_TEST_CHANNEL") or None,
         interrupt_threads=os.environ.get("TASKIQ_ABORT_TEST_INTERRUPT") == "1",
+        queue=os.environ.get("TASKIQ_ABORT_TEST_QUEUE") or None,
     )

@@ -33,6 +33,8 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(results["scale"]["levels"]) == {"1", "20"}
     assert results["scale"]["bulk"]["api"]["statuses"] == {"aborted": 20}
     assert results["scale"]["bulk"]["by_name"]["statuses"] == {"aborted": 20}
+    assert results["scale"]["bulk"]["many"]["statuses"] == {"aborted": 20}
+    assert results["scale"]["bulk"]["noop"]["tasks_per_s"] > 0
     assert results["scale"]["memory"]["redis_registry_bytes_per_task"] > 0
     for regime in ("throughput", "trickle"):
         assert set(results[regime]) == {"stream", "list"}
@@ -55,6 +57,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "Throughput" in out
     assert "| trickle | list |" in out
     assert "Fleet size" in out
+    assert "`abort_many()` for the ids" in out and "no-op throughput, same run" in out
 
 
 def test_fleet_split() -> None:

@@ -46,7 +46,8 @@ import pytest
 import redis
 from taskiq import AsyncBroker
 
-from taskiq_abort import AbortStatus, abort, find_middleware
+from taskiq_abort import AbortStatus, abort, abort_many, find_middleware
+from taskiq_abort.protocol import parse_aborts, parse_replies
 from tests.conftest import ROOT, Events, WorkerProcess
 
 pytestmark = pytest.mark.anyio
@@ -196,6 +197,15 @@ class Live:
             self.ttls[key] = client.pttl(key)
 
 
+def _task_ids(message: dict[str, Any]) -> list[str]:
+    """The task ids a message is about: ``task_id``, ``task_ids`` or ``items``' first fields."""
+    if "task_id" in message:
+        return [message["task_id"]]
+    if "task_ids" in message:
+        return list(message["task_ids"])
+    return [item[0] for item in message.get("items", ())]
+
+
 def _drain(pubsub: Any, live: Live, until: set[tuple[str, str]], timeout: float = 30.0) -> None:
     """Read messages until every (type, task id) in ``until`` was seen."""
     deadline = time.monotonic() + timeout
@@ -206,8 +216,9 @@ def _drain(pubsub: Any, live: Live, until: set[tuple[str, str]], timeout: float 
         if message is None or message["type"] != "pmessage":
             continue
         live.messages.append((message["channel"], message["data"]))
-        with_type = json.loads(message["data"])
-        seen.add((with_type.get("type"), with_type.get("task_id")))
+        data = json.loads(message["data"])
+        kind = {"replies": "reply"}.get(data.get("type"), data.get("type"))  # a confirmation
+        seen |= {(kind, task_id) for task_id in _task_ids(data)}
 
 
 @pytest.fixture
@@ -219,7 +230,8 @@ async def live(
     prefix: str,
 ) -> Live:
     """A worker runs a task (keys read while it runs), the task is aborted with a reason, an id
-    nobody sent is revoked without one; every message on the prefix's channels is recorded."""
+    nobody sent is revoked without one, two more running tasks are aborted in bulk
+    (``abort_many``); every message on the prefix's channels is recorded."""
     worker_factory().start()
     state = Live(prefix)
     pubsub = rclient.pubsub()
@@ -228,23 +240,29 @@ async def live(
         while (m := pubsub.get_message(timeout=1.0)) is None or m["type"] != "psubscribe":
             pass
         running = await client.find_task("sleeper").kiq(60)
+        bulk = [await client.find_task("sleeper").kiq(60) for _ in range(2)]
         # A kick delayed beyond request_ttl notes its ETA (the stream broker runs it at once).
         ttl = find_middleware(client).backend.request_ttl
         delayed = await client.find_task("quick").kicker().with_labels(delay=ttl + 60).kiq(1)
-        events.wait(running.task_id, "started")
-        state.snapshot(rclient)  # the registry while the task runs
+        for task in (running, *bulk):
+            events.wait(task.task_id, "started")
+        state.snapshot(rclient)  # the registry while the tasks run
         outcome = await running.abort(reason="contract test")
         assert outcome.status is AbortStatus.ABORTED and outcome.worker
         never_sent = f"never-sent-{uuid.uuid4().hex}"
         assert (await abort(client, never_sent)).status is AbortStatus.REVOKED
+        outcomes = await abort_many(client, bulk, reason="contract test")
+        assert {o.status for o in outcomes} == {AbortStatus.ABORTED}
         state.snapshot(rclient)  # the requests
         # No message about never_sent: nobody holds it (the start check would refuse it).
         until = {("abort", running.task_id), ("reply", running.task_id)}
+        until |= {(kind, t.task_id) for t in bulk for kind in ("abort_many", "reply")}
         _drain(pubsub, state, until)
     finally:
         pubsub.close()
-    state.task_ids = {running.task_id, never_sent, delayed.task_id}
-    state.task_names = {running.task_id: "sleeper", delayed.task_id: "quick"}
+    state.task_ids = {running.task_id, never_sent, delayed.task_id, *(t.task_id for t in bulk)}
+    state.task_names = {t.task_id: "sleeper" for t in (running, *bulk)}
+    state.task_names[delayed.task_id] = "quick"
     state.worker_ids = {outcome.worker}
     return state
 
@@ -404,12 +422,37 @@ async def test_messages_match_the_documented_channels_and_examples(live: Live) -
             values = _values_said(text, key)
             if values and value is not None:
                 assert value in values, f"{key}={value!r} is not one of {values}"
-        assert message["task_id"] in live.task_ids, raw
+        assert _task_ids(message) and set(_task_ids(message)) <= live.task_ids, raw
+        for item in message.get("items", ()):  # [task_id, status, forced]
+            assert len(item) == 3 and type(item[2]) is bool, raw
+            assert item[1] in _values_said(text, "status"), raw
         if "worker" in message:
             assert worker_id.fullmatch(message["worker"]), raw
-    reasons = {m["task_id"]: m["reason"] for m in map(json.loads, (r for _, r in live.messages))
-               if m["type"] == "abort"}  # fmt: skip
-    assert set(reasons.values()) == {"contract test"}, reasons
+    reasons = {m["type"]: m["reason"] for m in map(json.loads, (r for _, r in live.messages))
+               if m["type"] in ("abort", "abort_many")}  # fmt: skip
+    assert reasons == {"abort": "contract test", "abort_many": "contract test"}, reasons
+
+
+def test_documented_examples_parse() -> None:
+    """Each example message of the document is one our parsers read (and not another)."""
+    text = section(DOC.read_text(), "Channels")
+    lines = [
+        line
+        for block in re.findall(r"```json\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.strip()
+    ]
+    assert {json.loads(line)["type"] for line in lines} == {
+        "abort", "abort_many", "reply", "replies"
+    }  # fmt: skip
+    for line in lines:
+        ids = _task_ids(json.loads(line))
+        if json.loads(line)["type"].startswith("abort"):
+            assert [m.task_id for m in parse_aborts(line) or ()] == ids, line
+            assert parse_replies(line) is None
+        else:
+            assert [r.task_id for r in parse_replies(line) or ()] == ids, line
+            assert parse_aborts(line) is None
 
 
 def _values_said(text: str, key: str) -> set[str]:

@@ -17,6 +17,7 @@ from taskiq_abort import (
     AbortPermissionError,
     AbortStatus,
     TaskAbortedError,
+    abort_many,
     find_middleware,
 )
 from taskiq_abort.keys import KeySpace
@@ -68,6 +69,13 @@ async def test_minimal_acl_worker_and_aborter(redis_url, prefix, events: Events)
                 events.wait(task.task_id, "finally")
                 result = await task.wait_result(timeout=10)
                 assert isinstance(result.error, TaskAbortedError)
+                # A bulk abort: REQUEST_MANY (and CONFIRM_MANY when confirmations pile up).
+                more = [await client.find_task("sleeper").kiq(60) for _ in range(3)]
+                for other in more:
+                    events.wait(other.task_id, "started")
+                    await apoll(lambda t=other: _holds(client, t.task_id), 30, "registered")
+                outcomes = await abort_many(client, more, reason="acl", timeout=10)
+                assert {o.status for o in outcomes} == {AbortStatus.ABORTED}
                 # A kick delayed beyond request_ttl notes its ETA: the rights cover it.
                 delay = find_middleware(client).backend.request_ttl + 60
                 delayed = await client.find_task("quick").kicker().with_labels(delay=delay).kiq(1)

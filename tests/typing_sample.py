@@ -11,6 +11,7 @@ from taskiq_abort import (
     AbortOutcome,
     AbortStatus,
     abort,
+    abort_many,
     abortable_task,
 )
 
@@ -42,3 +43,6 @@ async def main() -> None:
     assert_type(result, TaskiqResult[int])
     assert_type(await abort(broker, task.task_id), AbortOutcome)
     assert_type(await abort(broker, task), AbortOutcome)
+    assert_type(await abort_many(broker, [task, task.task_id], reason="bulk"), list[AbortOutcome])
+    middleware = AbortMiddleware()
+    assert_type(await middleware.abort_many([task.task_id], timeout=2.0), list[AbortOutcome])

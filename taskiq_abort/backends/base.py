@@ -114,6 +114,18 @@ class AbortNotice:
     """Seconds the task may take to stop on its own before it is cancelled."""
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """How an abort ended on a worker, for the aborters waiting on ``reply_to``."""
+
+    task_id: str
+    outcome: str
+    """``aborted``, ``finished`` or ``unknown`` (replied, never recorded)."""
+    reply_to: tuple[str, ...] = ()
+    forced: bool = False
+    """It was cancelled when its grace period ran out."""
+
+
 AbortHandler = Callable[[AbortNotice], None]
 """Called on the worker for each abort request of a task it holds."""
 ResyncHook = Callable[[], Awaitable[None]]
@@ -165,6 +177,12 @@ class AbortBackend(abc.ABC):
         """Record how an abort ended and send the reply to the aborters waiting for it;
         ``forced``: it was cancelled when its grace period ran out."""
 
+    async def confirm_many(self, worker_id: str, confirmations: Sequence[Confirmation]) -> None:
+        """:meth:`confirm` for several tasks at once (the worker batches the confirmations
+        that come while one call is in flight); by default one :meth:`confirm` each."""
+        for item in confirmations:
+            await self.confirm(item.task_id, item.outcome, worker_id, item.reply_to, item.forced)
+
     @abc.abstractmethod
     async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
         """Deliver the abort requests sent to ``worker_id`` to ``handler`` until cancelled;
@@ -179,6 +197,18 @@ class AbortBackend(abc.ABC):
         """Record the request durably, then tell the workers holding the task (to cancel it
         at once, or after ``grace`` seconds if it has not stopped on its own by then)."""
 
+    async def request_many(
+        self,
+        task_ids: Sequence[str],
+        reason: str | None,
+        requested_by: str,
+        grace: float = 0.0,
+    ) -> list[RequestResult]:
+        """:meth:`request` for several tasks at once, one result per id in order. Backends
+        that can do better (one round trip, one message per holding worker) override it; by
+        default each id is requested on its own."""
+        return [await self.request(tid, reason, requested_by, grace) for tid in task_ids]
+
     @abc.abstractmethod
     async def note_eta(self, task_id: str, delay: float) -> None:
         """``task_id`` was kicked to start ``delay`` seconds from now, later than
@@ -192,8 +222,13 @@ class AbortBackend(abc.ABC):
 
     async def prepare_reply(self, task_id: str) -> ReplyWaiter:
         """Be ready to receive ``task_id``'s replies before the request is sent."""
+        return await self.prepare_replies((task_id,))
+
+    async def prepare_replies(self, task_ids: Iterable[str]) -> ReplyWaiter:
+        """One queue receiving the replies about every id of ``task_ids`` (a bulk abort)."""
         waiter: ReplyWaiter = asyncio.Queue()
-        self._waiters.setdefault(task_id, set()).add(waiter)
+        for task_id in task_ids:
+            self._waiters.setdefault(task_id, set()).add(waiter)
         return waiter
 
     async def wait_reply(
@@ -207,11 +242,22 @@ class AbortBackend(abc.ABC):
 
     def discard_reply(self, task_id: str, waiter: ReplyWaiter) -> None:
         """Stop waiting (always called, after ``prepare_reply``)."""
-        waiters = self._waiters.get(task_id)
-        if waiters is not None:
-            waiters.discard(waiter)
-            if not waiters:
-                del self._waiters[task_id]
+        self.discard_replies((task_id,), waiter)
+
+    def discard_replies(self, task_ids: Iterable[str], waiter: ReplyWaiter) -> None:
+        """Stop waiting (always called, after ``prepare_replies``)."""
+        for task_id in task_ids:
+            waiters = self._waiters.get(task_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._waiters[task_id]
+
+    async def recheck(self, task_ids: Sequence[str]) -> list[ReplyMessage]:
+        """Replies read from the durable records of ``task_ids``, for aborters whose reply
+        may have been lost (a reconnect): one per id whose record settles it (an outcome, or
+        the record gone). By default none: replies of an in-process backend are never lost."""
+        return []
 
     def _deliver_reply(self, reply: ReplyMessage) -> None:
         for waiter in self._waiters.get(reply.task_id, ()):

@@ -7,8 +7,9 @@ delivery), without a server: use it to unit-test abort handling.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from taskiq_abort import observe
@@ -26,12 +27,23 @@ from taskiq_abort.backends.base import (
 )
 from taskiq_abort.protocol import ReplyMessage
 
+logger = logging.getLogger("taskiq_abort")
+
 
 @dataclass
 class _Worker:
     info: dict[str, str]
     expires: float
     tasks: dict[str, RunningEntry] = field(default_factory=dict)
+
+
+def _deliver(handler: AbortHandler, notices: list[AbortNotice]) -> None:
+    """One worker's share of a request: all its ids in one turn of the loop."""
+    for notice in notices:
+        try:
+            handler(notice)
+        except Exception:  # one failure must not keep the others from their worker
+            logger.exception("taskiq-abort: handling abort of %s failed", notice.task_id)
 
 
 class MemoryAbortBackend(AbortBackend):
@@ -151,31 +163,52 @@ class MemoryAbortBackend(AbortBackend):
     async def request(
         self, task_id: str, reason: str | None, requested_by: str, grace: float = 0.0
     ) -> RequestResult:
-        record = self._record(task_id)
-        if record is None:
-            record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
-        # The nearest forced stop stands, and the request outlives it (see scripts.REQUEST).
-        grace = min(grace, self._graces.get(task_id, grace))
-        self._graces[task_id] = grace
-        expiry = max(self._expiry(task_id), time.monotonic() + grace + self.request_ttl)
-        self._requests[task_id] = (expiry, record)
-        holders = [(wid, w.tasks[task_id]) for wid, w in self._live().items() if task_id in w.tasks]
-        observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
+        return (await self.request_many((task_id,), reason, requested_by, grace))[0]
+
+    async def request_many(
+        self,
+        task_ids: Sequence[str],
+        reason: str | None,
+        requested_by: str,
+        grace: float = 0.0,
+    ) -> list[RequestResult]:
+        """Record every request, then one delivery per holding worker with all its ids."""
         loop = asyncio.get_running_loop()
-        notice = AbortNotice(task_id, record.reason, "memory", grace=grace)
-        receivers = 0
-        for wid, _ in holders:  # each holder only; delivered later, like a real message
+        live = self._live()
+        found: list[tuple[RequestRecord, float, list[tuple[str, RunningEntry]]]] = []
+        for task_id in task_ids:
+            record = self._record(task_id)
+            if record is None:
+                record = RequestRecord(task_id, reason, time.time(), requested_by, None, None)
+            # The nearest forced stop stands, and the request outlives it (see scripts.REQUEST).
+            stop = min(grace, self._graces.get(task_id, grace))
+            self._graces[task_id] = stop
+            expiry = max(self._expiry(task_id), time.monotonic() + stop + self.request_ttl)
+            self._requests[task_id] = (expiry, record)
+            holders = [(wid, w.tasks[task_id]) for wid, w in live.items() if task_id in w.tasks]
+            observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
+            found.append((record, stop, holders))
+        batches: dict[str, list[AbortNotice]] = {}
+        for record, stop, holders in found:
+            notice = AbortNotice(record.task_id, record.reason, "memory", grace=stop)
+            for wid, _ in holders:
+                batches.setdefault(wid, []).append(notice)
+        reached: set[str] = set()
+        for wid, notices in batches.items():  # each holder only; later, like a real message
             owner, handler = self._handlers.get(wid, (None, None))
             if owner is loop and handler is not None:
-                loop.call_soon(handler, notice)
-                receivers += 1
-        return RequestResult(
-            holders=tuple(wid for wid, _ in holders),
-            entry=holders[0][1] if holders else None,
-            outcome=record.outcome,
-            receivers=receivers,
-            reason=record.reason,
-        )
+                loop.call_soon(_deliver, handler, notices)
+                reached.add(wid)
+        return [
+            RequestResult(
+                holders=tuple(wid for wid, _ in holders),
+                entry=holders[0][1] if holders else None,
+                outcome=record.outcome,
+                receivers=sum(1 for wid, _ in holders if wid in reached),
+                reason=record.reason,
+            )
+            for record, _, holders in found
+        ]
 
     async def set_outcome(
         self, task_id: str, outcome: str, worker_id: str = "", forced: bool = False

@@ -15,13 +15,10 @@ from taskiq_abort import observe
 from taskiq_abort.backends.base import WorkerInfo
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
-from taskiq_abort.client import abort_task
+from taskiq_abort.client import abort_tasks_each
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.protocol import validate_task_id
-
-CONCURRENCY = 32
-"""Aborts in flight at once: enough to be quick, few enough not to flood Redis connections."""
 
 
 def out(line: str = "") -> None:
@@ -92,40 +89,27 @@ async def abort_ids(
     timeout: float,
     as_json: bool,
     grace: float | None = None,
+    from_registry: bool = False,
 ) -> list[AbortOutcome]:
-    """Abort each id concurrently and print one line per id (errors: raised after)."""
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(task_id: str) -> AbortOutcome:
-        async with limit:
-            started = time.perf_counter()
-            try:
-                outcome = await abort_task(
-                    conn.backend,
-                    conn.result_backend,
-                    task_id,
-                    reason=reason,
-                    wait=wait,
-                    timeout=timeout,
-                    grace=grace,
-                )
-            except Exception:
-                elapsed = time.perf_counter() - started
-                await observe.abort_requested(task_id, "error", elapsed, reason=reason)
-                raise
-            status = outcome.status.value
-            worker = outcome.worker
-            await observe.abort_requested(
-                task_id, status, outcome.elapsed, reason=outcome.reason, worker=worker
-            )
-            return outcome
-
-    results = await asyncio.gather(*(one(t) for t in task_ids), return_exceptions=True)
-    outcomes = [r for r in results if isinstance(r, AbortOutcome)]
-    failures = [r for r in results if isinstance(r, BaseException)]
-    for failure in failures:
-        if not isinstance(failure, (TaskiqAbortError, OSError)):
-            raise failure  # a bug: let main() report it
+    """Abort the ids in one bulk abort (one Redis call per 1,000 ids, one message per holding
+    worker) and print one line per id; errors are raised after."""
+    started = time.perf_counter()
+    answers = await abort_tasks_each(
+        conn.backend,
+        conn.result_backend,
+        task_ids,
+        reason=reason,
+        wait=wait,
+        timeout=timeout,
+        grace=grace,
+        invalid_in_place=from_registry,  # given ids were checked before connecting
+    )
+    elapsed = time.perf_counter() - started
+    for task_id, answer in zip(task_ids, answers, strict=True):
+        await observe.abort_answered(task_id, answer, elapsed, reason)
+    outcomes = [a for a in answers if isinstance(a, AbortOutcome)]
+    # One error may stand for many ids (a batch Redis refused): say it once.
+    failures = list({id(a): a for a in answers if isinstance(a, TaskiqAbortError)}.values())
     if as_json:
         for outcome in outcomes:
             out(fmt.json_line(outcome.to_dict()))
@@ -169,7 +153,7 @@ async def abort_by_name(conn: Connection, args: argparse.Namespace, timeout: flo
             err("nothing aborted")
             return 1
     outcomes = await abort_ids(
-        conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace
+        conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace, True
     )
     # One line per task is printed; the count goes where it cannot spoil --json output.
     stopped = sum(1 for o in outcomes if o.ok)

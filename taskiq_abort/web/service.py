@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.api import find_middleware
 from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
-from taskiq_abort.errors import AbortBackendUnavailableError, TaskiqAbortError
+from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.protocol import validate_task_id
 from taskiq_abort.web import models
@@ -17,8 +17,6 @@ from taskiq_abort.web import models
 if TYPE_CHECKING:
     from taskiq import AsyncBroker
 
-BULK_CONCURRENCY = 32
-"""Aborts in flight at once in a bulk abort, as in the CLI."""
 RECENT = 200
 """Outcomes kept for the dashboard's "recent outcomes"."""
 FINAL = ("aborted", "revoked")
@@ -192,17 +190,13 @@ class TaskService:
         # Not those already aborted: their entries linger until the worker's next registry batch.
         done = await self.backend.get_requests(ids)
         ids = [t for t in ids if t not in done or done[t].outcome not in FINAL]
-        limit = asyncio.Semaphore(BULK_CONCURRENCY)
-
-        async def one(task_id: str) -> AbortOutcome:
-            async with limit:
-                return await self.abort(task_id, reason, wait, timeout, grace)
-
-        results = await asyncio.gather(*(one(t) for t in ids), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, TaskiqAbortError):
-                raise result  # a bug: the server reports it
+        # One bulk abort: one Redis call per 1,000 ids, one message per holding worker.
+        results = await self.middleware.abort_each(
+            ids, reason=reason, wait=wait, timeout=timeout, grace=grace, invalid_in_place=True
+        )
         outcomes = [r for r in results if isinstance(r, AbortOutcome)]
+        for outcome in outcomes:
+            self._remember(outcome)
         counts = {"aborted": 0, "revoked": 0, "finished": 0, "unconfirmed": 0, "failed": 0}
         for outcome in outcomes:
             counts[outcome.status.value] += 1

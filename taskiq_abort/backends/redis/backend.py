@@ -3,7 +3,8 @@ holder index, and pub/sub channels of one worker or one aborter each.
 
 An abort goes to the workers holding the task only (its cost does not grow with the fleet), and
 each confirmation to the aborters that asked. Connections: ``connect.py``; the atomic scripts:
-``scripts.py``; the (re)subscribe loop: ``subscription.py``.
+``scripts.py`` (bulk ones: ``bulk.py``); the channels and waiting for replies: ``channels.py``;
+the (re)subscribe loop: ``subscription.py``.
 """
 
 from __future__ import annotations
@@ -18,23 +19,21 @@ import uuid
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from redis.asyncio.client import PubSub
 from redis.asyncio.connection import parse_url
 
 from taskiq_abort import observe
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
-    AbortBackend,
-    AbortHandler,
     AbortNotice,
-    ReplyWaiter,
+    Confirmation,
     RequestRecord,
     RequestResult,
-    ResyncHook,
     RunningEntry,
     WorkerInfo,
 )
+from taskiq_abort.backends.redis import bulk
+from taskiq_abort.backends.redis.channels import PubSubSide
 from taskiq_abort.backends.redis.clients import (
     OWN_OPTIONS,
     REGISTER,
@@ -44,6 +43,7 @@ from taskiq_abort.backends.redis.clients import (
     LoopClients,
     notices,
     record_from_hash,
+    request_result,
 )
 from taskiq_abort.backends.redis.connect import (
     Topology,
@@ -51,19 +51,15 @@ from taskiq_abort.backends.redis.connect import (
     check_options,
     safe_url,
 )
-from taskiq_abort.backends.redis.subscription import subscription
 from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
-from taskiq_abort.protocol import ReplyMessage, parse_abort, parse_reply
+from taskiq_abort.protocol import ReplyMessage
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
 
-_FIRST_POLL = 1.0
-_SUBSCRIBE_WAIT = 0.5
 
-
-class RedisAbortBackend(AbortBackend):
+class RedisAbortBackend(PubSubSide):
     """Abort requests and the running-task registry in Redis, delivery over pub/sub.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py); with
@@ -240,53 +236,12 @@ class RedisAbortBackend(AbortBackend):
         op = self._c.confirm([self.keys.request(task_id)], args)
         await self._call("confirming an abort", op)
 
-    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
-        channel = self.keys.worker_channel(worker_id)
-        async for message in self._subscription(channel, resync, "control"):
-            parsed = parse_abort(message)
-            if parsed is None:
-                self._count_malformed(channel, message)
-                continue
-            notice = AbortNotice(
-                parsed.task_id, parsed.reason, parsed.reply_to, parsed.at, parsed.grace
-            )
-            observe.request_seen(parsed.task_id, parsed.at or None, None)
-            try:
-                handler(notice)
-            except Exception:  # a bug in a handler must not end the listener
-                logger.exception("taskiq-abort: handling abort of %s failed", parsed.task_id)
-
-    def _count_malformed(self, channel: str, message: bytes) -> None:
-        self.malformed_messages += 1
-        observe.malformed_message()
-        if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
-            logger.warning(
-                "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",
-                self.malformed_messages,
-                channel,
-                message[:80],
-            )
-
-    def _subscription(
-        self,
-        channel: str,
-        on_subscribed: ResyncHook,
-        role: str,
-        on_error: Any = None,
-    ) -> Any:
-        def open_pubsub(fresh: bool) -> Awaitable[PubSub]:
-            return self.topology.pubsub(self._c.cmd, channel, self.timeout, fresh)
-
-        return subscription(
-            open_pubsub,
-            channel,
-            on_subscribed,
-            role=role,
-            where=self.where,
-            confirm_timeout=self.timeout,
-            on_error=on_error,
-            sharded=self.topology.cluster,
-        )
+    async def confirm_many(self, worker_id: str, confirmations: Sequence[Confirmation]) -> None:
+        if len(confirmations) == 1:  # a lone one: CONFIRM and a `reply`, as ever
+            (item,) = confirmations
+            await self.confirm(item.task_id, item.outcome, worker_id, item.reply_to, item.forced)
+            return
+        await bulk.confirm_many(self, worker_id, confirmations)
 
     # --- aborter side ----------------------------------------------------------------
     async def request(
@@ -304,45 +259,29 @@ class RedisAbortBackend(AbortBackend):
             keys.tasks_prefix,
             round(grace * 1000),
         ]
-        holders, entry, outcome, receivers, stored_reason = await self._call(
+        row = await self._call(
             f"recording the abort of task {task_id}",
             self._c.request(
                 [keys.request(task_id), keys.holders, keys.workers, keys.eta(task_id)], args
             ),
         )
-        live = tuple(holders.split()) if holders else ()
-        return RequestResult(
-            holders=live,
-            entry=RunningEntry.decode(task_id, entry, live[0]) if live and entry else None,
-            outcome=outcome or None,
-            receivers=int(receivers),
-            reason=stored_reason or None,
-        )
+        return request_result(task_id, row)
+
+    async def request_many(
+        self,
+        task_ids: Sequence[str],
+        reason: str | None,
+        requested_by: str,
+        grace: float = 0.0,
+    ) -> list[RequestResult]:
+        """One script call per 1,000 ids, one message per holding worker (``bulk.py``)."""
+        return await bulk.request_many(self, task_ids, reason, requested_by, grace)
 
     async def note_eta(self, task_id: str, delay: float) -> None:
         eta_ms = int((time.time() + delay) * 1000)  # for people reading it; Redis uses the PTTL
         life = int((delay + self.request_ttl) * 1000)
         op = self._c.cmd.set(self.keys.eta(task_id), eta_ms, px=life)
         await self._call(f"noting when delayed task {task_id} is due", op)
-
-    async def prepare_reply(self, task_id: str) -> ReplyWaiter:
-        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
-        waiter = await super().prepare_reply(task_id)
-        await self._replies_ready(min(self.timeout, _SUBSCRIBE_WAIT))
-        return waiter
-
-    async def _replies_ready(self, wait: float) -> None:
-        """Start this process's reply subscription (once) and wait up to ``wait`` for it.
-        A missing subscription only costs latency (we poll the record): don't wait long, or a
-        hung Redis would cost one timeout here before the request costs another."""
-        if self._reply_task is None or self._reply_task.done():
-            self._reply_settled = asyncio.Event()
-            self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
-        settled = self._reply_settled
-        assert settled is not None
-        if not settled.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(settled.wait(), wait)
 
     async def warm(self, replies: bool = True) -> None:
         """Connect and load the scripts now (and subscribe to the reply channel, for an
@@ -356,42 +295,6 @@ class RedisAbortBackend(AbortBackend):
                 await self._replies_ready(self.timeout)
         except Exception as exc:  # never fail the caller's start-up
             logger.info("taskiq-abort: could not prepare aborts yet (%s); will on first use", exc)
-
-    async def _reply_loop(self) -> None:
-        settled = self._reply_settled
-        assert settled is not None
-
-        async def subscribed() -> None:
-            settled.set()
-
-        channel = self.reply_channel
-        async for raw in self._subscription(channel, subscribed, "reply", settled.set):
-            reply = parse_reply(raw)
-            if reply is not None:
-                self._deliver_reply(reply)
-
-    async def wait_reply(
-        self, task_id: str, waiter: ReplyWaiter, timeout: float
-    ) -> ReplyMessage | None:
-        deadline = time.monotonic() + timeout
-        poll = _FIRST_POLL
-        while True:
-            left = deadline - time.monotonic()
-            with contextlib.suppress(asyncio.TimeoutError):
-                return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
-            # The reply may have been lost (reconnect): the durable record is the truth.
-            record = await self.get_request(task_id)
-            if record is None:  # gone (a failover, an expiry): settle it from the result
-                return ReplyMessage(task_id, "unknown", "")
-            if record.outcome == "finished":
-                return ReplyMessage(task_id, "finished", "")
-            if record.outcome in ("aborted", "revoked"):
-                # "revoked" here: a worker refused the attempt it had just shown as running.
-                # No worker named: this is the word for the task, not for one of its holders.
-                return ReplyMessage(task_id, "aborted", "", record.forced)
-            if deadline - time.monotonic() <= 0:
-                return None
-            poll = min(poll * 2, 5.0)
 
     async def set_outcome(self, task_id: str, outcome: str) -> None:
         key = self.keys.request(task_id)

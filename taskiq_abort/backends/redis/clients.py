@@ -12,8 +12,9 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
-from taskiq_abort.backends.base import AbortNotice, RequestRecord
+from taskiq_abort.backends.base import AbortNotice, RequestRecord, RequestResult, RunningEntry
 from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.bulk import CONFIRM_MANY, REQUEST_MANY
 from taskiq_abort.backends.redis.connect import Topology
 from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
 
@@ -54,8 +55,27 @@ class LoopClients:
         self.unregister = cmd.register_script(scripts.UNREGISTER)
         self.request = cmd.register_script(publishing(scripts.REQUEST))
         self.confirm = cmd.register_script(publishing(scripts.CONFIRM))
+        self.request_many = cmd.register_script(publishing(REQUEST_MANY))
+        self.confirm_many = cmd.register_script(publishing(CONFIRM_MANY))
         self.list = cmd.register_script(scripts.LIST)
-        self.scripts = (self.request, self.confirm, self.list, self.unregister)  # to warm
+        self.scripts = (  # to warm
+            self.request, self.confirm, self.list, self.unregister, self.request_many,
+            self.confirm_many,
+        )  # fmt: skip
+
+
+def request_result(task_id: str, row: list[Any]) -> RequestResult:
+    """A ``REQUEST`` reply (or one row of ``REQUEST_MANY``'s): ``[holders, entry, outcome,
+    receivers, reason]``."""
+    holders, entry, outcome, receivers, reason = row
+    live = tuple(holders.split()) if holders else ()
+    return RequestResult(
+        holders=live,
+        entry=RunningEntry.decode(task_id, entry, live[0]) if live and entry else None,
+        outcome=outcome or None,
+        receivers=int(receivers),
+        reason=reason or None,
+    )
 
 
 def record_from_hash(task_id: str, data: dict[str, str]) -> RequestRecord | None:

@@ -11,14 +11,14 @@ Redis allows for keys of the declared keys' slot. See docs/protocol.md.
 from __future__ import annotations
 
 # Server time in ms; leases are compared on the Redis clock so worker clocks may drift.
-_NOW = """
+NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # The holder index: HASH task id -> space-separated ids of the workers running it (usually one;
 # several for brokers that deliver a task to every worker, like taskiq-redis's PubSubBroker).
-_HOLDERS = """
+HOLDERS = """
 local function holders_add(index, tid, wid)
   local cur = redis.call('HGET', index, tid)
   if not cur then
@@ -50,7 +50,7 @@ end
 # How long a request is kept: ``ttl`` ms, or longer for a task kicked with a delay beyond it.
 # Its ETA marker ({P}:eta:<id>, written at the kick) lives until the task's ETA + request_ttl,
 # so its PTTL is exactly the life the request needs to refuse the task when it arrives.
-_REQUEST_LIFE = """
+REQUEST_LIFE = """
 local function request_life(ttl, eta_key)
   local eta = redis.call('PTTL', eta_key)
   if eta > ttl then return eta end
@@ -82,7 +82,7 @@ end
 # starts that were already aborted; those are not registered (they must not run) and are
 # marked revoked in their request.
 SYNC = (
-    _HOLDERS
+    HOLDERS
     + _NOTE_REQUEST
     + """
 local lease = tonumber(ARGV[1])
@@ -122,8 +122,8 @@ return {redis.call('EXISTS', KEYS[1]), aborted}
 # The tasks hash outlives the lease (3x): a crashed worker's entries stay readable for a while
 # after its lease lapsed, so that a live worker's heartbeat can take them out of the index.
 REGISTER = (
-    _NOW
-    + _HOLDERS
+    NOW
+    + HOLDERS
     + _NOTE_REQUEST
     + """
 local lease = tonumber(ARGV[1])
@@ -157,8 +157,8 @@ return aborted
 # their channel (crashed: no unregister). One that still listens is alive but stalled (a long
 # event-loop turn): it keeps its entries and re-registers at its next heartbeat.
 HEARTBEAT = (
-    _NOW
-    + _HOLDERS
+    NOW
+    + HOLDERS
     + """
 local lease = tonumber(ARGV[1])
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
@@ -177,7 +177,7 @@ return now
 
 # A clean shutdown. KEYS: worker hash, tasks hash, workers zset, holders index; ARGV: worker_id
 UNREGISTER = (
-    _HOLDERS
+    HOLDERS
     + """
 drop_worker(KEYS[4], KEYS[3], KEYS[1], KEYS[2], ARGV[1])
 return 1
@@ -193,9 +193,9 @@ return 1
 # Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
 # far or false, receivers, the stored reason or false}. The first request's reason stands.
 REQUEST = (
-    _NOW
-    + _HOLDERS
-    + _REQUEST_LIFE
+    NOW
+    + HOLDERS
+    + REQUEST_LIFE
     + """
 local tid = ARGV[1]
 local outcome = redis.call('HGET', KEYS[1], 'outcome')
@@ -242,31 +242,41 @@ return {holders, entry, outcome, receivers, reason}
 )
 
 # Record how an abort ended (if the request still exists and no outcome was recorded yet: the
-# first word stands), then tell the aborters that asked.
-# KEYS: request hash; ARGV: outcome, worker_id, payload, forced ('1': after its grace ran out),
-# reply channel*
-# 'unknown' (the attempt ended without a result, e.g. a retry is coming) only replies: it is not
-# how the abort ended. 'finished' (the task ended with its own result before the abort landed)
-# makes the request moot: it is kept 5 minutes (at most), so that an aborter whose reply was
-# lost reads 'finished' rather than a missing record, which a failover can also cause.
-CONFIRM = """
-if ARGV[1] ~= 'unknown' and redis.call('EXISTS', KEYS[1]) == 1 then
-  if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
-    redis.call('HSET', KEYS[1], 'worker', ARGV[2])
-    if ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'forced', '1') end
-    if ARGV[1] == 'finished' and redis.call('PTTL', KEYS[1]) > 300000 then
-      redis.call('PEXPIRE', KEYS[1], 300000)  -- moot: kept 5 minutes, to answer late askers
+# first word stands). 'unknown' (the attempt ended without a result, e.g. a retry is coming) is
+# not how the abort ended: nothing is recorded. 'finished' (the task ended with its own result
+# before the abort landed) makes the request moot: it is kept 5 minutes (at most), so that an
+# aborter whose reply was lost reads 'finished' rather than a missing record, which a failover
+# can also cause. Shared by CONFIRM and CONFIRM_MANY (bulk.py).
+RECORD_OUTCOME = """
+local function record_outcome(key, outcome, wid, forced)
+  if outcome ~= 'unknown' and redis.call('EXISTS', key) == 1 then
+    if redis.call('HSETNX', key, 'outcome', outcome) == 1 then
+      redis.call('HSET', key, 'worker', wid)
+      if forced == '1' then redis.call('HSET', key, 'forced', '1') end
+      if outcome == 'finished' and redis.call('PTTL', key) > 300000 then
+        redis.call('PEXPIRE', key, 300000)  -- moot: kept 5 minutes, to answer late askers
+      end
     end
   end
 end
+"""
+
+# Record how an abort ended, then tell the aborters that asked.
+# KEYS: request hash; ARGV: outcome, worker_id, payload, forced ('1': after its grace ran out),
+# reply channel*
+CONFIRM = (
+    RECORD_OUTCOME
+    + """
+record_outcome(KEYS[1], ARGV[1], ARGV[2], ARGV[4])
 for i = 5, #ARGV do redis.call('PUBLISH', ARGV[i], ARGV[3]) end
 return 1
 """
+)
 
 # Every live worker with its info and running tasks, in one round trip (for `ls`, `status`).
 # KEYS: workers zset; ARGV: worker_prefix, tasks_prefix
 LIST = (
-    _NOW
+    NOW
     + """
 local out = {}
 for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')) do
@@ -284,7 +294,7 @@ return out
 # including the request itself and any outcome it read. KEYS: request hash, ETA marker;
 # ARGV: outcome, ttl_ms. Returns the recorded outcome, or false when the request is gone.
 REVOKE = (
-    _REQUEST_LIFE
+    REQUEST_LIFE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
@@ -303,7 +313,7 @@ return redis.call('HGET', KEYS[1], 'outcome')
 # KEYS: request hash, ETA marker; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the
 # request was dropped, or false when it is gone (lost in a failover).
 SETTLE = (
-    _REQUEST_LIFE
+    REQUEST_LIFE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker')

@@ -1,0 +1,110 @@
+"""The aborter's half of :class:`~taskiq_abort.AbortMiddleware`: ``abort()``, ``abort_many()``.
+
+A mixin, so that the middleware's module keeps to the taskiq hooks; it needs the middleware's
+``backend``, ``broker`` and ``abort_timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from taskiq_abort import observe
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.client import abort_task, abort_tasks_each, raise_first
+from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
+from taskiq_abort.outcome import AbortOutcome
+
+if TYPE_CHECKING:
+    from taskiq import AsyncBroker
+
+
+class AbortCalls:
+    """``abort()`` and ``abort_many()`` on the middleware (see :mod:`taskiq_abort.api`)."""
+
+    backend: AbortBackend
+    broker: AsyncBroker
+    abort_timeout: float
+
+    async def abort(
+        self,
+        task_id: str,
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> AbortOutcome:
+        """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
+                "add it with broker.with_middlewares(middleware)"
+            )
+        started = time.perf_counter()
+        try:
+            outcome = await abort_task(
+                self.backend,
+                self.broker.result_backend,
+                task_id,
+                reason=reason,
+                wait=wait,
+                timeout=self.abort_timeout if timeout is None else timeout,
+                grace=grace,
+            )
+        except Exception as exc:
+            elapsed = time.perf_counter() - started
+            await observe.abort_answered(task_id, exc, elapsed, reason, self.broker)
+            raise
+        await observe.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
+        return outcome
+
+    async def abort_many(
+        self,
+        task_ids: Iterable[str],
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> list[AbortOutcome]:
+        """Abort many tasks at once; see :func:`taskiq_abort.abort_many`."""
+        answers = await self.abort_each(
+            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
+        )
+        return raise_first(answers)
+
+    async def abort_each(
+        self,
+        task_ids: Iterable[str],
+        *,
+        reason: str | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+        invalid_in_place: bool = False,
+    ) -> list[AbortOutcome | TaskiqAbortError]:
+        """:meth:`abort_many` with each id's error in its place instead of raised (with
+        ``invalid_in_place``, an invalid id's too)."""
+        ids = list(task_ids)
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort {len(ids)} task(s): this AbortMiddleware is not attached to a "
+                "broker; add it with broker.with_middlewares(middleware)"
+            )
+        started = time.perf_counter()
+        answers = await abort_tasks_each(
+            self.backend,
+            self.broker.result_backend,
+            ids,
+            reason=reason,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+            grace=grace,
+            invalid_in_place=invalid_in_place,
+        )
+        elapsed = time.perf_counter() - started
+        for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
+            await observe.abort_answered(task_id, got, elapsed, reason, self.broker)
+        return answers

@@ -1,0 +1,181 @@
+"""The Redis backend's pub/sub side: a worker's control channel, an aborter's reply channel,
+and waiting for replies (falling back to the durable records when one may have been lost).
+
+A mixin of :class:`~taskiq_abort.backends.redis.RedisAbortBackend`, which provides the
+connections (``_c``, ``topology``) and the records (``get_request``, ``get_requests``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from taskiq_abort import observe
+from taskiq_abort.backends.base import (
+    AbortBackend,
+    AbortHandler,
+    AbortNotice,
+    ReplyWaiter,
+    RequestRecord,
+    ResyncHook,
+)
+from taskiq_abort.backends.redis.bulk import BATCH
+from taskiq_abort.backends.redis.clients import LoopClients
+from taskiq_abort.backends.redis.connect import Topology
+from taskiq_abort.backends.redis.subscription import subscription
+from taskiq_abort.keys import KeySpace
+from taskiq_abort.protocol import ReplyMessage, parse_aborts, parse_replies
+
+logger = logging.getLogger("taskiq_abort")
+
+_FIRST_POLL = 1.0
+SUBSCRIBE_WAIT = 0.5
+
+
+def _from_record(task_id: str, record: RequestRecord | None) -> ReplyMessage | None:
+    """What the durable record says to an aborter waiting for ``task_id``'s reply: nothing yet
+    (``None``), or a reply with no worker named, the word for the whole task."""
+    if record is None:  # gone (a failover, an expiry): settle it from the result
+        return ReplyMessage(task_id, "unknown", "")
+    if record.outcome == "finished":
+        return ReplyMessage(task_id, "finished", "")
+    if record.outcome in ("aborted", "revoked"):
+        # "revoked" here: a worker refused the attempt it had just shown as running.
+        return ReplyMessage(task_id, "aborted", "", record.forced)
+    return None
+
+
+class PubSubSide(AbortBackend):
+    """Control and reply channels of :class:`RedisAbortBackend` (see the module's doc)."""
+
+    keys: KeySpace
+    topology: Topology
+    timeout: float
+    reply_channel: str
+    malformed_messages: int
+    _reply_task: asyncio.Task[None] | None
+    _reply_settled: asyncio.Event | None
+
+    @property
+    @abc.abstractmethod
+    def where(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def _c(self) -> LoopClients: ...
+
+    # --- worker: the control channel -------------------------------------------------
+    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
+        channel = self.keys.worker_channel(worker_id)
+        async for message in self._subscription(channel, resync, "control"):
+            parsed = parse_aborts(message)  # `abort`, or `abort_many` from a bulk abort
+            if parsed is None:
+                self._count_malformed(channel, message)
+                continue
+            for one in parsed:
+                notice = AbortNotice(one.task_id, one.reason, one.reply_to, one.at, one.grace)
+                observe.request_seen(one.task_id, one.at or None, None)
+                try:
+                    handler(notice)
+                except Exception:  # a bug in a handler must not end the listener
+                    logger.exception("taskiq-abort: handling abort of %s failed", one.task_id)
+
+    def _count_malformed(self, channel: str, message: bytes) -> None:
+        self.malformed_messages += 1
+        observe.malformed_message()
+        if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
+            logger.warning(
+                "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",
+                self.malformed_messages,
+                channel,
+                message[:80],
+            )
+
+    def _subscription(
+        self,
+        channel: str,
+        on_subscribed: ResyncHook,
+        role: str,
+        on_error: Any = None,
+    ) -> Any:
+        def open_pubsub(fresh: bool) -> Awaitable[PubSub]:
+            return self.topology.pubsub(self._c.cmd, channel, self.timeout, fresh)
+
+        return subscription(
+            open_pubsub,
+            channel,
+            on_subscribed,
+            role=role,
+            where=self.where,
+            confirm_timeout=self.timeout,
+            on_error=on_error,
+            sharded=self.topology.cluster,
+        )
+
+    # --- aborter: the reply channel --------------------------------------------------
+    async def prepare_replies(self, task_ids: Iterable[str]) -> ReplyWaiter:
+        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
+        waiter = await super().prepare_replies(task_ids)
+        await self._replies_ready(min(self.timeout, SUBSCRIBE_WAIT))
+        return waiter
+
+    async def _replies_ready(self, wait: float) -> None:
+        """Start this process's reply subscription (once) and wait up to ``wait`` for it.
+        A missing subscription only costs latency (we poll the record): don't wait long, or a
+        hung Redis would cost one timeout here before the request costs another."""
+        if self._reply_task is None or self._reply_task.done():
+            self._reply_settled = asyncio.Event()
+            self._reply_task = asyncio.create_task(self._reply_loop(), name="taskiq-abort-replies")
+        settled = self._reply_settled
+        assert settled is not None
+        if not settled.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(settled.wait(), wait)
+
+    async def _reply_loop(self) -> None:
+        settled = self._reply_settled
+        assert settled is not None
+
+        async def subscribed() -> None:
+            settled.set()
+
+        channel = self.reply_channel
+        async for raw in self._subscription(channel, subscribed, "reply", settled.set):
+            replies = parse_replies(raw)
+            if replies is None:
+                self._count_malformed(channel, raw)
+                continue
+            for reply in replies:
+                self._deliver_reply(reply)
+
+    async def wait_reply(
+        self, task_id: str, waiter: ReplyWaiter, timeout: float
+    ) -> ReplyMessage | None:
+        deadline = time.monotonic() + timeout
+        poll = _FIRST_POLL
+        while True:
+            left = deadline - time.monotonic()
+            with contextlib.suppress(asyncio.TimeoutError):
+                return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
+            # The reply may have been lost (reconnect): the durable record is the truth.
+            heard = _from_record(task_id, await self.get_request(task_id))
+            if heard is not None:
+                return heard
+            if deadline - time.monotonic() <= 0:
+                return None
+            poll = min(poll * 2, 5.0)
+
+    async def recheck(self, task_ids: Sequence[str]) -> list[ReplyMessage]:
+        replies = []
+        for start in range(0, len(task_ids), BATCH):  # one pipelined round trip each
+            chunk = task_ids[start : start + BATCH]
+            records = await self.get_requests(chunk)
+            replies += [r for tid in chunk if (r := _from_record(tid, records.get(tid)))]
+        return replies
