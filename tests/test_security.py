@@ -32,7 +32,7 @@ PASSWORD = "s3cr3t-Pa55-do-not-log"
 WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
-    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time +set "
+    "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +pttl +time +set "
     "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 ABORTER_RULES = (
