@@ -2,7 +2,7 @@
 
 import sys
 
-from taskiq_abort.cli.main import main
+from taskiq_abort.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())
