@@ -18,6 +18,8 @@ class AbortedTaskLogFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, TaskAbortedError):
+            if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
+                return False  # demoted to INFO below a WARNING level: not written at all
             from taskiq_abort.execution import current_run
 
             run = current_run.get()  # taskiq logs from the attempt's own task: ours is set

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
@@ -420,3 +421,23 @@ async def test_a_redelivered_copy_running_beside_the_first_is_stopped_too(
                 await asyncio.sleep(0.01)
     finally:
         await broker.shutdown()
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+async def test_an_abort_is_one_info_line_or_nothing_below_info(
+    setup, caplog: pytest.LogCaptureFixture, level: int
+) -> None:
+    """taskiq logs a failed task as an ERROR with a traceback; an aborted one becomes one INFO
+    line, which a worker run at ``--log-level WARNING`` does not write at all."""
+    _broker, probe, sleeper, _, _ = setup
+    caplog.set_level(level, logger="taskiq.receiver.receiver")
+    task = await sleeper.kiq()
+    await probe.started.wait()
+    assert (await task.abort()).status is AbortStatus.ABORTED
+    await task.wait_result(timeout=5)
+    ours = [r for r in caplog.records if f"aborted task {task.task_id}" in r.getMessage()]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no traceback
+    if level == logging.INFO:
+        assert [(r.levelname, r.exc_info) for r in ours] == [("INFO", None)], ours
+    else:
+        assert ours == []
