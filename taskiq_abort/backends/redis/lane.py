@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rexc
@@ -82,10 +82,10 @@ class LuaScript:
     """A Lua script and its SHA1 (``EVALSHA``), loaded with ``EVAL`` when the server lacks it."""
 
     source: str
+    sha: str = field(init=False)  # computed once: it is sent with every start check
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 _UNREPLICATED_HOLD = 5.0  # seconds durable calls wait only briefly after a master had no replica
