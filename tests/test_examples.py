@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
@@ -91,3 +92,19 @@ def test_operator_router_is_mounted_behind_the_apps_auth(example: str) -> None:
         ).json()
         assert outcome["status"] == "aborted"
         assert http.get(f"/reports/{task_id}").json()["reason"] == "ops"
+
+
+def test_the_stopping_example_runs_as_its_docstring_says() -> None:
+    """examples/stopping.py: graceful, forced, an interrupted sync loop, many at once."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.stopping"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("   -> ")]
+    assert lines == [
+        "-> aborted, forced=False",
+        "-> aborted, forced=True",
+        "-> aborted; stored result: TaskAbortedError",
+        "-> ['aborted', 'aborted', 'aborted', 'aborted', 'aborted']",
+    ], proc.stdout
