@@ -204,24 +204,6 @@ CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' 
 _FIRST_POLL = 1.0
 
 
-async def abort_tasks(
-    backend: AbortBackend,
-    result_backend: AsyncResultBackend[Any] | None,
-    task_ids: Iterable[str],
-    *,
-    reason: str | None = None,
-    wait: bool = True,
-    timeout: float = 5.0,
-    grace: float | None = None,
-) -> list[AbortOutcome]:
-    """Abort many tasks at once; see :func:`taskiq_abort.abort_many`. Raises the first error
-    (:class:`TaskiqAbortError`) once every id has been dealt with."""
-    answers = await abort_tasks_each(
-        backend, result_backend, task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
-    )
-    return raise_first(answers)
-
-
 def raise_first(answers: list[AbortOutcome | TaskiqAbortError]) -> list[AbortOutcome]:
     """The outcomes, or the first error among them raised."""
     for answer in answers:
@@ -241,8 +223,9 @@ async def abort_tasks_each(
     grace: float | None = None,
     invalid_in_place: bool = False,
 ) -> list[AbortOutcome | TaskiqAbortError]:
-    """:func:`abort_tasks`, with each id's error in its place instead of raised (the CLI and
-    the web API report them next to the others' outcomes). With ``invalid_in_place``, an
+    """Abort many tasks at once (see :func:`taskiq_abort.abort_many`), with each id's error in
+    its place instead of raised (:func:`raise_first` raises it; the CLI and the web API report
+    them next to the others' outcomes). With ``invalid_in_place``, an
     invalid id gets its :class:`InvalidTaskIdError` as its answer (ids read from the registry,
     which any client may fill); otherwise it is raised before anything is sent."""
     ids = list(task_ids)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_abort.backends.base import Confirmation, RequestResult
 from taskiq_abort.backends.redis.connect import call
-from taskiq_abort.backends.redis.scripts import HOLDERS, NOW, RECORD_OUTCOME, REQUEST_LIFE
+from taskiq_abort.backends.redis.scripts import HOLDERS, NOW, RECORD_OUTCOME, RECORD_REQUEST
 from taskiq_abort.protocol import MAX_MESSAGE_BYTES, reply_payloads
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ BATCH = 1000
 REQUEST_MANY = (
     NOW
     + HOLDERS
-    + REQUEST_LIFE
+    + RECORD_REQUEST
     + """
 local req, rc, wchan, tasks, eta = ARGV[1], ARGV[6], ARGV[7], ARGV[8], ARGV[11]
 local ttl, asked, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[10])
@@ -46,20 +46,8 @@ for i = 12, #ARGV do
   local tid = ARGV[i]
   local key = req .. tid
   local outcome = redis.call('HGET', key, 'outcome')
-  if redis.call('EXISTS', key) == 0 then
-    redis.call('HSET', key, 'at', now, 'by', ARGV[5])
-    if ARGV[2] == '1' then redis.call('HSET', key, 'reason', ARGV[3]) end
-  end
-  -- As REQUEST: the nearest forced stop stands, and the request outlives it and the ETA.
-  local grace = asked
-  local before = tonumber(redis.call('HGET', key, 'grace') or grace)
-  if before < grace then grace = before end
-  redis.call('HSET', key, 'rc', rc, 'grace', grace)  -- rc: the latest aborter's
-  local life = request_life(ttl, eta .. tid)
-  if grace + ttl > life then life = grace + ttl end
-  redis.call('PEXPIRE', key, life)
-  local reason = redis.call('HGET', key, 'reason')
-  local at = tonumber(redis.call('HGET', key, 'at'))
+  local grace, reason, at = record_request(
+    key, eta .. tid, ARGV[5], ARGV[2], ARGV[3], rc, ttl, asked)
   local wids = {}
   local cur = redis.call('HGET', KEYS[1], tid)
   if cur then

@@ -58,6 +58,31 @@ local function request_life(ttl, eta_key)
 end
 """
 
+# Record an abort request in hash `key`, the same for REQUEST and REQUEST_MANY (bulk.py):
+# create it unless it exists (the first reason and time stand), note the latest aborter's reply
+# channel, keep the shortest grace (a second abort can only bring the forced stop closer), and
+# make it live at least request_life(ttl, eta_key) and grace + ttl (a worker that resyncs during
+# the grace period must still find it). Needs NOW. Returns the grace, reason and time stored.
+RECORD_REQUEST = (
+    REQUEST_LIFE
+    + """
+local function record_request(key, eta_key, by, has_reason, reason, rc, ttl, asked)
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('HSET', key, 'at', now, 'by', by)
+    if has_reason == '1' then redis.call('HSET', key, 'reason', reason) end
+  end
+  local grace = asked
+  local before = tonumber(redis.call('HGET', key, 'grace') or grace)
+  if before < grace then grace = before end
+  redis.call('HSET', key, 'rc', rc, 'grace', grace)
+  local life = request_life(ttl, eta_key)
+  if grace + ttl > life then life = grace + ttl end
+  redis.call('PEXPIRE', key, life)
+  return grace, redis.call('HGET', key, 'reason'), tonumber(redis.call('HGET', key, 'at'))
+end
+"""
+)
+
 # Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
 # an abort request; returns whether it has one.
 _NOTE_REQUEST = """
@@ -195,25 +220,12 @@ return 1
 REQUEST = (
     NOW
     + HOLDERS
-    + REQUEST_LIFE
+    + RECORD_REQUEST
     + """
 local tid = ARGV[1]
 local outcome = redis.call('HGET', KEYS[1], 'outcome')
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'at', now, 'by', ARGV[5])
-  if ARGV[2] == '1' then redis.call('HSET', KEYS[1], 'reason', ARGV[3]) end
-end
--- The nearest forced stop stands (a second abort can only bring it closer), and the request
--- outlives it: a worker that resyncs during the grace period must still find it.
-local grace = tonumber(ARGV[9])
-local before = tonumber(redis.call('HGET', KEYS[1], 'grace') or grace)
-if before < grace then grace = before end
-redis.call('HSET', KEYS[1], 'rc', ARGV[6], 'grace', grace)  -- rc: the latest aborter's
-local life = request_life(tonumber(ARGV[4]), KEYS[4])
-if grace + tonumber(ARGV[4]) > life then life = grace + tonumber(ARGV[4]) end
-redis.call('PEXPIRE', KEYS[1], life)
-local reason = redis.call('HGET', KEYS[1], 'reason')
-local at = tonumber(redis.call('HGET', KEYS[1], 'at'))
+local grace, reason, at = record_request(
+  KEYS[1], KEYS[4], ARGV[5], ARGV[2], ARGV[3], ARGV[6], tonumber(ARGV[4]), tonumber(ARGV[9]))
 local live, entry, receivers = {}, false, 0
 local cur = redis.call('HGET', KEYS[2], tid)
 if cur then
