@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from taskiq_abort.testing import free_port
+from taskiq_abort.testing import free_port, stop_process
 
 
 def find_nats_binary() -> str:
@@ -80,15 +80,7 @@ class NatsServer:
             time.sleep(0.02)  # the server is starting; there is no event to wait on
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, sig)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc, sig)
         self.proc = None
 
     def cleanup(self) -> None:
