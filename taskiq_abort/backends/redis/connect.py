@@ -132,7 +132,7 @@ class Topology:
 
     def _sentinel(self, timeout: float, **kwargs: Any) -> Sentinel:
         sentinel_kwargs = {"socket_connect_timeout": timeout, "socket_timeout": timeout}
-        return Sentinel(  # type: ignore[no-untyped-call]
+        return Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(self.sentinels),
             sentinel_kwargs={**sentinel_kwargs, **(self.sentinel_kwargs or {})},
             **{**self.kwargs, **kwargs},

@@ -92,6 +92,6 @@ async def subscription(
 async def _close(pubsub: PubSub) -> None:
     """Close the subscription and the pool it came from (one per subscription)."""
     with contextlib.suppress(BaseException):
-        await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+        await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call,unused-ignore]
     with contextlib.suppress(BaseException):
         await asyncio.wait_for(pubsub.connection_pool.disconnect(), 1.0)
