@@ -175,7 +175,12 @@ class WorkerProcess:
     def start(self, wait: bool = True) -> WorkerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=log, start_new_session=True
+                self.args,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         if wait:
             self.wait_ready()

@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,7 +54,7 @@ def _client(python: str, step: str, env: dict[str, str], app_dir: Path) -> dict[
 
 
 @pytest.fixture
-def versions(app_dir: Path) -> Iterator[dict[str, str]]:
+def versions(app_dir: Path) -> dict[str, str]:
     """Which release each interpreter runs, asked of the interpreters themselves."""
     found = {}
     for name, python in (("previous", PREVIOUS or ""), ("current", sys.executable)):
@@ -68,7 +67,7 @@ def versions(app_dir: Path) -> Iterator[dict[str, str]]:
         )
         found[name] = out.stdout.strip()
     assert found["previous"] != found["current"], found
-    yield found
+    return found
 
 
 @pytest.mark.parametrize("worker_side", ["previous", "current"])
