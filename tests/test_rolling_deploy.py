@@ -99,4 +99,3 @@ def test_a_worker_and_an_aborter_of_two_releases_work_together(
     assert running["first_started"] == "running", running
     assert rclient.lrange(f"{prefix}:started", 0, -1) == [], "the revoked task started"
     assert (running["running"], running["running_error"]) == ("aborted", "TaskAbortedError")
-
