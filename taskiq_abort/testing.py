@@ -233,7 +233,7 @@ class ClusterServers:
         nodes 0-2 are masters over a third of the slots each; node ``i + 3`` replicates node
         ``i``."""
         masters, replicas = self.nodes[:3], self.nodes[3:]
-        clients = [node.client(socket_timeout=5) for node in self.nodes]
+        clients: list[Any] = [node.client(socket_timeout=5) for node in self.nodes]
         try:
             for epoch, client in enumerate(clients, start=1):
                 client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
