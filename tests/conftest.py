@@ -152,18 +152,20 @@ class WorkerProcess:
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         app: str = "tests.app:broker",
+        python: str = sys.executable,
+        cwd: Path = ROOT,
     ) -> None:
-        self.url, self.prefix, self.workers = url, prefix, workers
+        self.url, self.prefix, self.workers, self.cwd = url, prefix, workers, cwd
         self.env = {
             **os.environ,
             "TASKIQ_ABORT_TEST_URL": url,
             "TASKIQ_ABORT_TEST_PREFIX": prefix,
             "TASKIQ_ABORT_TEST_BROKER": broker,
-            "PYTHONPATH": str(ROOT),
+            "PYTHONPATH": str(cwd),
             **(env or {}),
         }
         self.args = [
-            sys.executable, "-m", "taskiq", "worker", app,
+            python, "-m", "taskiq", "worker", app,
             "--workers", str(workers), "--max-async-tasks", "2000",
             "--shutdown-timeout", "3", *extra_args,
         ]  # fmt: skip
@@ -173,7 +175,12 @@ class WorkerProcess:
     def start(self, wait: bool = True) -> WorkerProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.args, env=self.env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True
+                self.args,
+                env=self.env,
+                cwd=self.cwd,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         if wait:
             self.wait_ready()

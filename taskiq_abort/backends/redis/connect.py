@@ -243,7 +243,7 @@ class Topology:
             info = await cmd.info("server")
         except rexc.NoPermissionError:
             return  # a user with only the documented rights; a Cluster then answers MOVED
-        mode = info.get("redis_mode")
+        mode = info.get("redis_mode") or info.get("server_mode")  # Valkey 8+: server_mode
         if mode == "cluster":
             raise AbortConfigError(
                 f"{self.where} is a Redis Cluster node: pass cluster=True (CLI: --cluster)"
