@@ -15,14 +15,19 @@ import random
 import re
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
-from taskiq import AsyncBroker
+from taskiq import AsyncBroker, TaskiqResult
 
+from taskiq_abort import AbortBackendUnavailableError
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.memory import MemoryAbortBackend
+from taskiq_abort.backends.redis import RedisAbortBackend
 from tests.app import events_key, make_broker
 from tests.conftest import ROOT, WorkerProcess
 from tests.faultkit import poll, worker_log
@@ -109,14 +114,13 @@ def _dealt_with(
     return {**dict.fromkeys(skipped & set(ids), False), **ran}
 
 
-async def _race_pairs(race: Race, mine: str, theirs: str, rclient: redis.Redis) -> None:
-    """``PAIRS`` queued tasks, each aborted ``mine``-wise here and ``theirs``-wise by the peer
-    (``by_id``, ``in_bulk``, or ``mixed``: either, at random)."""
+async def _pairs(race: Race, ids: list[str], mine: str, theirs: str, want: str) -> list[Any]:
+    """Abort each of ``ids`` ``mine``-wise here and ``theirs``-wise in the peer (``by_id``,
+    ``in_bulk``, or ``mixed``: either, at random); the pairs where either did not say ``want``
+    (id, the peer's start - ours in ms, what we said, what the peer said)."""
     rng = random.Random(SEED)
-    quick = race.client.find_task("quick")
-    ids = [(await quick.kiq(n)).task_id for n in range(PAIRS)]
     span = 0.001  # how long one abort takes here (learnt as it goes): the offsets cover it
-    lies: list[tuple[str, float, str, str]] = []
+    lies: list[Any] = []
     for task_id in ids:
         here, there = (
             rng.choice(["by_id", "in_bulk"]) if h == "mixed" else h for h in (mine, theirs)
@@ -127,9 +131,17 @@ async def _race_pairs(race: Race, mine: str, theirs: str, rclient: redis.Redis) 
             at(now + max(-offset, 0.0), said(here, race.client, task_id)),
             race.peer_abort(there, task_id, now + max(offset, 0.0)),
         )
-        if (status, peer_status) != ("revoked", "revoked"):
+        if (status, peer_status) != (want, want):
             lies.append((task_id, round((peer_began - began) * 1000, 3), status, peer_status))
         span = 0.9 * span + 0.1 * took
+    return lies
+
+
+async def _race_queued(race: Race, mine: str, theirs: str, rclient: redis.Redis) -> None:
+    """``PAIRS`` queued tasks, each aborted twice at once; then a worker comes."""
+    quick = race.client.find_task("quick")
+    ids = [(await quick.kiq(n)).task_id for n in range(PAIRS)]
+    lies = await _pairs(race, ids, mine, theirs, "revoked")
     worker = race.worker()
     bodies = poll(lambda: _dealt_with(ids, worker, race.prefix, rclient), 60, "the worker")
     ran = [task_id for task_id, body_ran in bodies.items() if body_ran]
@@ -141,8 +153,48 @@ async def _race_pairs(race: Race, mine: str, theirs: str, rclient: redis.Redis) 
 
 
 async def test_two_aborts_of_a_queued_task(race: Race, rclient: redis.Redis) -> None:
-    await _race_pairs(race, "by_id", "by_id", rclient)
+    await _race_queued(race, "by_id", "by_id", rclient)
 
 
 async def test_abort_by_id_racing_abort_many(race: Race, rclient: redis.Redis) -> None:
-    await _race_pairs(race, "mixed", "mixed", rclient)
+    await _race_queued(race, "mixed", "mixed", rclient)
+
+
+async def test_two_aborts_of_a_finished_task(race: Race) -> None:
+    """Both say ``finished``: neither takes the other's dropping of the moot request for a
+    request lost in a failover."""
+    ids = [uuid.uuid4().hex for _ in range(PAIRS // 3)]
+    for task_id in ids:  # its own result, as a worker stores it
+        done = TaskiqResult(is_err=False, return_value=1, execution_time=0.1, labels={})
+        await race.client.result_backend.set_result(task_id, done)
+    lies = await _pairs(race, ids, "mixed", "mixed", "finished")
+    print(f"seed {SEED}: {len(lies)} of {len(ids)} pairs lied")
+    assert not lies, f"seed {SEED}: {len(lies)} of {len(ids)} pairs lied: {lies[:5]}"
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[AbortBackend]:
+    backend: AbortBackend = MemoryAbortBackend()
+    if request.param == "redis":
+        backend = RedisAbortBackend(request.getfixturevalue("redis_url"), prefix=prefix)
+    yield backend
+    await backend.close()
+
+
+async def test_a_claimed_revoke_settles_as_revoked(backend: AbortBackend) -> None:
+    """The rule both backends follow: a result found after an aborter claimed the revoke is
+    that aborter's (revoked); one found without a claim is the task's own (the request is
+    moot: dropped, or on Redis kept a while as ``finished``)."""
+    for task_id, claimed in (("claimed", True), ("finished", False)):
+        await backend.request(task_id, "why", "test")
+        if claimed:
+            await backend.mark_revoking(task_id)
+        settled = await backend.settle_finished(task_id)
+        record = await backend.get_request(task_id)
+        if claimed:
+            assert settled is not None and record is not None
+            assert (settled.outcome, record.outcome, record.worker) == ("revoked", "revoked", None)
+        else:
+            assert settled is None and (record is None or record.outcome == "finished")
+    with pytest.raises(AbortBackendUnavailableError, match=r"task never-requested .*again"):
+        await backend.mark_revoking("never-requested")  # nothing to claim: nothing is revoked

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from taskiq_abort.protocol import ReplyMessage
 
@@ -302,7 +302,7 @@ class AbortBackend(abc.ABC):
             record.outcome in ("revoked", "aborted") or (record.outcome is None and record.revoking)
         ):
             await self.set_outcome(task_id, "revoked")
-            return record
+            return replace(record, outcome=record.outcome or "revoked")
         await self.clear_request(task_id)
         return None
 

@@ -331,13 +331,16 @@ return 1
 
 # The aborter found a result and nobody holding the task: did a worker refuse or abort it
 # because of our request, or did an aborter claim its revoke (REVOKING) and store that result
-# (then it is revoked), or did it finish on its own (then the request is moot and goes)? Always
-# a write, for the WAIT behind it, like REVOKE: a stale master (one that was failed over and
-# still serves a few seconds) must not answer "finished".
+# (then it is revoked), or did it finish on its own (then the request is moot: recorded
+# 'finished' and kept 5 minutes at most, as CONFIRM does, so that an aborter settling it at the
+# same time finds it rather than a request lost in a failover)? Always a write, for the WAIT
+# behind it, like REVOKE: a stale master (one that was failed over and still serves a few
+# seconds) must not answer "finished".
 # KEYS: request hash, ETA marker; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the
-# request was dropped, or false when it is gone (lost in a failover).
+# task finished, or false when the request is gone (lost in a failover).
 SETTLE = (
     REQUEST_LIFE
+    + RECORD_OUTCOME
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker', 'revoking')
@@ -349,7 +352,8 @@ if r[1] == 'revoked' or r[1] == 'aborted' then
   redis.call('PEXPIRE', KEYS[1], request_life(tonumber(ARGV[1]), KEYS[2]))
   return {r[1], r[2] or ''}
 end
-redis.call('DEL', KEYS[1])
+record_outcome(KEYS[1], 'finished', '', '0')
+redis.call('HSET', KEYS[1], 'outcome', 'finished')  -- a write even if it was: for the WAIT
 return {'', ''}
 """
 )
