@@ -1,10 +1,11 @@
-"""Aborts of one queued task racing each other: every caller says ``revoked``, and the task
-never runs.
+"""Aborts of one task racing each other: for a queued task every caller says ``revoked`` and
+the task never runs; for a finished one every caller says ``finished``.
 
 The tasks wait in a queue no worker serves yet. Each is aborted twice, once from the test and
 once from another process (as a CLI or a dashboard would), with a random offset between the two
 starts spread over the time one abort takes: both orders, the second call landing at every step
 of the first. Lies are counted; then a worker started on the queue must run none of the bodies.
+``TASKIQ_ABORT_RACE_SEED`` replays a run's offsets; ``TASKIQ_ABORT_LONG=1`` races more pairs.
 """
 
 from __future__ import annotations

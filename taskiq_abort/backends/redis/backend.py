@@ -329,7 +329,7 @@ class RedisAbortBackend(PubSubSide):
         op = self._c.fence(SETTLE, keys, [ttl], durable=True)
         settled = await self._call(f"settling the abort of task {task_id}", op)
         if not settled:
-            if self.replicas == 0:  # dropped by an aborter that also found it finished
+            if self.replicas == 0:  # dropped by an aborter that found it finished, or expired
                 return None
             raise AbortBackendUnavailableError(
                 f"the abort request of task {task_id} is gone from {self.where} (lost in a "
