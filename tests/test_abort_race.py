@@ -35,9 +35,10 @@ from tests.faultkit import poll, worker_log
 from tests.race_peer import said
 from tests.test_topologies import target
 
-pytestmark = pytest.mark.anyio
+LONG = os.environ.get("TASKIQ_ABORT_LONG") == "1"
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(600 if LONG else 120)]
 
-PAIRS = 2000 if os.environ.get("TASKIQ_ABORT_LONG") == "1" else 300
+PAIRS = 2000 if LONG else 300
 SEED = int(os.environ.get("TASKIQ_ABORT_RACE_SEED", "0")) or random.randrange(1, 10**6)
 LEAD = 0.003  # seconds the other process gets to read its order before its moment
 _T = TypeVar("_T")
