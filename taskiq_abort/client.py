@@ -133,6 +133,9 @@ async def _nobody_runs_it(
                 if record is not None:
                     return AbortStatus.REVOKED, record.worker
                 return AbortStatus.FINISHED, None
+            # Claimed before the result is stored: an aborter that then finds that result must
+            # not take it for the task's own (settle_finished).
+            await backend.mark_revoking(task_id)
             await result_backend.set_result(task_id, aborted_result(task_id, reason))
         except TaskiqAbortError:
             raise

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from taskiq_abort.protocol import ReplyMessage
 
@@ -95,6 +95,8 @@ class RequestRecord:
     worker: str | None
     forced: bool = False
     """The outcome is ``aborted`` and came after a grace period ran out."""
+    revoking: bool = False
+    """An aborter claimed its revoke (:meth:`AbortBackend.mark_revoking`)."""
 
 
 ReplyWaiter = asyncio.Queue[ReplyMessage]
@@ -282,14 +284,25 @@ class AbortBackend(abc.ABC):
     async def get_request(self, task_id: str) -> RequestRecord | None:
         """The stored request for ``task_id``, if any."""
 
+    @abc.abstractmethod
+    async def mark_revoking(self, task_id: str) -> None:
+        """Nobody holds ``task_id`` and it has no result: claim its revoke in its request, before
+        its ``TaskAbortedError`` result is stored, so that an aborter that finds that result
+        takes it for ours, not the task's own (:meth:`settle_finished`). Raises
+        :class:`~taskiq_abort.AbortBackendUnavailableError` when the request is gone."""
+
     async def settle_finished(self, task_id: str) -> RequestRecord | None:
         """Nobody holds ``task_id`` and it has a result: if a worker refused or aborted it
-        because of our request, return that request (the task is revoked); else the task
-        finished on its own, and the moot request is dropped (``None``)."""
+        because of our request, or an aborter claimed its revoke (and stored that result),
+        return that request (the task is revoked); else the task finished on its own, and the
+        moot request is dropped (``None``). One atomic step: a backend whose methods can
+        interleave with another aborter's overrides it."""
         record = await self.get_request(task_id)
-        if record is not None and record.outcome in ("revoked", "aborted"):
+        if record is not None and (
+            record.outcome in ("revoked", "aborted") or (record.outcome is None and record.revoking)
+        ):
             await self.set_outcome(task_id, "revoked")
-            return record
+            return replace(record, outcome=record.outcome or "revoked")
         await self.clear_request(task_id)
         return None
 

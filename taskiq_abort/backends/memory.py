@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from taskiq_abort import observe
 from taskiq_abort.backends.base import (
@@ -25,6 +25,7 @@ from taskiq_abort.backends.base import (
     RunningEntry,
     WorkerInfo,
 )
+from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.protocol import ReplyMessage
 
 logger = logging.getLogger("taskiq_abort")
@@ -216,16 +217,18 @@ class MemoryAbortBackend(AbortBackend):
         item = self._requests.get(task_id)
         if item is not None and item[1].outcome is None:  # the first word stands
             expires, record = item
-            updated = RequestRecord(
-                record.task_id,
-                record.reason,
-                record.requested_at,
-                record.requested_by,
-                outcome,
-                worker_id or record.worker,
-                forced,
-            )
+            worker = worker_id or record.worker
+            updated = replace(record, outcome=outcome, worker=worker, forced=forced)
             self._requests[task_id] = (expires, updated)
+
+    async def mark_revoking(self, task_id: str) -> None:
+        record = self._record(task_id)
+        if record is None:
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} is gone (expired?): nothing was "
+                "revoked; abort it again"
+            )
+        self._requests[task_id] = (self._requests[task_id][0], replace(record, revoking=True))
 
     async def clear_request(self, task_id: str) -> None:
         self._requests.pop(task_id, None)

@@ -313,15 +313,24 @@ class RedisAbortBackend(PubSubSide):
                 "failover?): nothing was revoked; abort it again"
             )
 
+    async def mark_revoking(self, task_id: str) -> None:
+        op = self._c.revoking([self.keys.request(task_id)])
+        if not await self._call(f"claiming the revoke of task {task_id}", op):
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} is gone from {self.where} (expired, or "
+                "lost in a failover?): nothing was revoked; abort it again"
+            )
+
     async def settle_finished(self, task_id: str) -> RequestRecord | None:
-        if self.replicas == 0:
-            return await super().settle_finished(task_id)
-        # One fenced call on the current master: a stale one must not answer "finished".
+        # One script decides, on the current master (fenced when replicas >= 1: a stale master
+        # must not answer "finished"), against the REVOKING claims of concurrent aborters.
         ttl = int(self.request_ttl * 1000)
         keys = [self.keys.request(task_id), self.keys.eta(task_id)]
         op = self._c.fence(SETTLE, keys, [ttl], durable=True)
         settled = await self._call(f"settling the abort of task {task_id}", op)
         if not settled:
+            if self.replicas == 0:  # dropped by an aborter that found it finished, or expired
+                return None
             raise AbortBackendUnavailableError(
                 f"the abort request of task {task_id} is gone from {self.where} (lost in a "
                 "failover?): abort it again"

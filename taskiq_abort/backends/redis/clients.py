@@ -54,13 +54,14 @@ class LoopClients:
         self.heartbeat = cmd.register_script(publishing(scripts.HEARTBEAT))
         self.unregister = cmd.register_script(scripts.UNREGISTER)
         self.request = cmd.register_script(publishing(scripts.REQUEST))
+        self.revoking = cmd.register_script(scripts.REVOKING)
         self.confirm = cmd.register_script(publishing(scripts.CONFIRM))
         self.request_many = cmd.register_script(publishing(REQUEST_MANY))
         self.confirm_many = cmd.register_script(publishing(CONFIRM_MANY))
         self.list = cmd.register_script(scripts.LIST)
         self.scripts = (  # to warm
             self.request, self.confirm, self.list, self.unregister, self.request_many,
-            self.confirm_many,
+            self.confirm_many, self.revoking,
         )  # fmt: skip
 
 
@@ -89,6 +90,7 @@ def record_from_hash(task_id: str, data: dict[str, str]) -> RequestRecord | None
         outcome=data.get("outcome") or None,
         worker=data.get("worker") or None,
         forced=data.get("forced") == "1",
+        revoking=data.get("revoking") == "1",
     )
 
 

@@ -318,22 +318,42 @@ return redis.call('HGET', KEYS[1], 'outcome')
 )
 
 
+# The aborter found nobody holding the task and no result: it claims the revoke before it
+# stores the task's TaskAbortedError result, so that an aborter that finds that result before
+# the outcome is recorded takes it for ours, not the task's own (SETTLE). Any number may claim
+# it: they store the same result. KEYS: request hash. Returns 1, or 0 when the request is gone.
+REVOKING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'revoking', '1')
+return 1
+"""
+
+
 # The aborter found a result and nobody holding the task: did a worker refuse or abort it
-# because of our request (then it is revoked), or did it finish on its own (then the request is
-# moot and goes)? Always a write, for the WAIT behind it, like REVOKE: a stale master (one that
-# was failed over and still serves a few seconds) must not answer "finished".
+# because of our request, or did an aborter claim its revoke (REVOKING) and store that result
+# (then it is revoked), or did it finish on its own (then the request is moot: recorded
+# 'finished' and kept 5 minutes at most, as CONFIRM does, so that an aborter settling it at the
+# same time finds it rather than a request lost in a failover)? Always a write, for the WAIT
+# behind it, like REVOKE: a stale master (one that was failed over and still serves a few
+# seconds) must not answer "finished".
 # KEYS: request hash, ETA marker; ARGV: ttl_ms. Returns {outcome, worker}, {'', ''} when the
-# request was dropped, or false when it is gone (lost in a failover).
+# task finished, or false when the request is gone (lost in a failover).
 SETTLE = (
     REQUEST_LIFE
+    + RECORD_OUTCOME
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker')
+local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker', 'revoking')
+if not r[1] and r[3] then  -- the result is the claimant's: the revoke stands, whoever says it
+  redis.call('HSET', KEYS[1], 'outcome', 'revoked', 'worker', '')
+  r[1], r[2] = 'revoked', ''
+end
 if r[1] == 'revoked' or r[1] == 'aborted' then
   redis.call('PEXPIRE', KEYS[1], request_life(tonumber(ARGV[1]), KEYS[2]))
   return {r[1], r[2] or ''}
 end
-redis.call('DEL', KEYS[1])
+record_outcome(KEYS[1], 'finished', '', '0')
+redis.call('HSET', KEYS[1], 'outcome', 'finished')  -- a write even if it was: for the WAIT
 return {'', ''}
 """
 )
