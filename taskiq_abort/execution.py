@@ -241,25 +241,6 @@ def _enter(run: RunningTask | None) -> RunningTask | None:
     return run
 
 
-async def _run_async(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    body = run.body = Body(run, func(*args, **kwargs), level=run.mode == "level")
-    run.deliver()  # an abort that came between the start check and now
-    try:
-        return await body
-    except asyncio.CancelledError:
-        if not body.reached:
-            raise  # not ours (worker shutdown...): let it through
-        raise TaskAbortedError(run.task_id, run.reason) from None
-    except Exception as exc:
-        # An error raised while cleaning up after the abort, or while stopping on its own in a
-        # grace period (through the token): the abort's result.
-        if run.abort_requested or run.stopping:
-            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
-        raise
-    finally:
-        run.body = None  # no cancel may land outside the body
-
-
 def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
     """What an error raised after the abort (or in its grace period) becomes."""
     if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
@@ -310,7 +291,24 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
                 if _enter(run) is None:
                     return await func(*args, **kwargs)
                 assert run is not None
-                return await _run_async(run, func, args, kwargs)
+                # Inline, not a coroutine of its own: every await of the body resumes each
+                # frame between the task and the body.
+                body = run.body = Body(run, func(*args, **kwargs), level=run.mode == "level")
+                run.deliver()  # an abort that came between the start check and now
+                try:
+                    return await body
+                except asyncio.CancelledError:
+                    if not body.reached:
+                        raise  # not ours (worker shutdown...): let it through
+                    raise TaskAbortedError(run.task_id, run.reason) from None
+                except Exception as exc:
+                    # Raised while cleaning up after the abort, or while stopping on its own
+                    # in a grace period (through the token): the abort's result.
+                    if run.abort_requested or run.stopping:
+                        raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
+                    raise
+                finally:
+                    run.body = None  # no cancel may land outside the body
             except TaskAbortedError:
                 if run is not None:
                     run.no_retry()

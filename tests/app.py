@@ -297,9 +297,9 @@ def _define_tasks(broker: AsyncBroker) -> None:
             finally:
                 await emit(context, f"child-finally-{n}")
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(child(1))
-            tg.create_task(child(2))
+        async with anyio.create_task_group() as tg:  # asyncio's needs Python 3.11
+            tg.start_soon(child, 1)
+            tg.start_soon(child, 2)
         return "unreachable"
 
     _define_fault_tasks(broker)
