@@ -12,8 +12,8 @@ import logging
 import math
 import random
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -22,19 +22,14 @@ from taskiq import AsyncBroker, InMemoryBroker
 
 from taskiq_abort import AbortMiddleware, AbortStatus, TaskAbortedError
 from taskiq_abort.body import INTERVAL, PROMPT
+from tests.faultkit import started
 
 pytestmark = pytest.mark.anyio
 Body = Callable[[asyncio.Event, list[str]], Awaitable[Any]]
 
 
-@asynccontextmanager
-async def _broker(mode: str) -> AsyncIterator[AsyncBroker]:
-    broker = InMemoryBroker().with_middlewares(AbortMiddleware(cancel_mode=mode))  # type: ignore[arg-type]
-    await broker.startup()
-    try:
-        yield broker
-    finally:
-        await broker.shutdown()
+def _broker(mode: str) -> AbstractAsyncContextManager[AsyncBroker]:
+    return started(InMemoryBroker().with_middlewares(AbortMiddleware(cancel_mode=mode)))  # type: ignore[arg-type]
 
 
 async def _aborted(mode: str, body: Body) -> tuple[str, Any, list[str]]:

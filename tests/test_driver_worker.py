@@ -16,6 +16,7 @@ from taskiq_abort import AbortStatus, TaskAbortedError
 from tests.app import events_key
 from tests.conftest import Events
 from tests.driver_app import make_driver_broker
+from tests.faultkit import started
 
 pytestmark = pytest.mark.anyio
 APP = "tests.driver_app:broker"
@@ -28,14 +29,22 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def driven(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
-    broker = make_driver_broker(redis_url, prefix)
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
+    async with started(make_driver_broker(redis_url, prefix)) as broker:
+        yield broker
 
 
 def _start(worker_factory: type, mode: str = "edge") -> None:
     worker_factory(app=APP, env={"TASKIQ_ABORT_TEST_CANCEL_MODE": mode}).start()
+
+
+async def _stopped(driven: AsyncBroker, events: Events, name: str) -> str:
+    """Kick ``name``, abort it once it runs; it must end ``aborted``. Its task id."""
+    task = await driven.find_task(name).kiq()
+    events.wait(task.task_id, "started")
+    outcome = await task.abort(timeout=10)
+    assert outcome.status is AbortStatus.ABORTED, outcome
+    assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+    return task.task_id
 
 
 async def test_an_abort_held_by_a_last_shield_leaves_nothing_pending(
@@ -74,12 +83,8 @@ async def test_an_async_generators_clean_up_runs(
     driven: AsyncBroker, worker_factory: type, events: Events
 ) -> None:
     _start(worker_factory)
-    task = await driven.find_task("agen_cleanup").kiq()
-    events.wait(task.task_id, "started")
-    outcome = await task.abort(timeout=10)
-    assert outcome.status is AbortStatus.ABORTED, outcome
-    assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
-    assert "generator-cleaned-up" in events.all(task.task_id)
+    task_id = await _stopped(driven, events, "agen_cleanup")
+    assert "generator-cleaned-up" in events.all(task_id)
 
 
 async def test_every_other_middlewares_hooks_run_exactly_once(
@@ -89,12 +94,8 @@ async def test_every_other_middlewares_hooks_run_exactly_once(
     runs once per worker process, its task hooks once per task, and the retry middleware,
     whose ``on_error`` runs before ours, does not retry the aborted task."""
     _start(worker_factory)
-    task = await driven.find_task("recorded").kiq()
-    events.wait(task.task_id, "started")
-    outcome = await task.abort(timeout=10)
-    assert outcome.status is AbortStatus.ABORTED, outcome
-    assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
-    hooks_key = events_key(prefix, f"hooks:{task.task_id}")
+    task_id = await _stopped(driven, events, "recorded")
+    hooks_key = events_key(prefix, f"hooks:{task_id}")
     hooks = collections.Counter(item.split()[0] for item in rclient.lrange(hooks_key, 0, -1))
     assert hooks == {"pre_execute": 1, "on_error": 1, "post_execute": 1, "post_save": 1}, hooks
     # A retry is kicked from on_error, before our confirmation: it would be in the stream.
