@@ -10,8 +10,8 @@ reaches it:
   outlive the body), and every cancel we made is withdrawn (``uncancel``) when the body ends.
 - When the task resumes, :class:`Body` throws a new :class:`AbortCancelled` into the body at
   its await instead of what the wake-up brought: the ``CancelledError`` it caused, or the value
-  or error of an awaited child task that absorbed it. The body can tell nothing apart from a
-  plain ``Task.cancel()``, and clean-up runs as asyncio runs it.
+  or error of an awaited child task that absorbed it. To the body it is the cancellation of
+  a ``Task.cancel()``, and its clean-up runs as asyncio runs it.
 - We know the body dropped our exception when that instance dies (a weak reference) while the
   body runs on (CPython 3.10/3.11's ``asyncio.wait_for`` drops one when the awaited operation
   completes at the same moment; so can task code): it is delivered again at the body's next
@@ -23,6 +23,7 @@ reaches it:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import weakref
@@ -140,7 +141,8 @@ class Body:
     def _died(self, ref: weakref.ref[AbortCancelled]) -> None:
         # Any thread (the garbage collector may free it anywhere): hand over to the loop.
         if not self.ended and self.live is ref and not self.level:
-            self.loop.call_soon_threadsafe(self._swallowed, ref)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to stop
+                self.loop.call_soon_threadsafe(self._swallowed, ref)
 
     def _swallowed(self, ref: weakref.ref[AbortCancelled]) -> None:
         if self.ended or self.live is not ref:
