@@ -2,17 +2,19 @@
 
 The wrapper covers the task body only, never the receiver's code around it that stores the
 result and acks, so an aborted task always ends with a stored ``TaskAbortedError`` and an acked
-message. Two ways to deliver the cancellation, chosen by ``AbortMiddleware(cancel_mode=...)``:
+message. An async body is awaited through :class:`taskiq_abort.body.Body`, which delivers the
+abort as a ``CancelledError`` at the body's current ``await``, in one of two ways chosen by
+``AbortMiddleware(cancel_mode=...)``:
 
-- ``"edge"`` (default): asyncio's own semantics. One ``CancelledError`` at the task's current
-  ``await``; ``except``/``finally`` blocks may then ``await`` their clean-up (close a session,
-  roll back) as they would after ``Task.cancel()``. A cancellation that code inside the body
-  swallows (CPython 3.10/3.11's ``asyncio.wait_for`` drops one when the awaited operation
-  completes at the same moment; redis-py writes every command through it) is delivered again at
-  the body's next ``await``: see :class:`taskiq_abort.body.Body`.
-- ``"level"``: anyio's semantics. The body runs in an anyio cancel scope that stays cancelled:
-  every later ``await`` inside it is cancelled too (clean-up must be shielded), so even a body
-  that swallows ``CancelledError`` cannot carry on.
+- ``"edge"`` (default): asyncio's own semantics. One ``CancelledError``; ``except``/``finally``
+  blocks may then ``await`` their clean-up (close a session, roll back) as they would after
+  ``Task.cancel()``. One that the body or code it awaits drops is delivered again at the body's
+  next ``await``.
+- ``"level"``: anyio's semantics. Every later ``await`` of the body is cancelled too (clean-up
+  must be in ``shield()``).
+
+The body is reported stopped (``TaskAbortedError``) only if it did not run on: it raised once
+the abort reached it. A body that returns has its own result, aborted or not.
 """
 
 from __future__ import annotations
@@ -21,15 +23,12 @@ import asyncio
 import functools
 import inspect
 import itertools
-import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from contextvars import ContextVar, Token
 from typing import Any, Literal
-
-import anyio
 
 from taskiq_abort.backends.base import RunningEntry
 from taskiq_abort.body import Body
@@ -43,14 +42,7 @@ MESSAGE_ATTR = "_taskiq_abort_run"
 
 current_run: ContextVar[RunningTask | None] = ContextVar("taskiq_abort_run", default=None)
 _WRAPPED = "__taskiq_abort_wrapped__"
-_CANCEL_MSG = "aborted by taskiq-abort"
 _run_ids = itertools.count(1)
-
-
-class Redeliveries:
-    """How often this process found an abort's cancellation swallowed and delivered it again."""
-
-    count = 0
 
 
 class RunningTask:
@@ -61,8 +53,8 @@ class RunningTask:
         "_event",
         "_grace_timer",
         "abort_requested",
+        "body",
         "callback",
-        "cancels",
         "context",
         "delivered",
         "done",
@@ -70,15 +62,14 @@ class RunningTask:
         "entry",
         "forced",
         "gate",
-        "host",
         "interrupt",
+        "labels",
         "mode",
         "reason",
         "refused",
         "registered",
         "replies",
         "revoked",
-        "scope",
         "shields",
         "stopping",
         "thread",
@@ -91,11 +82,9 @@ class RunningTask:
         run_id = f"{next(_run_ids):x}"  # unique within this worker, which is all it needs
         self.entry = RunningEntry(task_id, task_name, run_id, time.time(), worker_id)
         self.mode = mode
-        self.host: asyncio.Task[Any] | None = None  # the task running the body, while it runs
-        self.scope: anyio.CancelScope | None = None  # level mode only
+        self.body: Body | None = None  # the async body's driver, while it runs
         self.shields = 0  # open ``shield()`` sections: the cancel waits for them
-        self.delivered = False  # a cancellation of ours is in flight in the body
-        self.cancels = 0  # Task.cancel() calls we made on ``host`` (each one is uncancelled)
+        self.delivered = False  # the abort went to the body (or interrupted its thread)
         self.abort_requested = False  # the body is to be cancelled (now, or once unshielded)
         self.stopping = False  # aborted with a grace period: token set, cancel when it ends
         self.forced = False  # the grace period ran out with the body still running
@@ -103,6 +92,7 @@ class RunningTask:
         self.interrupt = False  # AbortMiddleware(interrupt_threads=True): may interrupt a thread
         self.thread: ThreadInterrupt | None = None  # the sync body's thread, while it runs
         self.revoked = False  # an abort request existed when this attempt started
+        self.labels: dict[str, Any] | None = None  # the message's, set by pre_execute
         self.refused: BaseException | None = None  # fail-closed: the registry was unreachable
         self.reason: str | None = None
         self.replies: list[str] = []  # the aborters' reply channels, for the confirmation
@@ -130,7 +120,7 @@ class RunningTask:
     @property
     def in_body(self) -> bool:
         """The task body is running (and can be cancelled or interrupted)."""
-        return self.host is not None or self.scope is not None or self.thread is not None
+        return self.body is not None or self.thread is not None
 
     def request_abort(self, reason: str | None, grace: float = 0.0) -> bool:
         """Stop this attempt: now, or with ``grace``, once that many seconds have passed and
@@ -182,23 +172,20 @@ class RunningTask:
 
     def deliver(self) -> None:
         """Cancel the body now, unless a shielded section is open (then at its end)."""
-        if not self.abort_requested or self.delivered or self.shields:
+        if not self.abort_requested or self.shields:
             return
-        if self.scope is not None:
+        if self.body is not None:  # also once more at a shield's end: it delivers what is due
             self.delivered = True
-            self.scope.cancel()
-        elif self.host is not None:
-            self.delivered = True
-            self.cancels += 1
-            self.host.cancel(_CANCEL_MSG)
-        elif self.thread is not None:
+            self.body.request()
+        elif self.thread is not None and not self.delivered:
             self.delivered = self.thread.interrupt()
 
-    def redeliver(self) -> None:
-        """The body swallowed our cancellation: cancel it again (at its current ``await``)."""
-        Redeliveries.count += 1
-        self.delivered = False
-        self.deliver()
+    def no_retry(self) -> None:
+        """The attempt ends aborted: retry middlewares must not run it again. Their
+        ``on_error`` reads this label, which is set before any ``on_error`` runs, so their
+        place in ``broker.middlewares`` does not matter (nobody is moved)."""
+        if self.labels is not None:
+            self.labels["retry_on_error"] = False
 
     async def take_turn(self) -> None:
         """The body ended aborted: wait for a turn to report it (taskiq's error path, the
@@ -254,31 +241,6 @@ def _enter(run: RunningTask | None) -> RunningTask | None:
     return run
 
 
-async def _run_edge(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    host = asyncio.current_task()
-    run.host = host
-    try:
-        result = await Body(run, func(*args, **kwargs))
-    except asyncio.CancelledError:
-        if not run.cancels:
-            raise  # not ours (worker shutdown...): let it through
-        _uncancel(run, host)  # we consumed our own cancellations
-        raise TaskAbortedError(run.task_id, run.reason) from None
-    except Exception as exc:
-        # An error raised while cleaning up after the abort, or while stopping on its own in a
-        # grace period (through the token): the abort's result.
-        if run.abort_requested or run.stopping:
-            _uncancel(run, host)
-            raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
-        raise
-    finally:
-        run.host = None  # no cancel may land outside the body
-    if run.abort_requested:  # the body caught the cancellation and returned: the abort wins
-        _uncancel(run, host)
-        raise TaskAbortedError(run.task_id, run.reason)
-    return result
-
-
 def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
     """What an error raised after the abort (or in its grace period) becomes."""
     if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
@@ -315,33 +277,6 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
     return result
 
 
-def _uncancel(run: RunningTask, host: asyncio.Task[Any] | None) -> None:
-    """Take back the cancel requests we made, so taskiq's code after the body (storing the
-    result) does not see the task as being cancelled. Never more than we made."""
-    if host is not None and sys.version_info >= (3, 11):
-        for _ in range(run.cancels):
-            if not host.uncancel():
-                break
-    run.cancels = 0
-
-
-async def _run_level(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-    with anyio.CancelScope() as scope:
-        run.scope = scope
-        run.deliver()  # an abort that arrived during a shield before the body started
-        try:
-            result = await func(*args, **kwargs)
-        except Exception as exc:
-            if run.abort_requested or run.stopping:
-                raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
-            raise
-        finally:
-            run.scope = None
-    if run.abort_requested:  # our scope swallowed the cancel, or the body returned anyway
-        raise TaskAbortedError(run.task_id, run.reason)
-    return result
-
-
 def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a task function once; transparent when called outside a worker attempt."""
     if getattr(func, _WRAPPED, False):
@@ -356,10 +291,27 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
                 if _enter(run) is None:
                     return await func(*args, **kwargs)
                 assert run is not None
-                if run.mode == "level":
-                    return await _run_level(run, func, args, kwargs)
-                return await _run_edge(run, func, args, kwargs)
+                # Inline, not a coroutine of its own: every await of the body resumes each
+                # frame between the task and the body.
+                body = run.body = Body(run, func(*args, **kwargs), level=run.mode == "level")
+                run.deliver()  # an abort that came between the start check and now
+                try:
+                    return await body
+                except asyncio.CancelledError:
+                    if not body.reached:
+                        raise  # not ours (worker shutdown...): let it through
+                    raise TaskAbortedError(run.task_id, run.reason) from None
+                except Exception as exc:
+                    # Raised while cleaning up after the abort, or while stopping on its own
+                    # in a grace period (through the token): the abort's result.
+                    if run.abort_requested or run.stopping:
+                        raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
+                    raise
+                finally:
+                    run.body = None  # no cancel may land outside the body
             except TaskAbortedError:
+                if run is not None:
+                    run.no_retry()
                 if outer:
                     assert run is not None
                     await run.take_turn()  # the body has stopped: its report waits its turn
@@ -370,11 +322,16 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
 
         @functools.wraps(func)
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-            run = _enter(current_run.get())
-            if run is not None and run.interrupt:
-                return _run_sync(run, func, args, kwargs)
-            # Without interrupt_threads: only the start check and the token apply.
-            return func(*args, **kwargs)
+            run = current_run.get()
+            try:
+                if _enter(run) is not None and run is not None and run.interrupt:
+                    return _run_sync(run, func, args, kwargs)
+                # Without interrupt_threads: only the start check and the token apply.
+                return func(*args, **kwargs)
+            except TaskAbortedError:
+                if run is not None:
+                    run.no_retry()
+                raise
 
         wrapper = sync_wrapper
     setattr(wrapper, _WRAPPED, True)

@@ -13,7 +13,6 @@ from typing import Any
 
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
-from taskiq.middlewares import SimpleRetryMiddleware, SmartRetryMiddleware
 
 from taskiq_abort import observe
 from taskiq_abort.aborter import AbortCalls
@@ -39,7 +38,6 @@ from taskiq_abort.logs import install_log_filter
 from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
-_RETRY_MIDDLEWARES = (SimpleRetryMiddleware, SmartRetryMiddleware)
 _PROCESS_POOL_FLAG = "--use-process-pool"
 
 
@@ -220,7 +218,6 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         async with self._worker_starting:
             if self.worker is None:
                 assert self.broker is not None
-                self._run_after_retry_middlewares(self.broker)
                 for name in self.broker.get_all_tasks():
                     self._wrap(name)
                 install_log_filter()
@@ -246,17 +243,6 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.backend.unregister(stale.worker_id), self.abort_timeout)
 
-    def _run_after_retry_middlewares(self, broker: AsyncBroker) -> None:
-        # on_error hooks run in reverse order: ours must come after every retry middleware in
-        # the list, so it runs first and can tell them not to retry an aborted task.
-        mws = broker.middlewares
-        last_retry = max(
-            (i for i, mw in enumerate(mws) if isinstance(mw, _RETRY_MIDDLEWARES)), default=-1
-        )
-        mine = mws.index(self)
-        if mine < last_retry:
-            mws.insert(last_retry, mws.pop(mine))
-
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
         delay = _delay_of(message)
         if delay is not None and delay > self.backend.request_ttl:
@@ -281,6 +267,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             self._wrap(message.task_name)
         run = worker.begin(message.task_id, message.task_name)
         object.__setattr__(message, MESSAGE_ATTR, run)
+        run.labels = message.labels
         run.context = current_run.set(run)
         run.callback = asyncio.current_task()
         await worker.admit(run)
@@ -303,7 +290,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         if isinstance(exception, TaskAbortedError):
-            message.labels["retry_on_error"] = False  # never retry an aborted task
+            message.labels["retry_on_error"] = False  # never retry an aborted task (see no_retry)
             run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
             phase = observe.QUEUED if run is not None and run.revoked else observe.RUNNING
             await observe.abort_applied(

@@ -250,6 +250,7 @@ def _define_tasks(broker: AsyncBroker) -> None:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
             await emit(context, "swallowed")
+        await asyncio.sleep(60)  # the abort is delivered again here
         return "returned after swallowing"
 
     @broker.task(task_name="shielded")
@@ -296,9 +297,9 @@ def _define_tasks(broker: AsyncBroker) -> None:
             finally:
                 await emit(context, f"child-finally-{n}")
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(child(1))
-            tg.create_task(child(2))
+        async with anyio.create_task_group() as tg:  # asyncio's needs Python 3.11
+            tg.start_soon(child, 1)
+            tg.start_soon(child, 2)
         return "unreachable"
 
     _define_fault_tasks(broker)
@@ -349,7 +350,8 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
         """What the worker's abort state holds, seen from inside the worker process."""
         import gc
 
-        from taskiq_abort.execution import Redeliveries, RunningTask
+        from taskiq_abort.body import Redeliveries
+        from taskiq_abort.execution import RunningTask
 
         mw = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
         side = mw.worker

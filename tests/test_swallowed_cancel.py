@@ -12,6 +12,7 @@ import asyncio
 import collections
 import os
 import random
+import sys
 
 import pytest
 import redis
@@ -80,7 +81,8 @@ async def test_kick_then_abort_never_lets_a_body_reach_its_end(
     assert statuses["aborted"] > 0, statuses  # the race with the first await did happen
     if mode == "edge":
         assert cleanup >= started, (started, cleanup)  # clean-up in ``finally`` may await
-        assert redelivered > 0, "no abort landed in a swallowing await: the test proved nothing"
+        if sys.version_info < (3, 12):  # 3.12's wait_for no longer drops a cancellation
+            assert redelivered > 0, "no abort landed in a swallowing await: the test proved nothing"
 
 
 @pytest.mark.anyio
