@@ -18,7 +18,13 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from taskiq_abort import observe
-from taskiq_abort.backends.base import AbortBackend, AbortNotice, Confirmation, RunningEntry
+from taskiq_abort.backends.base import (
+    AbortBackend,
+    AbortNotice,
+    Confirmation,
+    NotDurableError,
+    RunningEntry,
+)
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
 
@@ -279,8 +285,13 @@ class WorkerSide:
                     )
                 except Exception as exc:  # never let the registry stop task processing
                     self._unavailable(exc)
+                    # Starts the master refused stay refused, durable or not: it had the
+                    # request. The others run unregistered (fail open) or are refused.
+                    refused = {n.task_id: n for n in getattr(exc, "notices", ())}
                     for run, fut in starts:
-                        if self.fail_closed:
+                        if run.task_id in refused:
+                            run.revoke(refused[run.task_id].reason)
+                        elif self.fail_closed:
                             run.refused = exc
                         if not fut.done():
                             fut.set_result(None)
@@ -302,9 +313,13 @@ class WorkerSide:
     async def _register_all(self) -> None:
         """Rewrite our whole registration; apply requests for anything we hold. Lock held."""
         runs = [run for run in self.attempts() if not run.done and not run.revoked]
-        aborted = await self.backend.register(
-            self.worker_id, self.info, [run.entry for run in runs]
-        )
+        entries = [run.entry for run in runs]
+        try:
+            aborted = await self.backend.register(self.worker_id, self.info, entries)
+        except NotDurableError as exc:  # on the master, not on its replicas: rewritten later
+            for notice in exc.notices:
+                self.on_abort(notice)
+            raise
         for run in runs:
             run.registered = True
         self._dirty = False
@@ -313,7 +328,12 @@ class WorkerSide:
 
     async def _resync(self) -> None:
         async with self._lock:
-            await self._register_all()
+            try:
+                await self._register_all()
+            except NotDurableError as exc:  # subscribed, requests applied: keep listening
+                self._unavailable(exc)
+                self._ready.set()
+                return
         self._recovered()
         self._ready.set()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from taskiq_abort.backends.base import NotDurableError
 from taskiq_abort.backends.redis.lane import NotReplicatedError
 from taskiq_abort.errors import (
     AbortBackendError,
@@ -189,6 +190,24 @@ class Topology:
         conn: AbstractConnection = cmd.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return conn
 
+    def known_replicas(self, cmd: CommandClient) -> Callable[[], Awaitable[int]] | None:
+        """With Sentinel, how many replicas the sentinels list as up for the master (``lane.py``
+        waits for them even while they are not connected: a replica promoted away from a master
+        that still serves is one). ``None`` elsewhere: the master's own count is the truth."""
+        if not self.sentinels:
+            return None
+        assert self.master_name is not None
+        sentinel: Sentinel = cmd.connection_pool.sentinel_manager  # type: ignore[union-attr]
+        name = self.master_name
+
+        async def count() -> int:
+            try:
+                return len(await sentinel.discover_slaves(name))
+            except (rexc.RedisError, OSError):
+                return 0  # no sentinel answers: the master's own count stands
+
+        return count
+
     async def pubsub(self, cmd: CommandClient, channel: str, timeout: float, fresh: bool) -> PubSub:
         """A pub/sub connection for ``channel``, without silent retries nor read timeout."""
         quiet: dict[str, Any] = {
@@ -275,9 +294,10 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
             f"no master for {where} while {what}: {exc}. Check the sentinels."
         ) from exc
     except NotReplicatedError as exc:
-        raise AbortBackendUnavailableError(
-            f"{where} did not get {what} to a replica in time ({exc}): a failover may be under "
-            "way, or the master has no replica (set replicas=0 if it never has one)"
+        raise NotDurableError(
+            f"{where} did not get {what} to its replicas in time ({exc}): a replica is stalled "
+            "or still syncing, or a failover is under way",
+            exc.reply,
         ) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):
