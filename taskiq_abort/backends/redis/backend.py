@@ -75,9 +75,10 @@ class RedisAbortBackend(PubSubSide):
     :param sentinels: ``(host, port)`` of Redis Sentinels, instead of ``url``; with
         ``master_name`` and ``sentinel_kwargs`` (options of the sentinel connections), as
         taskiq-redis's sentinel brokers take them.
-    :param replicas: replicas that must hold a task start or a revoke before it counts
-        (``WAIT``), so that a failover cannot lose it; default 1 with ``cluster`` or
-        ``sentinels``, else 0. See docs/deploy.md.
+    :param replicas: the most replicas that must hold a task start or a revoke before it
+        counts (``WAIT``), so that a failover cannot lose it; fewer when the master has fewer
+        (connected, or still counted by the sentinels or the Cluster); default 1 with
+        ``cluster`` or ``sentinels``, else 0. See docs/deploy.md.
     :param connection_kwargs: passed to redis-py (``ssl_ca_certs``, ``username``...);
         unknown names raise :class:`~taskiq_abort.AbortConfigError`.
     """

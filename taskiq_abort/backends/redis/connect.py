@@ -33,7 +33,7 @@ from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from taskiq_abort.backends.base import NotDurableError
-from taskiq_abort.backends.redis.lane import NotReplicatedError
+from taskiq_abort.backends.redis.lane import Ask, NotReplicatedError
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortBackendUnavailableError,
@@ -44,6 +44,8 @@ from taskiq_abort.keys import KeySpace
 
 _T = TypeVar("_T")
 CommandClient = Redis | RedisCluster
+KnownReplicas = Callable[[Ask], Awaitable[int | None]]
+"""How many replicas the topology counts for the master; ``None``: it cannot tell."""
 
 # Failures of a Cluster in transition (a master died, a slot is moving): transient.
 _CLUSTER_TRANSIENT = (
@@ -190,21 +192,25 @@ class Topology:
         conn: AbstractConnection = cmd.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return conn
 
-    def known_replicas(self, cmd: CommandClient) -> Callable[[], Awaitable[int]] | None:
-        """With Sentinel, how many replicas the sentinels list as up for the master (``lane.py``
-        waits for them even while they are not connected: a replica promoted away from a master
-        that still serves is one). ``None`` elsewhere: the master's own count is the truth."""
+    def known_replicas(self, cmd: CommandClient) -> KnownReplicas | None:
+        """How many replicas the topology still counts as up for the master (``lane.py`` waits
+        for them even while they are not connected: one promoted away from a master that still
+        serves, or cut off from it by a partition, is one). Sentinel: the replicas the sentinels
+        list, not down. Cluster: the master's replicas in its node table, not failed (a replica
+        only suspected, ``fail?``, still counts). ``None`` for one Redis: its own count."""
+        if self.cluster:
+            return _cluster_replicas
         if not self.sentinels:
             return None
         assert self.master_name is not None
         sentinel: Sentinel = cmd.connection_pool.sentinel_manager  # type: ignore[union-attr]
         name = self.master_name
 
-        async def count() -> int:
+        async def count(ask: Ask) -> int | None:
             try:
                 return len(await sentinel.discover_slaves(name))
             except (rexc.RedisError, OSError):
-                return 0  # no sentinel answers: the master's own count stands
+                return None  # no sentinel answers (a partition?): assume the most
 
         return count
 
@@ -272,6 +278,23 @@ class Topology:
                 f"{self.where} is a Sentinel, not a Redis: pass sentinels=[(host, port)] and "
                 "master_name (CLI: --sentinel host:port --master-name NAME)"
             )
+
+
+async def _cluster_replicas(ask: Ask) -> int | None:
+    """The replicas of the node ``ask`` talks to, in its ``CLUSTER NODES`` table, not failed.
+
+    ``CLUSTER NODES`` lines: ``<id> <addr> <flags> <master id or -> ...``."""
+    try:
+        table = str(await ask(["CLUSTER", "NODES"]))
+    except rexc.NoPermissionError:
+        return 0  # the master's own count stands
+    rows = [line.split() for line in table.splitlines() if line.strip()]
+    me = next((row[0] for row in rows if "myself" in row[2].split(",")), None)
+    return sum(
+        1
+        for row in rows
+        if row[3] == me and "slave" in row[2].split(",") and "fail" not in row[2].split(",")
+    )
 
 
 async def _known_masters(sentinel: Sentinel) -> set[str] | None:

@@ -28,6 +28,9 @@ from typing import Any
 from redis import exceptions as rexc
 from redis.asyncio.connection import AbstractConnection
 
+Ask = Callable[[Sequence[str]], Awaitable[Any]]
+"""Sends one command on the lane's connection and returns the reply."""
+
 
 def pack(args: Sequence[str | int | bytes]) -> bytes:
     """One RESP command.
@@ -52,8 +55,8 @@ async def read_reply(reader: asyncio.StreamReader) -> Any:
         size = int(rest)
         if size < 0:
             return None
-        data = await reader.readexactly(size + 2)
-        return data[:-2].decode("utf-8", "replace")
+        data = (await reader.readexactly(size + 2))[:-2]
+        return (data[4:] if kind == b"=" else data).decode("utf-8", "replace")  # "txt:..."
     if kind == b":":
         return int(rest)
     if kind in (b"*", b"~", b">"):  # array / set / push
@@ -128,9 +131,11 @@ class ScriptLane:
         master (``fresh``: after a failure, so look the master up again).
     :param timeout: seconds a call may take before the connection counts as broken.
     :param replicas: at most this many replicas must acknowledge a ``durable`` call (``WAIT``).
-    :param known_replicas: the replicas the topology's authority (the sentinels) lists for the
-        master as up, read at each connect: they count even while not connected (a replica
-        just promoted away from a master that still serves, during ``SENTINEL FAILOVER``).
+    :param known_replicas: the replicas the topology still counts as up for the master (given
+        a way to ask the master), read at each connect: they count even while not connected (a
+        replica just promoted away from a master that still serves, during ``SENTINEL
+        FAILOVER``, or cut off from it by a partition); ``None`` when it cannot tell: then
+        ``replicas``.
 
     A durable call waits for as many replicas as the master has, up to ``replicas``: the
     count is read (``INFO replication``) at each connect and at most every second. A master
@@ -151,7 +156,7 @@ class ScriptLane:
         make_connection: Callable[[bool], Awaitable[AbstractConnection]],
         timeout: float,
         replicas: int = 0,
-        known_replicas: Callable[[], Awaitable[int]] | None = None,
+        known_replicas: Callable[[Ask], Awaitable[int | None]] | None = None,
     ) -> None:
         self._make_connection = make_connection
         self._known_replicas = known_replicas
@@ -181,14 +186,16 @@ class ScriptLane:
 
     async def _count(self, fresh: bool) -> int:
         """The replicas this master has, up to ``replicas`` (``replicas`` itself when the user
-        may not run ``INFO``: the fixed count, as before counting)."""
+        may not run ``INFO``: nothing to count with)."""
+        self._counted_at = asyncio.get_running_loop().time()
         try:
             have = connected_replicas(await self._roundtrip(["INFO", "replication"], None))
         except rexc.NoPermissionError:
             return self.replicas
         if fresh and self._known_replicas is not None:
-            have = max(have, await asyncio.wait_for(self._known_replicas(), self.timeout))
-        self._counted_at = asyncio.get_running_loop().time()
+            ask = self._known_replicas(lambda command: self._roundtrip(command, None))
+            known = await asyncio.wait_for(ask, self.timeout)
+            have = self.replicas if known is None else max(have, known)
         return min(have, self.replicas)
 
     async def _recount(self) -> None:

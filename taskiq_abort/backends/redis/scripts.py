@@ -316,7 +316,8 @@ return out
 # behind it on the same connection: WAIT covers every write the master made up to this one,
 # including the request itself and any outcome it read. With the workers zset (durable mode),
 # "nobody holds it" must also be true of this master: every live worker must have registered
-# with it (its `epoch`), or one that ran tasks unregistered through a failover may hold it.
+# with it (its `epoch`), or one that ran tasks unregistered through a failover may hold it (a
+# worker without `epoch` runs with replicas=0, and promises nothing across failovers).
 # KEYS: request hash, ETA marker[, workers zset]; ARGV: outcome, ttl_ms[, worker_prefix].
 # Returns the recorded outcome, false when the request is gone, or {worker_id} of a live worker
 # not yet registered with this master (nothing written).
@@ -329,7 +330,8 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 if KEYS[3] then
   local epoch = replication_id()
   for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
-    if redis.call('HGET', ARGV[3] .. wid, 'epoch') ~= epoch then return {wid} end
+    local registered = redis.call('HGET', ARGV[3] .. wid, 'epoch')
+    if registered and registered ~= epoch then return {wid} end
   end
 end
 if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
