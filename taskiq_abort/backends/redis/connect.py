@@ -11,6 +11,7 @@ raw connections for the lanes (``lane.py``), to the master that owns the prefix'
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
@@ -196,8 +197,9 @@ class Topology:
         """How many replicas the topology still counts as up for the master (``lane.py`` waits
         for them even while they are not connected: one promoted away from a master that still
         serves, or cut off from it by a partition, is one). Sentinel: the replicas the sentinels
-        list, not down. Cluster: the master's replicas in its node table, not failed (a replica
-        only suspected, ``fail?``, still counts). ``None`` for one Redis: its own count."""
+        list and could promote. Cluster: the master's replicas in its node table, not failed
+        (a replica only suspected, ``fail?``, still counts). ``None`` for one Redis: its own
+        count."""
         if self.cluster:
             return _cluster_replicas
         if not self.sentinels:
@@ -207,10 +209,18 @@ class Topology:
         name = self.master_name
 
         async def count(ask: Ask) -> int | None:
-            try:
-                return len(await sentinel.discover_slaves(name))
-            except (rexc.RedisError, OSError):
-                return None  # no sentinel answers (a partition?): assume the most
+            # Every sentinel (each call bounded by its socket timeout): the most any lists.
+            # None answering (a partition?): the caller assumes the most replicas.
+            answers = await asyncio.gather(
+                *(node.sentinel_slaves(name) for node in sentinel.sentinels),
+                return_exceptions=True,
+            )
+            listed = [
+                sum(1 for replica in answer if _promotable(replica))
+                for answer in answers
+                if not isinstance(answer, BaseException)
+            ]
+            return max(listed, default=None)
 
         return count
 
@@ -278,6 +288,12 @@ class Topology:
                 f"{self.where} is a Sentinel, not a Redis: pass sentinels=[(host, port)] and "
                 "master_name (CLI: --sentinel host:port --master-name NAME)"
             )
+
+
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica the sentinels could promote: neither down nor out of their reach (they skip
+    those when they pick one; a dead old master listed under the new one is such)."""
+    return not (replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"])
 
 
 async def _cluster_replicas(ask: Ask) -> int | None:

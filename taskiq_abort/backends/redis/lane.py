@@ -193,8 +193,7 @@ class ScriptLane:
         except rexc.NoPermissionError:
             return self.replicas
         if fresh and self._known_replicas is not None:
-            ask = self._known_replicas(lambda command: self._roundtrip(command, None))
-            known = await asyncio.wait_for(ask, self.timeout)
+            known = await self._known_replicas(lambda command: self._roundtrip(command, None))
             have = self.replicas if known is None else max(have, known)
         return min(have, self.replicas)
 
