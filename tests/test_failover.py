@@ -49,6 +49,8 @@ LONG = os.environ.get("TASKIQ_ABORT_LONG") == "1"
 PHASE = 60 if LONG else 8  # applied aborts wanted before the failover, and again after it
 STALLED = 30 if LONG else 6  # aborts answered while the replica is stalled
 LOOPS = 3
+# The causes of an abort that raised, as its message words them.
+WHY = ("has not registered", "to its replicas in time", "is gone from", "cannot reach", "no master")
 REPORT = Path(os.environ.get("TASKIQ_ABORT_FAILOVER_REPORT", "/tmp/taskiq-abort-failover.jsonl"))
 
 
@@ -83,7 +85,7 @@ async def test_a_master_without_replicas_takes_durable_writes(redis_url: str, pr
     broker, started = _sleeper_app(redis_url, prefix)
     await broker.startup()
     try:
-        task = await broker.find_task("sleeper").kiq()  # type: ignore[union-attr]
+        task = await broker.find_task("sleeper").kiq()
         await asyncio.wait_for(started.setdefault(task.task_id, asyncio.Event()).wait(), 30)
         assert (await abort(broker, task.task_id)).status is AbortStatus.ABORTED
         assert (await abort(broker, "never-kicked")).status is AbortStatus.REVOKED
@@ -108,11 +110,18 @@ async def test_a_start_refused_on_the_master_stays_refused(prefix: str) -> None:
         try:
             with pytest.raises(AbortBackendError, match="replica"):
                 await abort(broker, "refused-at-start")
-            kicker = broker.find_task("sleeper").kicker().with_task_id("refused-at-start")  # type: ignore[union-attr]
+            kicker = broker.find_task("sleeper").kicker().with_task_id("refused-at-start")
+            began = started.setdefault("refused-at-start", asyncio.Event())
             task = await kicker.kiq()
+            ended = asyncio.ensure_future(broker.wait_all())
+            began_waiter = asyncio.ensure_future(began.wait())
+            await asyncio.wait([ended, began_waiter], timeout=30,
+                               return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            for waiter in (ended, began_waiter):
+                waiter.cancel()
+            assert not began.is_set(), "the worker ran a start its master had refused"
             result = await task.wait_result(timeout=30)
             assert isinstance(result.error, TaskAbortedError), result
-            assert "refused-at-start" not in started
         finally:
             await broker.shutdown()
     finally:
@@ -129,18 +138,21 @@ class Tally:
     when: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Wall-clock times (as the tasks' events carry) just before abort() and as it returned."""
     parked: set[str] = field(default_factory=set)
+    why: Counter[str] = field(default_factory=Counter)
+    """What the raised aborts said, by :data:`WHY`."""
     longest: float = 0.0
     kick_failed: int = 0
     results_lost: int = 0
     settled_at: float = float("inf")
     """Wall-clock time the new master served: aborts asked after it count as after settling."""
 
-    def applied(self, after: float = 0.0) -> int:
-        return sum(
-            1
+    def applied(self, after: float = 0.0) -> list[float]:
+        """When each abort applied (``aborted``, ``revoked``) was asked, from ``after`` on."""
+        return [
+            self.when[tid][0]
             for tid, said in self.said.items()
             if said in ("aborted", "revoked") and self.when[tid][0] >= after
-        )
+        ]
 
     def answered(self, after: float) -> int:
         return sum(1 for asked, _ in self.when.values() if asked >= after)
@@ -150,8 +162,9 @@ async def _abort(client: AsyncBroker, tally: Tally, target: str) -> None:
     started, asked = time.monotonic(), time.time()
     try:
         tally.said[target] = (await abort(client, target, timeout=3)).status.value
-    except AbortBackendError:
+    except AbortBackendError as exc:
         tally.said[target] = "raised"
+        tally.why[next((w for w in WHY if w in str(exc)), "other")] += 1
     tally.when[target] = (asked, time.time())
     tally.longest = max(tally.longest, time.monotonic() - started)
 
@@ -223,14 +236,14 @@ async def _run(url: str, prefix: str, redis_url: str, events: Events, how: Failo
     try:
         loops = [asyncio.create_task(_fire(client, tally, stop)) for _ in range(LOOPS)]
         loops.append(asyncio.create_task(_park(parked, tally, stop)))
-        assert await _until(lambda: tally.applied() >= PHASE, stop, 120)
+        assert await _until(lambda: len(tally.applied()) >= PHASE, stop, 120)
         if how.stalled is not None:
             pause(how.stalled)
             since = time.time()
             await _until(lambda: tally.answered(since) >= STALLED, stop, 120)
         await asyncio.to_thread(how.replace, how.stalled)
         tally.settled_at = time.time()
-        settled = await _until(lambda: tally.applied(tally.settled_at) >= PHASE, stop, 60)
+        settled = await _until(lambda: len(tally.applied(tally.settled_at)) >= PHASE, stop, 60)
         stop.set()
         await asyncio.gather(*loops)
         # The parked queue, drained by a default (fail-open) worker: a revoked task never starts.
@@ -241,18 +254,23 @@ async def _run(url: str, prefix: str, redis_url: str, events: Events, how: Failo
         await _drain(url, f"{prefix}:queue", client)
         lost = await _lost(tally, events, client)
         counts = Counter(tally.said.values())
+        resumed = tally.applied(tally.settled_at)
         row = {
             "scenario": how.scenario,
             "aborts": len(tally.said),
             "applied": counts["aborted"] + counts["revoked"],
             "raised": counts["raised"],
             "lost": len(lost),
-            "applied_after_settling": tally.applied(tally.settled_at),
+            "applied_after_settling": len(resumed),
+            "first_applied_after_settling_s": round(min(resumed) - tally.settled_at, 1)
+            if resumed
+            else None,
             **{k: counts[k] for k in ("aborted", "revoked", "finished", "unconfirmed")},
             "parked": len(tally.parked),
             "kick_failed": tally.kick_failed,
             "results_lost": tally.results_lost,
             "longest_abort_s": round(tally.longest, 2),
+            "raised_why": dict(tally.why),
         }
         with REPORT.open("a") as out:
             out.write(json.dumps(row) + "\n")
