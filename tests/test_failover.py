@@ -255,6 +255,9 @@ async def _run(url: str, prefix: str, redis_url: str, events: Events, how: Failo
         lost = await _lost(tally, events, client)
         counts = Counter(tally.said.values())
         resumed = tally.applied(tally.settled_at)
+        raised = [
+            tally.when[t][0] - tally.settled_at for t, w in tally.said.items() if w == "raised"
+        ]
         row = {
             "scenario": how.scenario,
             "aborts": len(tally.said),
@@ -271,6 +274,7 @@ async def _run(url: str, prefix: str, redis_url: str, events: Events, how: Failo
             "results_lost": tally.results_lost,
             "longest_abort_s": round(tally.longest, 2),
             "raised_why": dict(tally.why),
+            "last_raised_after_settling_s": round(max(raised, default=0.0), 1),
         }
         with REPORT.open("a") as out:
             out.write(json.dumps(row) + "\n")
