@@ -224,7 +224,7 @@ class RedisAbortBackend(PubSubSide):
         keys = self.keys
         args: list[Any] = [
             int(self.lease * 1000), worker_id, keys.worker_prefix, keys.tasks_prefix,
-            keys.worker_channel_prefix,
+            keys.worker_channel_prefix, "1" if self.replicas > 0 else "0",
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
         return observe.redis_time(await self._call("a heartbeat", op))

@@ -186,7 +186,9 @@ return aborted
 )
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
-# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix
+# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix, epoch check
+# ('1': also 0 when the worker registered with another master, so that it registers with this
+# one, which REVOKE waits for)
 # Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
 # Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
 # Also takes out of the registry a few workers whose lease lapsed and who no longer listen on
@@ -195,6 +197,7 @@ return aborted
 HEARTBEAT = (
     NOW
     + HOLDERS
+    + REPLICATION_ID
     + """
 local lease = tonumber(ARGV[1])
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
@@ -204,6 +207,7 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT',
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replication_id() then return 0 end
 redis.call('PEXPIRE', KEYS[1], lease)
 redis.call('PEXPIRE', KEYS[2], 3 * lease)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
