@@ -287,7 +287,8 @@ class WorkerSide:
                     self._unavailable(exc)
                     # Starts the master refused stay refused, durable or not: it had the
                     # request. The others run unregistered (fail open) or are refused.
-                    refused = {n.task_id: n for n in getattr(exc, "notices", ())}
+                    notices = exc.notices if isinstance(exc, NotDurableError) else []
+                    refused = {notice.task_id: notice for notice in notices}
                     for run, fut in starts:
                         if run.task_id in refused:
                             run.revoke(refused[run.task_id].reason)

@@ -8,8 +8,9 @@ keeps a connection of its own, set up by redis-py (URL, TLS, AUTH, database: eve
 user configured), and then speaks RESP on it directly. Calls are serialised by the worker (one
 batch in flight), so there is no pipelining to manage.
 
-Durable calls send ``WAIT <replicas> <ms>`` right behind the script on the same connection, so
-the reply comes only once replicas hold the write (see docs/deploy.md, "the failover invariant").
+Durable calls send ``WAIT <n> <ms>`` right behind the script on the same connection, ``n`` being
+the replicas the master has (up to ``replicas``), so the reply comes only once they hold the
+write (see docs/deploy.md, "the failover invariant").
 
 Faults: any connection problem closes the lane and raises ``redis.exceptions.ConnectionError``
 (the caller maps it, and the next call reconnects); a reply that does not arrive in ``timeout``
