@@ -223,25 +223,29 @@ class ScriptLane:
         wait = durable and self.replicas > 0
         async with self._lock:
             now = asyncio.get_running_loop().time()
-            if wait and now < self._unreplicated_until:
-                # The replicas did not answer a moment ago: don't make every call wait a whole
-                # WAIT timeout (twice) for them; a short WAIT tells whether they are back.
-                result = await self._call(script, keys, args, wait, _QUICK_WAIT_MS)
-                self._unreplicated_until = float("-inf")
-                return result
+            # The replicas did not answer a moment ago: don't make every call wait a whole WAIT
+            # timeout (twice) for them; a short WAIT tells whether they are back.
+            quick = _QUICK_WAIT_MS if wait and now < self._unreplicated_until else None
             try:
-                if wait:
+                if wait and quick is None:
                     await self._recount()
-                return await self._call(script, keys, args, wait)
+                result = await self._call(script, keys, args, wait, quick)
             except rexc.TimeoutError:
                 raise  # a hung server: don't spend a second timeout on it
-            except rexc.ConnectionError:
+            except rexc.ConnectionError as exc:
+                short = exc if isinstance(exc, NotReplicatedError) else None
                 self._fresh = True  # follow a failover: look the master up again
                 try:
-                    return await self._call(script, keys, args, wait)
+                    result = await self._call(script, keys, args, wait, quick)
                 except NotReplicatedError:
                     self._unreplicated_until = now + _UNREPLICATED_HOLD
                     raise
+                except Exception:
+                    if short is None:
+                        raise
+                    raise short from None  # the script ran there: its answer stands
+            self._unreplicated_until = float("-inf")
+            return result
 
     async def _call(
         self,
