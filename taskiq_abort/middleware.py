@@ -76,8 +76,9 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     :param sentinels: ``[(host, port), ...]`` of Redis Sentinels, instead of ``url``, with
         ``master_name`` and ``sentinel_kwargs``: the arguments of taskiq-redis's sentinel
         brokers.
-    :param replicas: replicas that must acknowledge a task start or a revoke (``WAIT``) so
-        that a failover cannot lose it: default 1 on Cluster and Sentinel, 0 on one Redis.
+    :param replicas: the most replicas that must acknowledge a task start or a revoke
+        (``WAIT``) so that a failover cannot lose it; fewer when the master has fewer (none
+        after its replica was promoted): default 1 on Cluster and Sentinel, 0 on one Redis.
     :param connection_kwargs: passed on to redis-py (``ssl_ca_certs``, ``username``...); an
         option redis-py does not know raises :class:`AbortConfigError` here.
 

@@ -293,6 +293,15 @@ class ClusterServers:
                         return next(n for n in self.nodes if n.port == port)
         raise RuntimeError(f"no node serves {key!r}")
 
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The replica of ``master`` (each master has one)."""
+        for node in self.nodes:
+            if node.proc is not None and node is not master:
+                repl = self._info(node, "replication")
+                if repl.get("role") == "slave" and int(repl["master_port"]) == master.port:
+                    return node
+        raise RuntimeError(f"no replica of the master on port {master.port}")
+
     def move_slot(self, key: str) -> RedisServer:
         """Migrate ``key``'s slot, with its keys, to another master (as a resharding does);
         return the new owner."""

@@ -18,7 +18,13 @@ from collections import OrderedDict
 from collections.abc import Iterable
 
 from taskiq_abort import observe
-from taskiq_abort.backends.base import AbortBackend, AbortNotice, Confirmation, RunningEntry
+from taskiq_abort.backends.base import (
+    AbortBackend,
+    AbortNotice,
+    Confirmation,
+    NotDurableError,
+    RunningEntry,
+)
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
 
@@ -78,6 +84,7 @@ class WorkerSide:
         self._lock = asyncio.Lock()  # registry writes happen in order, one at a time
         self._dirty = True  # the registry in Redis may not match ours: rewrite it
         self._outage = False
+        self._unreachable_since: float | None = None  # no master ran a start check since
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -256,10 +263,12 @@ class WorkerSide:
 
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
-        first = True
+        first, pause = True, 0.0
         # Pending finishes join every start batch; on their own they go when their timer fires.
         while self._starts or (first and self._finishes):
             first = False
+            if pause:
+                await asyncio.sleep(pause)
             # Under load (the last batch carried several starts), at most one call per
             # _MIN_INTERVAL: starts arriving meanwhile join the next batch, so the bookkeeping
             # CPU stays bounded however fast tasks come. Tasks that come one at a time never
@@ -279,12 +288,23 @@ class WorkerSide:
                     )
                 except Exception as exc:  # never let the registry stop task processing
                     self._unavailable(exc)
+                    if self._hold(exc, loop.time()):
+                        self._starts[:0], self._finishes[:0] = starts, finishes
+                        pause = min(max(2 * pause, 0.05), 1.0)
+                        continue
+                    # Starts the master refused stay refused, durable or not: it had the
+                    # request. The others run unregistered (fail open) or are refused.
+                    notices = exc.notices if isinstance(exc, NotDurableError) else []
+                    refused = {notice.task_id: notice for notice in notices}
                     for run, fut in starts:
-                        if self.fail_closed:
+                        if run.task_id in refused:
+                            run.revoke(refused[run.task_id].reason)
+                        elif self.fail_closed:
                             run.refused = exc
                         if not fut.done():
                             fut.set_result(None)
                     continue
+                self._unreachable_since, pause = None, 0.0
                 revoked = {notice.task_id: notice for notice in aborted}
                 for run, fut in starts:
                     if run.task_id in revoked:
@@ -299,12 +319,26 @@ class WorkerSide:
         if self._finishes:  # ended while we were busy (their timer may have found us so)
             self._arm_finish_timer()
 
+    def _hold(self, exc: Exception, now: float) -> bool:
+        """Whether to hold starts that no master could check, and ask again: for one lease
+        after the registry became unreachable (a failover is over by then, docs/deploy.md), so
+        that a fail-open worker does not run, unchecked, a task revoked just before. Past it
+        they run unregistered; fail-closed workers refuse them at once."""
+        since = self._unreachable_since
+        if self.fail_closed or since is None or isinstance(exc, NotDurableError):
+            return False  # (a master did check those: its answer stands)
+        return now - since < self.backend.lease
+
     async def _register_all(self) -> None:
         """Rewrite our whole registration; apply requests for anything we hold. Lock held."""
         runs = [run for run in self.attempts() if not run.done and not run.revoked]
-        aborted = await self.backend.register(
-            self.worker_id, self.info, [run.entry for run in runs]
-        )
+        entries = [run.entry for run in runs]
+        try:
+            aborted = await self.backend.register(self.worker_id, self.info, entries)
+        except NotDurableError as exc:  # on the master, not on its replicas: rewritten later
+            for notice in exc.notices:
+                self.on_abort(notice)
+            raise
         for run in runs:
             run.registered = True
         self._dirty = False
@@ -313,7 +347,12 @@ class WorkerSide:
 
     async def _resync(self) -> None:
         async with self._lock:
-            await self._register_all()
+            try:
+                await self._register_all()
+            except NotDurableError as exc:  # subscribed, requests applied: keep listening
+                self._unavailable(exc)
+                self._ready.set()
+                return
         self._recovered()
         self._ready.set()
 
@@ -342,6 +381,8 @@ class WorkerSide:
 
     def _unavailable(self, exc: BaseException) -> None:
         self._dirty = True
+        if self._unreachable_since is None and not isinstance(exc, NotDurableError):
+            self._unreachable_since = asyncio.get_running_loop().time()
         if not self._outage:
             self._outage = True
             observe.registry_outage()
@@ -353,6 +394,7 @@ class WorkerSide:
             )
 
     def _recovered(self) -> None:
+        self._unreachable_since = None
         if self._outage:
             self._outage = False
             logger.warning("taskiq-abort: abort registry reachable again; registry rewritten")

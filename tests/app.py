@@ -127,7 +127,7 @@ def make_broker(
     topology, plain, sentinels, master = parse_target(url)
     if topology != "standalone":
         options = {"lease": lease, "fail_closed": fail_closed, **abort_options}
-        return _make_topology_broker(topology, plain, sentinels, master, prefix, options)
+        return _make_topology_broker(topology, plain, sentinels, master, prefix, queue, options)
     if kind == "stream":
         stream_kw: dict[str, Any] = {}
         if idle_timeout_ms is not None:  # and don't let a killed worker keep the claim lock
@@ -170,11 +170,12 @@ def _make_topology_broker(
     sentinels: list[tuple[str, int]],
     master: str | None,
     prefix: str,
+    queue: str,
     abort_options: dict[str, Any],
 ) -> AsyncBroker:
     """The test app on a Redis Cluster or Sentinel: taskiq-redis's list brokers and result
     backends for those, and the control plane on the same deployment."""
-    queue, results = f"{prefix}:queue", f"{prefix}:result"
+    results = f"{prefix}:result"
     inner: AsyncBroker
     if topology == "cluster":
         assert url is not None

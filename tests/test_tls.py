@@ -91,7 +91,7 @@ CLUSTER_WORKER_RULES = (
     "+hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time +set +pttl "
     "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe "
-    "+wait +spublish +ssubscribe +sunsubscribe +cluster|slots +command"
+    "+wait +info +spublish +ssubscribe +sunsubscribe +cluster|slots +cluster|nodes +command"
 )
 
 
@@ -111,11 +111,11 @@ async def test_cluster_with_the_documented_acl(redis_cluster, prefix: str) -> No
 
 
 async def test_sentinel_with_the_documented_acl(redis_sentinel, prefix: str) -> None:
-    """docs/acl.md's worker rules plus ``+pttl`` and ``+wait`` on the master (and its replica,
+    """docs/acl.md's worker rules plus ``+pttl +wait +info`` on the master (and its replica,
     which may be promoted: ACLs are not replicated) are enough on Sentinel."""
     password = "sentinel-acl-pw"
     user = f"abort-{prefix}"
-    rules = (CLUSTER_WORKER_RULES.split(" +wait ")[0] + " +wait").format(pw=password, p=prefix)
+    rules = CLUSTER_WORKER_RULES.split(" +spublish ")[0].format(pw=password, p=prefix)
     for server in (redis_sentinel.master, redis_sentinel.replica):
         with server.client() as client:
             client.execute_command("ACL", "SETUSER", user, *rules.split())

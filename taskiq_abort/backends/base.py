@@ -6,7 +6,9 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.protocol import ReplyMessage
 
 DEFAULT_REQUEST_TTL = 86_400.0
@@ -126,6 +128,17 @@ class Confirmation:
     reply_to: tuple[str, ...] = ()
     forced: bool = False
     """It was cancelled when its grace period ran out."""
+
+
+class NotDurableError(AbortBackendUnavailableError):
+    """A registry write ran on the master but its replicas did not acknowledge it in time: it
+    may not survive a failover, so it is rewritten later. What the write answered holds all the
+    same: ``notices`` are the starts it refused (they must not run) or the requests it found."""
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+        self.notices: list[AbortNotice] = []
 
 
 AbortHandler = Callable[[AbortNotice], None]

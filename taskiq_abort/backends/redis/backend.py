@@ -27,6 +27,7 @@ from taskiq_abort.backends.base import (
     DEFAULT_REQUEST_TTL,
     AbortNotice,
     Confirmation,
+    NotDurableError,
     RequestRecord,
     RequestResult,
     RunningEntry,
@@ -74,9 +75,10 @@ class RedisAbortBackend(PubSubSide):
     :param sentinels: ``(host, port)`` of Redis Sentinels, instead of ``url``; with
         ``master_name`` and ``sentinel_kwargs`` (options of the sentinel connections), as
         taskiq-redis's sentinel brokers take them.
-    :param replicas: replicas that must hold a task start or a revoke before it counts
-        (``WAIT``), so that a failover cannot lose it; default 1 with ``cluster`` or
-        ``sentinels``, else 0. See docs/deploy.md.
+    :param replicas: the most replicas that must hold a task start or a revoke before it
+        counts (``WAIT``), so that a failover cannot lose it; fewer when the master has fewer
+        (connected, or still counted by the sentinels or the Cluster); default 1 with
+        ``cluster`` or ``sentinels``, else 0. See docs/deploy.md.
     :param connection_kwargs: passed to redis-py (``ssl_ca_certs``, ``username``...);
         unknown names raise :class:`~taskiq_abort.AbortConfigError`.
     """
@@ -194,7 +196,11 @@ class RedisAbortBackend(PubSubSide):
         keys = self.keys
         script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
         op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
-        alive, aborted = await self._call("registering tasks", op)
+        try:
+            alive, aborted = await self._call("registering tasks", op)
+        except NotDurableError as exc:
+            exc.notices = notices(exc.reply[1])  # refused on the master: they must not run
+            raise
         return bool(alive), notices(aborted)
 
     async def register(
@@ -206,14 +212,19 @@ class RedisAbortBackend(PubSubSide):
         args.append(len(running))
         for entry in running:
             args += [entry.task_id, entry.encode()]
+        args.append("1" if self.replicas > 0 else "0")  # note the master's history (REVOKE)
         op = self._c.lane(REGISTER, self._worker_keys(worker_id), args, durable=True)
-        return notices(await self._call("registering a worker", op))
+        try:
+            return notices(await self._call("registering a worker", op))
+        except NotDurableError as exc:
+            exc.notices = notices(exc.reply)  # requests found on the master: apply them
+            raise
 
     async def heartbeat(self, worker_id: str) -> bool:
         keys = self.keys
         args: list[Any] = [
             int(self.lease * 1000), worker_id, keys.worker_prefix, keys.tasks_prefix,
-            keys.worker_channel_prefix,
+            keys.worker_channel_prefix, "1" if self.replicas > 0 else "0",
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
         return observe.redis_time(await self._call("a heartbeat", op))
@@ -304,9 +315,19 @@ class RedisAbortBackend(PubSubSide):
             )
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
-        ttl = int(self.request_ttl * 1000)
-        op = self._c.fence(REVOKE, [key, self.keys.eta(task_id)], [outcome, ttl], durable=True)
+        keys: list[str] = [key, self.keys.eta(task_id)]
+        args: list[str | int] = [outcome, int(self.request_ttl * 1000)]
+        if self.replicas > 0:  # and every live worker must have registered with this master
+            keys.append(self.keys.workers)
+            args.append(self.keys.worker_prefix)
+        op = self._c.fence(REVOKE, keys, args, durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
+        if isinstance(recorded, list):
+            raise AbortBackendUnavailableError(
+                f"worker {recorded[0]} has not registered with the master of {self.where} since "
+                f"it changed (a failover): it may be running task {task_id} unregistered, so it "
+                "is not revoked yet; abort it again in a few seconds"
+            )
         if recorded is None and self.replicas > 0:
             raise AbortBackendUnavailableError(
                 f"the abort request of task {task_id} is gone from {self.where} (lost in a "

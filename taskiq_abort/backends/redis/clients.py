@@ -47,7 +47,7 @@ class LoopClients:
             def connect(fresh: bool) -> Awaitable[AbstractConnection]:
                 return topo.lane_connection(cmd, slot_key, fresh)
 
-            return ScriptLane(connect, timeout, replicas)
+            return ScriptLane(connect, timeout, replicas, topo.known_replicas(cmd))
 
         self.lane, self.fence = lane(), lane()
         publishing = scripts.sharded if topo.cluster else str

@@ -11,9 +11,10 @@ raw connections for the lanes (``lane.py``), to the master that owns the prefix'
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import inspect
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -32,7 +33,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
-from taskiq_abort.backends.redis.lane import NotReplicatedError
+from taskiq_abort.backends.base import NotDurableError
+from taskiq_abort.backends.redis.lane import Ask, NotReplicatedError
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortBackendUnavailableError,
@@ -43,6 +45,8 @@ from taskiq_abort.keys import KeySpace
 
 _T = TypeVar("_T")
 CommandClient = Redis | RedisCluster
+KnownReplicas = Callable[[Ask], Awaitable[int | None]]
+"""How many replicas the topology counts for the master; ``None``: it cannot tell."""
 
 # Failures of a Cluster in transition (a master died, a slot is moving): transient.
 _CLUSTER_TRANSIENT = (
@@ -189,6 +193,37 @@ class Topology:
         conn: AbstractConnection = cmd.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return conn
 
+    def known_replicas(self, cmd: CommandClient) -> KnownReplicas | None:
+        """How many replicas the topology still counts as up for the master (``lane.py`` waits
+        for them even while they are not connected: one promoted away from a master that still
+        serves, or cut off from it by a partition, is one). Sentinel: the replicas the sentinels
+        list and could promote. Cluster: the master's replicas in its node table, not failed
+        (a replica only suspected, ``fail?``, still counts). ``None`` for one Redis: its own
+        count."""
+        if self.cluster:
+            return _cluster_replicas
+        if not self.sentinels:
+            return None
+        assert self.master_name is not None
+        sentinel: Sentinel = cmd.connection_pool.sentinel_manager  # type: ignore[union-attr]
+        name = self.master_name
+
+        async def count(ask: Ask) -> int | None:
+            # Every sentinel (each call bounded by its socket timeout): the most any lists.
+            # None answering (a partition?): the caller assumes the most replicas.
+            answers = await asyncio.gather(
+                *(node.sentinel_slaves(name) for node in sentinel.sentinels),
+                return_exceptions=True,
+            )
+            listed = [
+                sum(1 for replica in answer if _promotable(replica))
+                for answer in answers
+                if not isinstance(answer, BaseException)
+            ]
+            return max(listed, default=None)
+
+        return count
+
     async def pubsub(self, cmd: CommandClient, channel: str, timeout: float, fresh: bool) -> PubSub:
         """A pub/sub connection for ``channel``, without silent retries nor read timeout."""
         quiet: dict[str, Any] = {
@@ -255,6 +290,29 @@ class Topology:
             )
 
 
+def _promotable(replica: dict[str, Any]) -> bool:
+    """A replica the sentinels could promote: neither down nor out of their reach (they skip
+    those when they pick one; a dead old master listed under the new one is such)."""
+    return not (replica["is_sdown"] or replica["is_odown"] or replica["is_disconnected"])
+
+
+async def _cluster_replicas(ask: Ask) -> int | None:
+    """The replicas of the node ``ask`` talks to, in its ``CLUSTER NODES`` table, not failed.
+
+    ``CLUSTER NODES`` lines: ``<id> <addr> <flags> <master id or -> ...``."""
+    try:
+        table = str(await ask(["CLUSTER", "NODES"]))
+    except rexc.NoPermissionError:
+        return 0  # the master's own count stands
+    rows = [line.split() for line in table.splitlines() if line.strip()]
+    me = next((row[0] for row in rows if "myself" in row[2].split(",")), None)
+    return sum(
+        1
+        for row in rows
+        if row[3] == me and "slave" in row[2].split(",") and "fail" not in row[2].split(",")
+    )
+
+
 async def _known_masters(sentinel: Sentinel) -> set[str] | None:
     """The master names the first reachable sentinel monitors (``None``: none reachable)."""
     for node in sentinel.sentinels:
@@ -275,9 +333,10 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
             f"no master for {where} while {what}: {exc}. Check the sentinels."
         ) from exc
     except NotReplicatedError as exc:
-        raise AbortBackendUnavailableError(
-            f"{where} did not get {what} to a replica in time ({exc}): a failover may be under "
-            "way, or the master has no replica (set replicas=0 if it never has one)"
+        raise NotDurableError(
+            f"{where} did not get {what} to its replicas in time ({exc}): a replica is stalled "
+            "or still syncing, or a failover is under way",
+            exc.reply,
         ) from exc
     except (rexc.ConnectionError, rexc.TimeoutError, OSError, *_CLUSTER_TRANSIENT) as exc:
         if "CERTIFICATE_VERIFY_FAILED" in str(exc):

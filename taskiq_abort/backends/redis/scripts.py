@@ -140,16 +140,26 @@ return {redis.call('EXISTS', KEYS[1]), aborted}
 """
 )
 
+# The master's replication id: a promoted replica takes a new one, so it names the master's
+# history (a worker registered under another id has not re-registered since a failover).
+REPLICATION_ID = """
+local function replication_id()
+  return string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)')
+end
+"""
+
 # (Re)register a worker and everything it runs, e.g. at start-up, after a reconnect or after
 # Redis lost its data. Also answers which of those tasks have an abort request pending.
 # KEYS: worker hash, tasks hash, workers zset, holders index
-# ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n
+# ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n,
+#       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE)
 # The tasks hash outlives the lease (3x): a crashed worker's entries stay readable for a while
 # after its lease lapsed, so that a live worker's heartbeat can take them out of the index.
 REGISTER = (
     NOW
     + HOLDERS
     + _NOTE_REQUEST
+    + REPLICATION_ID
     + """
 local lease = tonumber(ARGV[1])
 local wid, req = ARGV[2], ARGV[3]
@@ -167,6 +177,7 @@ for _ = 1, ntasks do
   holders_add(KEYS[4], tid, wid)
   note_request(aborted, req, tid)
 end
+if ARGV[i] == '1' then redis.call('HSET', KEYS[1], 'epoch', replication_id()) end
 redis.call('PEXPIRE', KEYS[1], lease)
 if ntasks > 0 then redis.call('PEXPIRE', KEYS[2], 3 * lease) end
 redis.call('ZADD', KEYS[3], now + lease, wid)
@@ -175,7 +186,9 @@ return aborted
 )
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
-# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix
+# ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix, epoch check
+# ('1': also 0 when the worker registered with another master, so that it registers with this
+# one, which REVOKE waits for)
 # Returns 0 when the worker's registration is gone (lease lapsed or Redis lost its data), else
 # Redis TIME in ms (the worker's estimate of the Redis clock, for delivery-time metrics).
 # Also takes out of the registry a few workers whose lease lapsed and who no longer listen on
@@ -184,6 +197,7 @@ return aborted
 HEARTBEAT = (
     NOW
     + HOLDERS
+    + REPLICATION_ID
     + """
 local lease = tonumber(ARGV[1])
 for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 16)) do
@@ -193,6 +207,7 @@ for _, dead in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT',
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if ARGV[6] == '1' and redis.call('HGET', KEYS[1], 'epoch') ~= replication_id() then return 0 end
 redis.call('PEXPIRE', KEYS[1], lease)
 redis.call('PEXPIRE', KEYS[2], 3 * lease)
 redis.call('ZADD', KEYS[3], now + lease, ARGV[2])
@@ -303,12 +318,26 @@ return out
 # failover may have lost it), and the reply must come only once replicas hold it. So the script
 # always writes (it renews the TTL, as a new request would), and the lane sends WAIT right
 # behind it on the same connection: WAIT covers every write the master made up to this one,
-# including the request itself and any outcome it read. KEYS: request hash, ETA marker;
-# ARGV: outcome, ttl_ms. Returns the recorded outcome, or false when the request is gone.
+# including the request itself and any outcome it read. With the workers zset (durable mode),
+# "nobody holds it" must also be true of this master: every live worker must have registered
+# with it (its `epoch`), or one that ran tasks unregistered through a failover may hold it (a
+# worker without `epoch` runs with replicas=0, and promises nothing across failovers).
+# KEYS: request hash, ETA marker[, workers zset]; ARGV: outcome, ttl_ms[, worker_prefix].
+# Returns the recorded outcome, false when the request is gone, or {worker_id} of a live worker
+# not yet registered with this master (nothing written).
 REVOKE = (
-    REQUEST_LIFE
+    NOW
+    + REQUEST_LIFE
+    + REPLICATION_ID
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if KEYS[3] then
+  local epoch = replication_id()
+  for _, wid in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], now, '+inf')) do
+    local registered = redis.call('HGET', ARGV[3] .. wid, 'epoch')
+    if registered and registered ~= epoch then return {wid} end
+  end
+end
 if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'worker', '')  -- revoked by the aborter: no worker confirmed it
 end
