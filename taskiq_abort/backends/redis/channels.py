@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
@@ -50,6 +51,15 @@ def _from_record(task_id: str, record: RequestRecord | None) -> ReplyMessage | N
         # "revoked" here: a worker refused the attempt it had just shown as running.
         return ReplyMessage(task_id, "aborted", "", record.forced)
     return None
+
+
+async def _next(waiter: ReplyWaiter, timeout: float) -> ReplyMessage:
+    """The next reply, or ``asyncio.TimeoutError``; on 3.11+ without the task of its own that
+    ``wait_for`` makes (two event-loop turns between a reply's arrival and the caller)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await waiter.get()
+    return await asyncio.wait_for(waiter.get(), timeout)
 
 
 class PubSubSide(AbortBackend):
@@ -163,7 +173,7 @@ class PubSubSide(AbortBackend):
         while True:
             left = deadline - time.monotonic()
             with contextlib.suppress(asyncio.TimeoutError):
-                return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
+                return await _next(waiter, max(0.0, min(poll, left)))
             # The reply may have been lost (reconnect): the durable record is the truth.
             heard = _from_record(task_id, await self.get_request(task_id))
             if heard is not None:
