@@ -69,7 +69,6 @@ class LoopClients:
             self.confirm_many, self.revoking,
         )  # fmt: skip
 
-
     async def ask(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run ``REQUEST``: on the quick lane, or through the pool while the lane carries
         another (concurrent aborts run side by side, as before)."""
