@@ -28,7 +28,7 @@ _ABORT_MANY = "abort_many"
 _REPLY = "reply"
 _REPLIES = "replies"
 REPLY_STATUSES = frozenset({"aborted", "finished", "unknown"})
-_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_task_id(task_id: object) -> str:
