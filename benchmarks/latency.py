@@ -44,6 +44,7 @@ class FloorProbe:
         self.b_to_except: list[float] = []
         self.b_to_reply: list[float] = []
         self.c_to_reply: list[float] = []
+        self.c_to_except: list[float] = []
 
     async def start(self, worker: Worker) -> None:
         await self.pubsub.subscribe(self.reply_channel)
@@ -83,8 +84,9 @@ class FloorProbe:
             self.b_to_reply.append(t1 - t0)
 
     async def c(self, record: bool = True) -> None:
-        t0, t1, _ = await self._confirmed("c")
+        t0, t1, stamp = await self._confirmed("c")
         if record:
+            self.c_to_except.append(stamp - t0)
             self.c_to_reply.append(t1 - t0)
 
     async def _confirmed(self, kind: str) -> tuple[float, float, float]:
@@ -154,6 +156,13 @@ async def run(bench: Bench) -> dict[str, Any]:
         "floor_b_ms": fb,
         "floor_b_except_ms": summary_ms(probe.b_to_except),
         "floor_b_taskiq_ms": fc,
+        # From the body's `except` to the caller hearing the outcome, per sample.
+        "except_to_reply_ms": {
+            "ours": summary_ms([r - f for r, f in zip(s.to_return, s.to_finally, strict=True)]),
+            "floor_b_taskiq": summary_ms(
+                [r - e for r, e in zip(probe.c_to_reply, probe.c_to_except, strict=True)]
+            ),
+        },
         "ratio_cancel": {q: round(fin[q] / fa[q], 2) for q in ("p50", "p99")},
         "ratio_confirm": {q: round(ret[q] / fb[q], 2) for q in ("p50", "p99")},
         "ratio_confirm_taskiq": {q: round(ret[q] / fc[q], 2) for q in ("p50", "p99")},
