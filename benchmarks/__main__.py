@@ -110,6 +110,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
         "--name", help="file name stem for the JSON and plot (default: <date>[-<profile>])"
     )
     parser.add_argument("--url", help="use this Redis instead of starting one (not 6379!)")
+    parser.add_argument("--latency-aborts", type=int, help="override: aborts measured in 1.")
     parser.add_argument("--tp-tasks", type=int, help="override: tasks per burst throughput run")
     parser.add_argument("--tp-rounds", type=int, help="override: burst throughput rounds")
     parser.add_argument("--trickle-tasks", type=int, help="override: tasks per trickle run")
@@ -124,6 +125,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Profile]:
     args = parser.parse_args(argv)
     profile = PROFILES[args.profile or ("quick" if args.quick else "full")]
     overrides = {
+        "latency_aborts": args.latency_aborts,
         "tp_tasks": args.tp_tasks,
         "tp_rounds": args.tp_rounds,
         "trickle_tasks": args.trickle_tasks,

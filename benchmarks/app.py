@@ -2,7 +2,8 @@
 
 Built from environment variables so that one module serves every variant: ``BENCH_URL``,
 ``BENCH_PREFIX``, ``BENCH_BROKER`` (``stream`` or ``list``) and ``BENCH_ABORT`` (``1`` adds
-``AbortMiddleware``, ``0`` is the bare broker, the baseline).
+``AbortMiddleware``, ``0`` is the bare broker, the baseline, ``floor`` the bare broker with
+``benchmarks.cancel_floor.CancelFloor``, the cancellation floors).
 
 Clocks: tasks stamp events with ``CLOCK_MONOTONIC``, which is system-wide on Linux, so a stamp
 taken in a worker compares directly with one taken in the benchmark process.
@@ -19,6 +20,7 @@ import redis.asyncio as aredis
 from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
+from benchmarks.cancel_floor import CancelFloor
 from taskiq_abort import AbortMiddleware
 
 
@@ -35,7 +37,9 @@ def result_prefix(prefix: str) -> str:
     return f"{prefix}:result"
 
 
-def make_broker(url: str, prefix: str, kind: str = "stream", abort: bool = True) -> AsyncBroker:
+def make_broker(
+    url: str, prefix: str, kind: str = "stream", abort: bool = True, floor: bool = False
+) -> AsyncBroker:
     queue = f"{prefix}:queue"
     inner: AsyncBroker
     if kind == "stream":
@@ -47,6 +51,8 @@ def make_broker(url: str, prefix: str, kind: str = "stream", abort: bool = True)
     app = inner.with_result_backend(RedisAsyncResultBackend(url, prefix_str=result_prefix(prefix)))
     if abort:
         app = app.with_middlewares(AbortMiddleware(url, prefix=prefix))
+    if floor:
+        app = app.with_middlewares(CancelFloor(url, prefix, result_prefix(prefix)))
     _define_tasks(app, url, prefix)
     return app
 
@@ -72,7 +78,7 @@ def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
     async def hold(
         report: bool = False, count: bool = False, context: Context = TaskiqDepends()
     ) -> str:
-        """Runs for an hour unless aborted; reports ``started`` and its ``finally`` stamp.
+        """Runs for an hour unless aborted; reports ``started`` and its ``except`` stamp.
 
         ``count``: add one to ``<prefix>:running`` once started (how the benchmark knows that N
         background tasks are running, the same way with and without the middleware).
@@ -84,10 +90,11 @@ def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
             await client().rpush(events_key(prefix, task_id), f"started {now()!r}")
         try:
             await asyncio.sleep(3600)
-        finally:
-            stamp = now()  # first thing in `finally`: the moment the abort reached the body
+        except BaseException:
+            stamp = now()  # first thing in `except`: the moment the abort reached the body
             if report:
-                report_later(task_id, "finally", stamp)
+                report_later(task_id, "except", stamp)
+            raise
         return "held"
 
     @broker.task(task_name="hold_named")
@@ -114,4 +121,5 @@ if "BENCH_URL" in os.environ:
         os.environ["BENCH_PREFIX"],
         os.environ.get("BENCH_BROKER", "stream"),
         os.environ.get("BENCH_ABORT", "1") == "1",
+        os.environ.get("BENCH_ABORT") == "floor",
     )

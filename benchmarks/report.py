@@ -80,9 +80,11 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     samples = results["latency"]["samples_ms"]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for key, label in (
-        ("floor", "pub/sub floor: PUBLISH → subscriber (other process)"),
-        ("to_finally", "(a) abort() → task's finally runs"),
-        ("to_return", "(b) abort() → returns 'aborted'"),
+        ("floor", "pub/sub alone: PUBLISH → subscriber (other process)"),
+        ("floor_a", "floor (a): PUBLISH → Task.cancel() → body's except"),
+        ("to_finally", "abort() → body's except"),
+        ("floor_b", "floor (b): (a), then SET + PUBLISH reply → caller"),
+        ("to_return", "abort() → returns 'aborted'"),
     ):
         xs = sorted(samples[key])
         ys = [(i + 1) / len(xs) for i in range(len(xs))]

@@ -115,9 +115,9 @@ class Bench:
         t1 = now()
         finished = await self.r.blpop([key], timeout=30)
         if finished is None:
-            raise TimeoutError(f"task {task.task_id}: no `finally` ({outcome})")
+            raise TimeoutError(f"task {task.task_id}: no `except` ({outcome})")
         event, stamp = finished[1].split()
-        assert event == "finally", finished
+        assert event == "except", finished
         return float(stamp) - t0, t1 - t0, str(outcome.status.value)
 
     async def warm_up(self, broker: AsyncBroker, prefix: str) -> None:

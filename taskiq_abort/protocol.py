@@ -7,6 +7,7 @@ input from the wire: it returns ``None`` and the caller counts the message as ma
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ _ABORT_MANY = "abort_many"
 _REPLY = "reply"
 _REPLIES = "replies"
 REPLY_STATUSES = frozenset({"aborted", "finished", "unknown"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def validate_task_id(task_id: object) -> str:
@@ -53,7 +55,7 @@ def _task_id_problem(task_id: str) -> str | None:
         return "it is empty"
     if len(task_id) > MAX_TASK_ID_LENGTH:
         return f"it is longer than {MAX_TASK_ID_LENGTH} characters"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in task_id):
+    if _CONTROL.search(task_id):
         return "it contains control characters"
     return None
 

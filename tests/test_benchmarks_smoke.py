@@ -30,6 +30,9 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     }
     assert set(report["load_per_benchmark"]) == set(STEPS)
     assert results["latency"]["statuses"] == {"aborted": 4}
+    for floor in ("floor_a_ms", "floor_b_ms", "floor_b_taskiq_ms"):
+        assert results["latency"][floor]["n"] == 4
+    assert set(results["latency"]["ratio_cancel"]) == {"p50", "p99"}
     assert set(results["scale"]["levels"]) == {"1", "20"}
     assert results["scale"]["bulk"]["api"]["statuses"] == {"aborted": 20}
     assert results["scale"]["bulk"]["by_name"]["statuses"] == {"aborted": 20}
@@ -54,6 +57,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert list(tmp_path.glob("*-smoke-latency-cdf.png"))
     out = capsys.readouterr().out
     assert "Abort latency" in out
+    assert "floor (a)" in out and "floor (b')" in out
     assert "Throughput" in out
     assert "| trickle | list |" in out
     assert "Fleet size" in out

@@ -244,7 +244,7 @@ class RedisAbortBackend(PubSubSide):
         payload = ReplyMessage(task_id, outcome, worker_id, forced).encode()
         args = [outcome, worker_id, payload, "1" if forced else "0"]
         args += [ch for ch in reply_to if ch]
-        op = self._c.confirm([self.keys.request(task_id)], args)
+        op = self._c.tell([self.keys.request(task_id)], args)
         await self._call("confirming an abort", op)
 
     async def confirm_many(self, worker_id: str, confirmations: Sequence[Confirmation]) -> None:
@@ -272,7 +272,7 @@ class RedisAbortBackend(PubSubSide):
         ]
         row = await self._call(
             f"recording the abort of task {task_id}",
-            self._c.request(
+            self._c.ask(
                 [keys.request(task_id), keys.holders, keys.workers, keys.eta(task_id)], args
             ),
         )
@@ -302,6 +302,10 @@ class RedisAbortBackend(PubSubSide):
             client = self._c
             loads = (client.cmd.script_load(script.script) for script in client.scripts)
             await asyncio.wait_for(asyncio.gather(*loads), self.timeout)
+            # Connect the quick lane and load CONFIRM there: a no-op ("unknown" is never
+            # recorded, and there is nobody to tell).
+            noop = client.tell([self.keys.request("-")], ["unknown", "", "", "0"])
+            await asyncio.wait_for(noop, self.timeout)
             if replies:
                 await self._replies_ready(self.timeout)
         except Exception as exc:  # never fail the caller's start-up
@@ -412,5 +416,6 @@ class RedisAbortBackend(PubSubSide):
         if client is not None and client.loop is asyncio.get_running_loop():
             await client.lane.close()
             await client.fence.close()
+            await client.quick.close()
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(client.cmd.aclose(), 1.0)

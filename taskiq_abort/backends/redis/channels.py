@@ -11,6 +11,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
@@ -52,6 +53,21 @@ def _from_record(task_id: str, record: RequestRecord | None) -> ReplyMessage | N
     return None
 
 
+async def _yield() -> None:
+    """Let what a message woke (a cancelled task body, an ``abort()`` waiting for its reply)
+    run before the listener reads on: those are what the message is for."""
+    await asyncio.sleep(0)
+
+
+async def _next(waiter: ReplyWaiter, timeout: float) -> ReplyMessage:
+    """The next reply, or ``asyncio.TimeoutError``; on 3.11+ without the task of its own that
+    ``wait_for`` makes (two event-loop turns between a reply's arrival and the caller)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await waiter.get()
+    return await asyncio.wait_for(waiter.get(), timeout)
+
+
 class PubSubSide(AbortBackend):
     """Control and reply channels of :class:`RedisAbortBackend` (see the module's doc)."""
 
@@ -86,6 +102,7 @@ class PubSubSide(AbortBackend):
                     handler(notice)
                 except Exception:  # a bug in a handler must not end the listener
                     logger.exception("taskiq-abort: handling abort of %s failed", one.task_id)
+            await _yield()
 
     def _count_malformed(self, channel: str, message: bytes) -> None:
         self.malformed_messages += 1
@@ -154,6 +171,7 @@ class PubSubSide(AbortBackend):
                 continue
             for reply in replies:
                 self._deliver_reply(reply)
+            await _yield()
 
     async def wait_reply(
         self, task_id: str, waiter: ReplyWaiter, timeout: float
@@ -163,7 +181,7 @@ class PubSubSide(AbortBackend):
         while True:
             left = deadline - time.monotonic()
             with contextlib.suppress(asyncio.TimeoutError):
-                return await asyncio.wait_for(waiter.get(), max(0.0, min(poll, left)))
+                return await _next(waiter, max(0.0, min(poll, left)))
             # The reply may have been lost (reconnect): the durable record is the truth.
             heard = _from_record(task_id, await self.get_request(task_id))
             if heard is not None:

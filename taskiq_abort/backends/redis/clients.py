@@ -7,7 +7,7 @@ one :class:`LoopClients` per loop (``backend._c``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
@@ -30,7 +30,9 @@ OWN_OPTIONS = (
 
 class LoopClients:
     """One event loop's command client and the scripts registered on it; the worker's registry
-    scripts, and the aborter's revoke, have connections of their own (``lane.py``)."""
+    scripts, the aborter's revoke, and the abort's own round trips (a single ``REQUEST``, a
+    worker's ``CONFIRM``) have connections of their own (``lane.py``): those cost a fraction of
+    a redis-py call, and they are what an abort waits for."""
 
     def __init__(
         self,
@@ -49,8 +51,11 @@ class LoopClients:
 
             return ScriptLane(connect, timeout, replicas, topo.known_replicas(cmd))
 
-        self.lane, self.fence = lane(), lane()
+        self.lane, self.fence, self.quick = lane(), lane(), lane()
+        self._asking = False  # a REQUEST is in flight on ``quick``
         publishing = scripts.sharded if topo.cluster else str
+        self.request_lua = LuaScript(publishing(scripts.REQUEST))
+        self.confirm_lua = LuaScript(publishing(scripts.CONFIRM))
         self.heartbeat = cmd.register_script(publishing(scripts.HEARTBEAT))
         self.unregister = cmd.register_script(scripts.UNREGISTER)
         self.request = cmd.register_script(publishing(scripts.REQUEST))
@@ -63,6 +68,21 @@ class LoopClients:
             self.request, self.confirm, self.list, self.unregister, self.request_many,
             self.confirm_many, self.revoking,
         )  # fmt: skip
+
+    async def ask(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run ``REQUEST``: on the quick lane, or through the pool while the lane carries
+        another (concurrent aborts run side by side, as before)."""
+        if self._asking:
+            return await self.request(keys, args)
+        self._asking = True
+        try:
+            return await self.quick(self.request_lua, keys, args)
+        finally:
+            self._asking = False
+
+    async def tell(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Run ``CONFIRM`` on the quick lane (a worker confirms one call at a time)."""
+        return await self.quick(self.confirm_lua, keys, args)
 
 
 def request_result(task_id: str, row: list[Any]) -> RequestResult:
