@@ -22,12 +22,14 @@ from taskiq_abort import TaskAbortedError
 from taskiq_abort.keys import KeySpace
 from taskiq_abort.testing import RedisServer
 from tests.app import make_broker
-from tests.conftest import ROOT, Events, WorkerProcess
+from tests.conftest import Events, WorkerProcess
 from tests.web_app import HOSTILE_NAME
 from tests.web_server import WebServer, new_prefix, web_worker
 
 CHROMIUM = os.environ.get("TASKIQ_ABORT_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOT = ROOT / "docs" / "dashboard.png"
+# The picture of docs/dashboard.png. The suite writes nothing into the working tree: to
+# refresh the committed picture, point this at it (TASKIQ_ABORT_SCREENSHOT=docs/dashboard.png).
+SCREENSHOT = os.environ.get("TASKIQ_ABORT_SCREENSHOT")
 TOKEN = "browser-" + uuid.uuid4().hex
 LOAD_TASKS = int(os.environ.get("TASKIQ_ABORT_WEB_LOAD_TASKS", "10000"))
 
@@ -110,7 +112,7 @@ def setup(redis_server: RedisServer) -> Iterator[tuple[str, str, WorkerProcess, 
 
 
 @pytest.mark.timeout(300)
-def test_abort_from_the_dashboard(browser: Any, setup: Any) -> None:
+def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> None:
     url, prefix, _, web = setup
     client = redis.Redis.from_url(url, decode_responses=True)
     events = Events(client, prefix)
@@ -161,7 +163,7 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any) -> None:
     expect(hostile_row).to_be_visible()
 
     page.mouse.move(0, 0)  # no button hovered in the picture
-    page.screenshot(path=str(SCREENSHOT))  # docs/dashboard.png, shown in the README
+    page.screenshot(path=SCREENSHOT or str(tmp_path / "dashboard.png"))
 
     # Bulk by name, with the count in the confirmation.
     page.fill("#bulk-name", "sleeper")
