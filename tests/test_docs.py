@@ -16,6 +16,7 @@ MODULES = [
     "taskiq_abort.errors",
     "taskiq_abort.protocol",
     "taskiq_abort.keys",
+    "taskiq_abort.names",
     "taskiq_abort.middleware",
     "taskiq_abort.backends.redis",
 ]

@@ -120,8 +120,11 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
     blocked: list[str] = []
     page.on("request", lambda r: None if r.url.startswith(web.base) else blocked.append(r.url))
 
-    page.goto(f"{web.base}/?token={TOKEN}")  # logs in: a cookie, then the page without it
-    assert page.url == f"{web.base}/"
+    page.goto(f"{web.base}/")  # sent to the login form; the token goes in a POST body
+    assert page.url == f"{web.base}/login"
+    page.fill("input[name=token]", TOKEN)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{web.base}/")
     expect(page.locator("#live")).to_have_text("live · updated every second")
 
     (target,) = kick(url, prefix, "sleeper", 3600)

@@ -171,7 +171,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         allow_abbrev=False,
     )
     status.add_argument("task_id", metavar="TASK_ID")
-    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog, common)}
+    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog)}
 
 
 def _split_command(argv: list[str], parsers: dict[str, argparse.ArgumentParser]) -> str:
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.command = command
     _setup_logging(args.debug)
-    url = args.redis_url or os.environ.get(ENV_URL)
+    url = getattr(args, "redis_url", None) or os.environ.get(ENV_URL)
     try:
         if command == "" and not args.task_ids and args.name is None:
             parser.error("give task ids to abort, --name TASK_NAME, or a command (ls, status)")
