@@ -17,6 +17,7 @@ MODULES = [
     "taskiq_abort.protocol",
     "taskiq_abort.keys",
     "taskiq_abort.names",
+    "taskiq_abort.observe",
     "taskiq_abort.middleware",
     "taskiq_abort.backends.redis",
 ]
