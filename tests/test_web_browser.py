@@ -135,6 +135,13 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
 
     row = page.locator(f'#tasks tr[data-task-id="{target}"]')
     expect(row).to_be_visible()  # the running task appears by itself (the page polls)
+    for width in (1200, 1400):  # every column of every panel shows, nothing scrolls sideways
+        page.set_viewport_size({"width": width, "height": 600})
+        clipped = page.evaluate(
+            "[...document.querySelectorAll('section')]"
+            ".filter(s => s.scrollWidth > s.clientWidth).map(s => s.id)"
+        )
+        assert clipped == [], (width, clipped)
     expect(row.locator("td.name")).to_have_text("sleeper")
     # A task named with HTML is shown as text, and none of it runs.
     hostile_row = page.locator(f'#tasks tr[data-task-id="{hostile}"]')
