@@ -74,7 +74,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     :param interrupt_threads: also stop sync tasks that never look at their token: raise
         :class:`TaskInterrupted` in the thread running the body, at its next Python bytecode
         (not inside a blocking C call such as ``time.sleep()``, which it waits out); the stored
-        result is ``TaskAbortedError``. It can land inside library code: see the README for
+        result is ``TaskAbortedError``. It can land inside library code: see docs/usage.md for
         what that risks. Off by default.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
