@@ -95,20 +95,26 @@ def test_operator_router_is_mounted_behind_the_apps_auth(example: str) -> None:
         assert http.get(f"/reports/{task_id}").json()["reason"] == "ops"
 
 
-def test_the_stopping_example_runs_as_its_docstring_says() -> None:
-    """examples/stopping.py: graceful, forced, an interrupted sync loop, many at once."""
+def run_module(module: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """``python3 -m module`` from the checkout, as the docs say to run it; its output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "examples.stopping"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", module],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("   -> ")]
+    return proc.stdout
+
+
+def test_the_stopping_example_runs_as_its_docstring_says() -> None:
+    """examples/stopping.py: graceful, forced, an interrupted sync loop, many at once."""
+    stdout = run_module("examples.stopping")
+    lines = [line.strip() for line in stdout.splitlines() if line.startswith("   -> ")]
     assert lines == [
         "-> aborted, forced=False",
         "-> aborted, forced=True",
         "-> aborted; stored result: TaskAbortedError",
         "-> ['aborted', 'aborted', 'aborted', 'aborted', 'aborted']",
-    ], proc.stdout
+    ], stdout
 
 
 @pytest.mark.parametrize(
@@ -119,14 +125,9 @@ def test_a_worker_and_a_script_as_the_docs_show(redis_url: str, module: str, db:
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
     with WorkerProcess(url, "taskiq_abort", env=env, app=f"{module}:broker") as worker:
         (child,) = worker.child_pids()
-        proc = subprocess.run(
-            [sys.executable, "-m", module],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        status = proc.stdout.split()[0]
+        stdout = run_module(module, env)
         # aborted when the worker had started it within the script's second, else revoked
-        assert status in ("aborted", "revoked"), proc.stdout
+        assert stdout.split()[0] in ("aborted", "revoked"), stdout
         assert worker.child_pids() == [child]  # the worker process was never restarted
 
 
@@ -139,10 +140,6 @@ def test_the_sync_example_keeps_an_idle_worker_alive() -> None:
 
 
 def test_the_demo_runs() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "taskiq_abort.demo"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "abort() -> aborted by" in proc.stdout
-    assert "abort() -> revoked" in proc.stdout
+    stdout = run_module("taskiq_abort.demo", timeout=120)
+    assert "abort() -> aborted by" in stdout
+    assert "abort() -> revoked" in stdout
