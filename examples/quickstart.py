@@ -1,5 +1,7 @@
 """The quick start: a worker runs a long task, another process aborts it.
 
+Run it against your Redis, from a clone of this repository::
+
     export REDIS_URL=redis://localhost:6379/0
     taskiq worker examples.quickstart:broker     # one shell: the worker
     python3 -m examples.quickstart               # another: start a task, abort it

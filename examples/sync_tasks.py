@@ -1,5 +1,7 @@
 """A sync task that never checks for an abort, interrupted in its thread.
 
+Run it against your Redis, from a clone of this repository::
+
     export REDIS_URL=redis://localhost:6379/0
     taskiq worker examples.sync_tasks:broker     # one shell: the worker
     python3 -m examples.sync_tasks               # another: start the loop, abort it
