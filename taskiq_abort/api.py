@@ -79,7 +79,9 @@ async def abort_many(
 
     :param tasks: task ids, or the handles ``.kiq()`` returned, in any mix. An id given twice
         is aborted once, and its outcome given at each of its positions.
-    :param reason, wait, grace: as for :func:`abort`, the same for every task.
+    :param reason: as for :func:`abort`, the same for every task.
+    :param wait: as for :func:`abort`.
+    :param grace: as for :func:`abort`, the same for every task.
     :param timeout: seconds to wait for each task's confirmation, from when its request was
         sent (default: the middleware's ``abort_timeout``, 5 s).
     :returns: one :class:`AbortOutcome` per item of ``tasks``, in the same order.

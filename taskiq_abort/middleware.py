@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import inspect
 import logging
 import math
@@ -38,6 +39,9 @@ from taskiq_abort.logs import install_log_filter
 from taskiq_abort.worker import WorkerSide
 
 logger = logging.getLogger("taskiq_abort")
+# Closer than this to one of AbortMiddleware's own options, a keyword is a typo of it, not a
+# redis-py option (no redis-py option comes that close: tests/test_config_errors.py checks).
+TYPO_CUTOFF = 0.8
 _PROCESS_POOL_FLAG = "--use-process-pool"
 
 
@@ -68,7 +72,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     :param interrupt_threads: also stop sync tasks that never look at their token: raise
         :class:`TaskInterrupted` in the thread running the body, at its next Python bytecode
         (not inside a blocking C call such as ``time.sleep()``, which it waits out); the stored
-        result is ``TaskAbortedError``. It can land inside library code: see the README for
+        result is ``TaskAbortedError``. It can land inside library code: see docs/usage.md for
         what that risks. Off by default.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
@@ -109,6 +113,16 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         **connection_kwargs: Any,
     ) -> None:
         super().__init__()
+        _refuse_misspelt_options(connection_kwargs)
+        for option, seconds in (
+            ("request_ttl", request_ttl),
+            ("lease", lease),
+            ("redis_timeout", redis_timeout),
+        ):
+            if not (isinstance(seconds, (int, float)) and 0 < seconds < math.inf):
+                raise ValueError(
+                    f"AbortMiddleware({option}={seconds!r}): must be a positive number of seconds"
+                )
         topology: tuple[object, ...] = (cluster, sentinels, master_name, sentinel_kwargs, replicas)
         if backend is not None:
             ignored: tuple[object, ...] = (
@@ -335,3 +349,20 @@ def _delay_of(message: TaskiqMessage) -> float | None:
     except (TypeError, ValueError):
         return None
     return delay if math.isfinite(delay) else None
+
+
+def own_options() -> list[str]:
+    """The keyword options of :class:`AbortMiddleware` itself (the rest go to redis-py)."""
+    params = inspect.signature(AbortMiddleware.__init__).parameters
+    return [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def _refuse_misspelt_options(options: dict[str, Any]) -> None:
+    """A misspelt option of ours is named as such, with or without a URL (never passed on to
+    redis-py, nor called a Redis option)."""
+    for name in options:
+        close = difflib.get_close_matches(name, own_options(), n=1, cutoff=TYPO_CUTOFF)
+        if close:
+            raise AbortConfigError(
+                f"AbortMiddleware got an unknown option {name!r} (did you mean {close[0]!r}?)"
+            )

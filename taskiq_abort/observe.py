@@ -151,18 +151,27 @@ def _delivery(at: float | None, phase: str) -> float | None:
     return max(0.0, (redis_now_ms() - at) / 1000)
 
 
+def reason_text(reason: str | None) -> str:
+    """The reason in a log line, or that none was given (never ``reason: None``).
+
+    >>> reason_text("bad deploy"), reason_text(None)
+    ('reason: bad deploy', 'no reason given')
+    """
+    return f"reason: {reason}" if reason else "no reason given"
+
+
 def applied_line(task_id: str, task_name: str, phase: str, reason: str | None) -> str:
     """The worker's one INFO line for an applied abort. It replaces taskiq's own error line
     for the task (``logs.AbortedTaskLogFilter``): one line per abort, written where taskiq
     writes its line, so an abort costs the worker no more logging than before."""
     if phase != RUNNING:
         where = f"{task_id} ({task_name}) at its start"
-        return f"taskiq-abort: skipped revoked task {where}, reason: {reason}"
+        return f"taskiq-abort: skipped revoked task {where}, {reason_text(reason)}"
     at, _ = _seen.get(task_id, (None, None))
     delivery = _delivery(at, phase)
     shown = "?" if delivery is None else f"{delivery * 1000:.1f} ms"
     return (
-        f"taskiq-abort: aborted task {task_id} ({task_name}) while running, reason: {reason}; "
+        f"taskiq-abort: aborted task {task_id} ({task_name}) while running, {reason_text(reason)}; "
         f"delivered in {shown}"
     )
 
@@ -178,12 +187,12 @@ async def abort_requested(
 ) -> None:
     """An ``abort()`` call ended (called by ``AbortMiddleware.abort``)."""
     logger.info(
-        "taskiq-abort: abort of task %s: %s%s in %.1f ms, reason: %s",
+        "taskiq-abort: abort of task %s: %s%s in %.1f ms, %s",
         task_id,
         status,
         f" by {worker}" if worker else "",
         seconds * 1000,
-        reason,
+        reason_text(reason),
     )
     event = AbortRequested(task_id, status, seconds, reason, worker, time.time() - seconds, broker)
     for observer in list(_observers):

@@ -25,8 +25,9 @@ from taskiq_abort.backends.base import (
     NotDurableError,
     RunningEntry,
 )
-from taskiq_abort.errors import TaskiqAbortError
+from taskiq_abort.errors import AbortPermissionError, TaskiqAbortError
 from taskiq_abort.execution import CancelMode, RunningTask
+from taskiq_abort.outage import OUTAGES
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -386,15 +387,19 @@ class WorkerSide:
         if not self._outage:
             self._outage = True
             observe.registry_outage()
-            logger.warning(
+            OUTAGES.lost(
+                self,
+                logger,
                 "taskiq-abort: abort registry unavailable (%s); tasks keep running%s until it "
                 "is back",
                 exc,
                 " but new tasks are refused (fail_closed)" if self.fail_closed else "",
+                # Refused tasks, or rights to grant: said even when a connection said it first.
+                warn=self.fail_closed or isinstance(exc, AbortPermissionError),
             )
 
     def _recovered(self) -> None:
         self._unreachable_since = None
         if self._outage:
             self._outage = False
-            logger.warning("taskiq-abort: abort registry reachable again; registry rewritten")
+            OUTAGES.back(self, logger, "abort registry rewritten")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from taskiq import AsyncBroker
 
 from taskiq_abort.keys import KeySpace
@@ -26,6 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests never write into the working tree: Hypothesis keeps its example database and
+    caches (``.hypothesis``) in a directory of this run's own, and replays nothing."""
+    hypothesis_home = Path(tempfile.mkdtemp(prefix="taskiq-abort-hypothesis-"))
+    config.add_cleanup(lambda: shutil.rmtree(hypothesis_home, ignore_errors=True))
+    set_hypothesis_home_dir(hypothesis_home)
+    settings.register_profile("suite", database=None)
+    settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -41,7 +41,7 @@ def _work(release_key: str, chunk: int) -> None:
 
 @broker.task(task_name="pool_crunch")
 def crunch(n: int, release_key: str = "", token: AbortToken = TaskiqDepends()) -> int:
-    """The README's token pattern, run in a child process by ``--use-process-pool``."""
+    """The token pattern of docs/usage.md, run in a child process by ``--use-process-pool``."""
     for chunk in range(n):
         token.raise_if_aborted()
         _work(release_key, chunk)

@@ -1,6 +1,6 @@
 """The same abort semantics on every broker: RabbitMQ (taskiq-aio-pika), NATS JetStream pull and
 push and core NATS (taskiq-nats), and taskiq-redis's PubSub, ListQueue and Stream brokers, with
-the abort plane on Redis and real ``taskiq worker`` processes (README, "Brokers").
+the abort plane on Redis and real ``taskiq worker`` processes (docs/brokers.md).
 
 Each test runs once per broker, on that broker's one deployment (``tests/matrix.py``); a
 scenario a broker cannot have skips, saying why (these skips are the table's "n/a" cells).

@@ -216,7 +216,7 @@ async def test_ls_and_status(client, worker_factory, events: Events, conn) -> No
     by_worker = cli(*conn, "ls", "--json", "--worker", worker_id[:-3])
     assert len(json_lines(by_worker.stdout)) == 3
     nobody = cli(*conn, "ls", "--worker", "no-such-worker")
-    assert (nobody.returncode, nobody.stdout.split()[:3]) == (0, ["no", "live", "workers"])
+    assert (nobody.returncode, nobody.stdout.split()[:3]) == (0, ["no", "live", "worker"])
 
     running = cli(*conn, "status", sleepers[0], "--json")
     assert running.returncode == 0, running.stderr

@@ -1,5 +1,6 @@
-"""examples/fastapi_app.py as its README says to run it: a real ``taskiq worker``, a real
-``uvicorn`` and the suite's Redis, driven over HTTP."""
+"""The examples as their docstrings say to run them, against a real ``taskiq worker`` and the
+suite's Redis: the quick start, the sync task, the FastAPI app (a real ``uvicorn``, driven over
+HTTP), the ways of stopping a task, and the demo."""
 
 from __future__ import annotations
 
@@ -94,17 +95,51 @@ def test_operator_router_is_mounted_behind_the_apps_auth(example: str) -> None:
         assert http.get(f"/reports/{task_id}").json()["reason"] == "ops"
 
 
-def test_the_stopping_example_runs_as_its_docstring_says() -> None:
-    """examples/stopping.py: graceful, forced, an interrupted sync loop, many at once."""
+def run_module(module: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
+    """``python3 -m module`` from the checkout, as the docs say to run it; its output."""
     proc = subprocess.run(
-        [sys.executable, "-m", "examples.stopping"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        [sys.executable, "-m", module],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = [line.strip() for line in proc.stdout.splitlines() if line.startswith("   -> ")]
+    return proc.stdout
+
+
+def test_the_stopping_example_runs_as_its_docstring_says() -> None:
+    """examples/stopping.py: graceful, forced, an interrupted sync loop, many at once."""
+    stdout = run_module("examples.stopping")
+    lines = [line.strip() for line in stdout.splitlines() if line.startswith("   -> ")]
     assert lines == [
         "-> aborted, forced=False",
         "-> aborted, forced=True",
         "-> aborted; stored result: TaskAbortedError",
         "-> ['aborted', 'aborted', 'aborted', 'aborted', 'aborted']",
-    ], proc.stdout
+    ], stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "db"), [("examples.quickstart", 4), ("examples.sync_tasks", 5)]
+)  # a database of its own each: the examples use taskiq's default queue and prefix
+def test_a_worker_and_a_script_as_the_docs_show(redis_url: str, module: str, db: int) -> None:
+    url = f"{redis_url.rsplit('/', 1)[0]}/{db}"
+    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(ROOT)}
+    with WorkerProcess(url, "taskiq_abort", env=env, app=f"{module}:broker") as worker:
+        (child,) = worker.child_pids()
+        stdout = run_module(module, env)
+        # aborted when the worker had started it within the script's second, else revoked
+        assert stdout.split()[0] in ("aborted", "revoked"), stdout
+        assert worker.child_pids() == [child]  # the worker process was never restarted
+
+
+def test_the_sync_example_keeps_an_idle_worker_alive() -> None:
+    """redis-py 8's default socket timeout ends the list broker's blocking read after 5 s, and
+    taskiq restarts the worker process: the example turns it off."""
+    from examples.sync_tasks import broker
+
+    assert broker.connection_pool.connection_kwargs["socket_timeout"] is None
+
+
+def test_the_demo_runs() -> None:
+    stdout = run_module("taskiq_abort.demo", timeout=120)
+    assert "abort() -> aborted by" in stdout
+    assert "abort() -> revoked" in stdout

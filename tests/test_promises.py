@@ -394,7 +394,7 @@ async def test_smart_retry_never_retries_an_abort_with_abort_middleware_first(
     ids=["prefix", "url", "request_ttl", "lease", "redis_timeout", "cancel_mode", "backend"],
 )
 def test_argument_errors_are_builtin_errors(make: Any, kind: type[Exception]) -> None:
-    """README "Errors": programming errors are ValueError/TypeError, not TaskiqAbortError."""
+    """docs/options.md, "Errors": bad arguments are ValueError/TypeError, not TaskiqAbortError."""
     with pytest.raises(kind) as info:
         make()
     assert not isinstance(info.value, TaskiqAbortError)

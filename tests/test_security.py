@@ -142,8 +142,7 @@ async def test_password_never_logged_during_outages(redis_url, prefix) -> None:
                 plane.stop()
                 task = await client.find_task("quick").kiq(2)
                 assert (await task.wait_result(timeout=30)).return_value == 4
-                wait_log(worker, "abort registry unavailable")
-                log = wait_log(worker, "lost the control channel")
+                log = wait_log(worker, "[taskiq_abort][WARNING]")  # one line per outage
                 assert PASSWORD not in log
                 assert "***" in log
                 with pytest.raises(AbortBackendUnavailableError) as info:

@@ -100,21 +100,36 @@ async def test_dashboard_is_served_with_its_own_assets(http: httpx.AsyncClient) 
     assert (await http.get("/static/secrets.txt")).status_code == 404
 
 
-async def test_token_is_required_and_a_login_link_sets_a_cookie(server: WebServer) -> None:
+async def test_token_is_required_and_the_login_form_sets_a_cookie(server: WebServer) -> None:
     async with httpx.AsyncClient(base_url=server.base, timeout=30) as anonymous:
-        for path in ("/", "/tasks", "/workers", "/outcomes", "/tasks/abc"):
+        for path in ("/tasks", "/workers", "/outcomes", "/tasks/abc"):
             assert (await anonymous.get(path)).status_code == 401, path
         denied = await anonymous.post("/tasks/abc/abort", json={})
         assert denied.status_code == 401
         bad = await anonymous.get("/tasks", headers={"Authorization": "Bearer wrong"})
         assert bad.status_code == 401 and bad.headers["www-authenticate"] == "Bearer"
-        assert (await anonymous.get("/?token=wrong")).status_code == 401
 
-        login = await anonymous.get(f"/?token={TOKEN}")
+        to_login = await anonymous.get("/")  # a browser is sent to the form
+        assert to_login.status_code == 303 and to_login.headers["location"] == "/login"
+        form = await anonymous.get("/login")
+        assert form.status_code == 200 and 'method="post"' in form.text
+        assert "form-action 'self'" in form.headers["content-security-policy"]
+        assert (await anonymous.post("/login", data={"token": "wrong"})).status_code == 401
+        in_address = await anonymous.get(f"/?token={TOKEN}")  # refused: logs would keep it
+        assert in_address.status_code == 400 and "/login" in in_address.text
+        assert (await anonymous.get("/tasks")).status_code == 401
+
+        login = await anonymous.post("/login", data={"token": TOKEN})
         assert login.status_code == 303 and login.headers["location"] == "/"
         cookie = login.headers["set-cookie"].lower()
         assert "httponly" in cookie and "samesite=strict" in cookie
         assert (await anonymous.get("/tasks")).status_code == 200  # the cookie now
+        assert (await anonymous.get("/")).status_code == 200
+
+    access_log = "".join(server.lines)
+    assert "GET /tasks" in access_log  # the access log is on, and holds no token
+    assert TOKEN not in access_log
+    assert "token=***" in access_log
 
 
 # --- listing, looking up, aborting -------------------------------------------------------
@@ -293,7 +308,14 @@ async def test_openapi_schema_has_the_response_models(http: httpx.AsyncClient) -
     assert {"Worker", "WorkerList", "AbortBody", "BulkAbortBody", "Problem"} <= models
     abort = schema["paths"]["/tasks/{task_id}/abort"]["post"]
     assert {"200", "403", "415", "422", "503"} <= set(abort["responses"])
+    assert "400" not in abort["responses"]  # a body that is not JSON is FastAPI's 422
+    bulk = schema["paths"]["/tasks/abort"]["post"]["responses"]
+    assert bulk["400"]["description"] == '"confirm" is false'
     assert (await http.get("/docs")).status_code == 404  # Swagger UI would load a CDN
+    # docs/web.md's table of error codes says the same
+    table = (ROOT / "docs" / "web.md").read_text().split('Errors (`{"detail": ...}`)')[1]
+    assert '| 400 | a bulk abort with `"confirm": false` |' in table
+    assert "a body that is not valid JSON; a bulk abort without `confirm`" in table
 
 
 # --- read-only, Redis down ---------------------------------------------------------------
@@ -367,3 +389,11 @@ def test_cli_web_refuses_to_start_without_a_token() -> None:
     assert "--read-only" in no_token.stderr
     no_broker = web("--redis-url", "redis://127.0.0.1:1/0", "--token", "t")
     assert no_broker.returncode == 2 and "--broker" in no_broker.stderr
+    assert "required: --broker" in no_broker.stderr
+
+    # --help lists only what web takes: every option it lists is one it accepts
+    helped = web("--help")
+    assert helped.returncode == 0
+    listed = set(re.findall(r"(--[a-z-]+)", helped.stdout))
+    assert listed == {"--help", "--broker", "--host", "--port", "--token", "--read-only",
+                      "--title", "--debug"}, listed  # fmt: skip

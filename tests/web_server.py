@@ -27,8 +27,8 @@ class UvicornProcess:
         self._ready = threading.Event()
 
     def _drain(self) -> None:
-        assert self.proc is not None and self.proc.stderr is not None
-        for line in self.proc.stderr:  # uvicorn logs to stderr; a full pipe would block it
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:  # uvicorn logs to both; a full pipe would block it
             self.lines.append(line)
             if "Uvicorn running on" in line:  # logged once the socket listens
                 self._ready.set()
@@ -39,8 +39,8 @@ class UvicornProcess:
             self.args,
             env=self.env,
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stdout=subprocess.PIPE,  # its access log: tests read what it logs
+            stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
         )

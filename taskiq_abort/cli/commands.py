@@ -17,7 +17,8 @@ from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
 from taskiq_abort.client import abort_tasks_each
 from taskiq_abort.errors import TaskiqAbortError
-from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.names import resolve_task_name
+from taskiq_abort.outcome import AbortOutcome, AbortStatus
 from taskiq_abort.protocol import validate_task_id
 
 
@@ -74,6 +75,11 @@ async def run(args: argparse.Namespace) -> int:
         outcomes = await abort_ids(
             conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace
         )
+        revoked = sum(1 for o in outcomes if o.status is AbortStatus.REVOKED)
+        if revoked:
+            err(
+                fmt.revoked_note(revoked, conn.backend.request_ttl, conn.result_backend is not None)
+            )
         return exit_status(outcomes)
     finally:
         await conn.close()
@@ -131,14 +137,17 @@ def exit_status(outcomes: Sequence[AbortOutcome]) -> int:
 
 async def abort_by_name(conn: Connection, args: argparse.Namespace, timeout: float) -> int:
     """Abort every running task called ``args.name``, after a confirmation."""
-    name: str = args.name
     workers = await conn.backend.workers()
+    running = {e.task_name for w in workers for e in w.tasks}
+    name = resolve_task_name(args.name, running)
+    if name is None:
+        err(f"no running task named {args.name!r} (prefix {conn.prefix!r}); nothing to abort")
+        if running:
+            err(f"running now: {_names(running)}")
+        return 0
     task_ids = list(
         dict.fromkeys(e.task_id for w in workers for e in w.tasks if e.task_name == name)
     )
-    if not task_ids:
-        err(f"no running task named {name!r} (prefix {conn.prefix!r}); nothing to abort")
-        return 0
     holders = len({w.worker_id for w in workers for e in w.tasks if e.task_name == name})
     what = (
         f"{len(task_ids)} running task{'s' if len(task_ids) != 1 else ''} named {name!r} "
@@ -172,11 +181,12 @@ async def _running_rows(conn: Connection) -> tuple[list[fmt.Row], list[WorkerInf
 async def list_running(
     conn: Connection, name: str | None, worker: str | None, as_json: bool
 ) -> int:
-    rows, workers = await _running_rows(conn)
+    rows, every_worker = await _running_rows(conn)
     now = time.time()
-    workers.sort(key=lambda w: (w.host, w.started, w.worker_id))  # a stable order across calls
-    if worker is not None:
-        workers = [w for w in workers if w.worker_id.startswith(worker)]
+    every_worker.sort(key=lambda w: (w.host, w.started, w.worker_id))  # stable across calls
+    workers = [w for w in every_worker if worker is None or w.worker_id.startswith(worker)]
+    if name is not None:
+        name = resolve_task_name(name, {r.entry.task_name for r in rows}) or name
     wanted = {w.worker_id for w in workers}
     rows = [
         r
@@ -187,19 +197,36 @@ async def list_running(
         for row in rows:
             out(fmt.json_line(row.to_dict(now)))
         return 0
-    if not workers:
-        hint = "" if worker is not None else " (do the workers use this Redis and --prefix?)"
-        out(f"no live workers under prefix {conn.prefix!r} on {conn.where}{hint}")
+    if not every_worker:
+        out(
+            f"no live workers under prefix {conn.prefix!r} on {conn.where} "
+            "(do the workers use this Redis and --prefix?)"
+        )
         return 0
-    for line in fmt.ls_lines(workers, rows, now, show_idle=name is None):
+    if not workers:
+        out(
+            f"no live worker whose id starts with {worker!r}; "
+            f"live: {', '.join(w.worker_id for w in every_worker)}"
+        )
+        return 0
+    lines = fmt.ls_lines(workers, rows, now, show_idle=name is None)
+    for line in lines:
         out(line)
-    out()
+    if lines:
+        out()
     out(
         f"{len(rows)} running task{'' if len(rows) == 1 else 's'}"
         f"{'' if name is None else f' named {name!r}'}, "
         f"{len(workers)} live worker{'' if len(workers) == 1 else 's'}"
     )
     return 0
+
+
+def _names(names: set[str], most: int = 10) -> str:
+    """Some of ``names``, sorted, for a hint."""
+    shown = sorted(names)
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more
 
 
 async def show_status(conn: Connection, task_id: str, as_json: bool) -> int:

@@ -46,6 +46,23 @@ def outcome_lines(outcomes: Sequence[AbortOutcome]) -> list[str]:
     ]
 
 
+def revoked_note(count: int, request_ttl: float, has_result_backend: bool) -> str:
+    """What ``revoked`` does and does not say: no worker had the task, which may not exist.
+
+    >>> print(revoked_note(2, 86400, True))  # doctest: +ELLIPSIS
+    note: no worker was running the 2 revoked tasks and they have no result: ... kept for 1d00h...
+    """
+    one = count == 1
+    what = "the revoked task" if one else f"the {count} revoked tasks"
+    result = f" and {'it has' if one else 'they have'} no result" if has_result_backend else ""
+    kept = "its abort request is" if one else "their abort requests are"
+    return (
+        f"note: no worker was running {what}{result}: queued, or never sent (check the "
+        f"id{'' if one else 's'}); {kept} kept for {duration(request_ttl)}: a worker that "
+        f"picks {'it' if one else 'one'} up in that time skips it"
+    )
+
+
 @dataclass(frozen=True)
 class Row:
     """A running task as ``ls`` shows it."""

@@ -54,7 +54,7 @@ exit status:
   1    some task had finished or stayed unconfirmed, or the confirmation was
        declined (status: the task is not known)
   2    usage error or invalid task id (nothing sent), Redis unreachable, broker
-       not loadable
+       not loadable, a bare --name that several modules' tasks have
   130  interrupted (Ctrl-C); abort requests already sent stay recorded
   a reader that stops early (`ls | head`) does not change the status
 """
@@ -140,7 +140,8 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
     opts.add_argument(
         "--name",
         metavar="TASK_NAME",
-        help="abort every running task with this name (queued ones cannot be listed)",
+        help="abort every running task with this name: module:function as taskiq names it, "
+        "or the bare function name if one module has it (queued tasks cannot be listed)",
     )
     opts.add_argument("-y", "--yes", action="store_true", help="do not ask before a bulk abort")
     opts.add_argument(
@@ -159,7 +160,9 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         parents=[common],
         allow_abbrev=False,
     )
-    ls.add_argument("--name", metavar="TASK_NAME", help="only tasks with this name")
+    ls.add_argument(
+        "--name", metavar="TASK_NAME", help="only tasks with this name (full or bare, as --name)"
+    )
     ls.add_argument("--worker", metavar="ID", help="only this worker (its id, or a prefix of it)")
 
     status = argparse.ArgumentParser(
@@ -171,7 +174,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         allow_abbrev=False,
     )
     status.add_argument("task_id", metavar="TASK_ID")
-    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog, common)}
+    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog)}
 
 
 def _split_command(argv: list[str], parsers: dict[str, argparse.ArgumentParser]) -> str:
@@ -211,7 +214,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     args.command = command
     _setup_logging(args.debug)
-    url = args.redis_url or os.environ.get(ENV_URL)
+    url = getattr(args, "redis_url", None) or os.environ.get(ENV_URL)
     try:
         if command == "" and not args.task_ids and args.name is None:
             parser.error("give task ids to abort, --name TASK_NAME, or a command (ls, status)")

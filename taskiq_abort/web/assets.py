@@ -39,6 +39,19 @@ def dashboard_html(*, title: str, read_only: bool) -> str:
     )
 
 
+LOGIN_HEADERS = {
+    **PAGE_HEADERS,
+    "Content-Security-Policy": PAGE_HEADERS["Content-Security-Policy"].replace(
+        "form-action 'none'", "form-action 'self'"
+    ),
+}
+
+
+def login_html(*, error: str = "") -> str:
+    """The standalone server's login form: the token travels in a POST body, never in a URL."""
+    return _read("login.html").replace("{{error}}", html.escape(error))
+
+
 def static_response(name: str) -> Response:
     """One of the dashboard's files by name; 404 for anything else."""
     media_type = _TYPES.get(name)

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 
 from taskiq_abort.errors import AbortBackendError, AbortConfigError, InvalidTaskIdError
+from taskiq_abort.names import AmbiguousTaskNameError
 from taskiq_abort.protocol import MAX_TASK_ID_LENGTH
 from taskiq_abort.web import assets, models
 from taskiq_abort.web.service import TaskService
@@ -36,11 +37,13 @@ TaskId = Annotated[
 _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": models.Problem, "description": "Redis (the abort control plane) unreachable"},
 }
+_BY_NAME_ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": models.Problem, "description": "a bare name matches several task names"},
+}
 _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
     403: {"model": models.Problem, "description": "the router is read-only"},
     415: {"model": models.Problem, "description": "the body is not application/json"},
-    400: {"model": models.Problem, "description": "the body cannot be decoded"},
 }
 
 
@@ -107,6 +110,8 @@ class _Errors:
             raise HTTPException(422, detail) from exc
         except AbortBackendError as exc:
             raise HTTPException(503, self.scrub(str(exc))) from exc
+        except AmbiguousTaskNameError as exc:
+            raise HTTPException(409, str(exc)) from exc
 
 
 def abort_router(
@@ -158,7 +163,7 @@ def abort_router(
     async def static(name: str) -> Response:
         return assets.static_response(name)
 
-    @router.get("/tasks", response_model=models.TaskPage, responses=_ERRORS)
+    @router.get("/tasks", response_model=models.TaskPage, responses={**_ERRORS, **_BY_NAME_ERRORS})
     async def list_tasks(
         name: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
         worker: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
@@ -167,8 +172,9 @@ def abort_router(
     ) -> models.TaskPage:
         """Running tasks (task id, name, worker, host, pid, started, abort requested).
 
-        Filter by exact task ``name`` and by ``worker`` (an id, or a prefix of one); paged
-        with ``offset`` and ``limit``, in a stable order (by worker, then oldest first).
+        Filter by task ``name`` (``crunch`` stands for the one ``module:crunch``) and by
+        ``worker`` (an id, or a prefix of one); paged with ``offset`` and ``limit``, in a
+        stable order (by worker, then oldest first).
         """
         return await guard(service.list_tasks(name, worker, offset, limit))
 
@@ -183,7 +189,8 @@ def abort_router(
         dependencies=writes,
         responses={
             **_WRITE_ERRORS,
-            400: {"model": models.Problem, "description": "not confirmed, or not decodable"},
+            **_BY_NAME_ERRORS,
+            400: {"model": models.Problem, "description": '"confirm" is false'},
         },
     )
     async def abort_by_name(body: models.BulkAbortBody) -> models.BulkAbortResult:

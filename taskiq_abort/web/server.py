@@ -1,28 +1,44 @@
 """The standalone operator server: ``taskiq-abort web --broker module:broker`` (uvicorn).
 
-For apps without FastAPI. Token auth: ``Authorization: Bearer TOKEN`` for scripts, and for
-browsers ``/?token=TOKEN`` once, which sets an HttpOnly, SameSite=Strict cookie and redirects to
-the page without the token in its address.
+For apps without FastAPI. Token auth: ``Authorization: Bearer TOKEN`` for scripts; browsers
+log in once at ``/login``, a form that POSTs the token and gets an HttpOnly, SameSite=Strict
+cookie. The token never travels in a URL, so no access log, proxy log or history holds it.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
+from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from taskiq_abort.errors import AbortConfigError
+from taskiq_abort.web import assets
 from taskiq_abort.web.router import abort_router
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker
 
 COOKIE = "taskiq_abort_token"
+_MAX_LOGIN_BODY = 4096
+_TOKEN_IN_QUERY = re.compile(r"([?&]token=)[^&\s]*", re.IGNORECASE)
+
+
+class HideTokenInAccessLog(logging.Filter):
+    """Masks ``token=...`` in uvicorn's access log lines, should a caller put it in a URL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _TOKEN_IN_QUERY.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args
+            )
+        return True
 
 
 class TokenAuth:
@@ -46,7 +62,7 @@ class TokenAuth:
             return
         raise HTTPException(
             401,
-            "send Authorization: Bearer TOKEN, or open the dashboard once as /?token=TOKEN",
+            "send Authorization: Bearer TOKEN, or log in to the dashboard at /login",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -90,25 +106,46 @@ def create_app(
         )
     )
     if auth is not None:
-
-        @app.middleware("http")
-        async def login(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            offered = request.query_params.get("token")
-            if request.method == "GET" and offered is not None:
-                if not auth.matches(offered):
-                    return Response("wrong token", status_code=401, media_type="text/plain")
-                query = urlencode(
-                    [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-                )
-                target = request.url.path + (f"?{query}" if query else "")
-                response = RedirectResponse(target, status_code=303)
-                response.set_cookie(COOKIE, offered, httponly=True, samesite="strict", path="/")
-                return response
-            return await call_next(request)
-
+        _add_login(app, auth)
     return app
+
+
+def _add_login(app: FastAPI, auth: TokenAuth) -> None:
+    """``/login``: a form that POSTs the token for the cookie; ``GET /`` sends browsers there."""
+
+    @app.get("/login", include_in_schema=False)
+    async def login_page() -> HTMLResponse:
+        return HTMLResponse(assets.login_html(), headers=assets.LOGIN_HEADERS)
+
+    @app.post("/login", include_in_schema=False)
+    async def login(request: Request) -> Response:
+        body = await request.body()
+        form = parse_qs(body[:_MAX_LOGIN_BODY].decode("utf-8", "replace"))
+        offered = next(iter(form.get("token", [])), None)
+        if offered is None or not auth.matches(offered):
+            page = assets.login_html(error="wrong token")
+            return HTMLResponse(page, status_code=401, headers=assets.LOGIN_HEADERS)
+        response = RedirectResponse("/", status_code=303)
+        response.set_cookie(COOKIE, offered, httponly=True, samesite="strict", path="/")
+        return response
+
+    @app.middleware("http")
+    async def to_login(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if "token" in request.query_params:
+            return Response(
+                "the token does not go in the address (logs and history keep it): "
+                "log in at /login, or send Authorization: Bearer TOKEN",
+                status_code=400,
+                media_type="text/plain",
+            )
+        if request.method == "GET" and request.url.path == "/":
+            try:
+                auth(request)
+            except HTTPException:
+                return RedirectResponse("/login", status_code=303)
+        return await call_next(request)
 
 
 def serve(
@@ -125,4 +162,6 @@ def serve(
     import uvicorn
 
     app = create_app(broker, token=token, read_only=read_only, title=title)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, server_header=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, server_header=False)
+    logging.getLogger("uvicorn.access").addFilter(HideTokenInAccessLog())  # after its set-up
+    uvicorn.Server(config).run()

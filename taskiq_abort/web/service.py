@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from taskiq_abort.api import find_middleware
 from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
 from taskiq_abort.errors import AbortBackendUnavailableError
+from taskiq_abort.names import resolve_task_name
 from taskiq_abort.outcome import AbortOutcome
 from taskiq_abort.protocol import validate_task_id
 from taskiq_abort.web import models
@@ -72,10 +73,14 @@ class TaskService:
     async def list_tasks(
         self, name: str | None, worker: str | None, offset: int, limit: int
     ) -> models.TaskPage:
-        """Running tasks, filtered by exact name and by worker id (or a prefix of it)."""
+        """Running tasks, filtered by name (``crunch`` or ``module:crunch``) and by worker id
+        (or a prefix of it)."""
+        entries = await self._entries()
+        if name is not None:
+            name = resolve_task_name(name, {e.task_name for e, _ in entries}) or name
         entries = [
             (entry, info)
-            for entry, info in await self._entries()
+            for entry, info in entries
             if (name is None or entry.task_name == name)
             and (worker is None or info.worker_id.startswith(worker))
         ]
@@ -183,10 +188,11 @@ class TaskService:
         timeout: float | None,
         grace: float | None = None,
     ) -> models.BulkAbortResult:
-        """Abort every running task called ``task_name``; errors are counted as ``failed``."""
-        ids = list(
-            dict.fromkeys(e.task_id for e, _ in await self._entries() if e.task_name == task_name)
-        )
+        """Abort every running task called ``task_name`` (``crunch`` or ``module:crunch``);
+        errors are counted as ``failed``."""
+        entries = await self._entries()
+        task_name = resolve_task_name(task_name, {e.task_name for e, _ in entries}) or task_name
+        ids = list(dict.fromkeys(e.task_id for e, _ in entries if e.task_name == task_name))
         # Not those already aborted: their entries linger until the worker's next registry batch.
         done = await self.backend.get_requests(ids)
         ids = [t for t in ids if t not in done or done[t].outcome not in FINAL]

@@ -361,6 +361,11 @@ def translate(where: str, keys: KeySpace, what: str, exc: BaseException) -> Abor
             f"{where} refused {what}: {text}. Grant this user the keys '{keys.tag}:*' and "
             f"the channels '{keys.channel_prefix}*' (see docs/acl.md)."
         )
+    if "DB index is out of range" in text:
+        raise AbortConfigError(
+            f"{where} has no such database ({what}: {text}): the number after the URL's last "
+            "'/' must be below the server's `databases` setting (16 by default), e.g. /0"
+        ) from exc
     if text.startswith(("MOVED", "ASK ", "CROSSSLOT")) or "cluster support disabled" in text:
         raise AbortConfigError(
             f"{where} answered {text.split()[0]} to {what}: the server is "

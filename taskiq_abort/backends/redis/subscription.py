@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
+
+from taskiq_abort.outage import OUTAGES, Link
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -43,24 +44,20 @@ async def subscription(
     :param on_error: called on every fault (an aborter stops waiting for the subscription).
     :param sharded: SSUBSCRIBE (a Cluster's sharded pub/sub) instead of SUBSCRIBE.
     """
-    backoff, outage_since = 0.05, 0.0
+    backoff, outage, subscribed_once = 0.05, False, False
+    link = Link()  # this subscription, in the process's outage log
     kinds = ("smessage",) if sharded else ("message",)
     while True:
         pubsub: PubSub | None = None
         try:
-            pubsub = await asyncio.wait_for(open_pubsub(bool(outage_since)), confirm_timeout)
+            pubsub = await asyncio.wait_for(open_pubsub(outage), confirm_timeout)
             await (pubsub.ssubscribe if sharded else pubsub.subscribe)(channel)
             # Resync only once SUBSCRIBE is confirmed: nothing published after it is missed.
             while (await pubsub.get_message(timeout=confirm_timeout)) is None:
                 pass
             await on_subscribed()
-            if outage_since:
-                logger.warning(
-                    "taskiq-abort: %s channel back after %.1f s; pending aborts applied",
-                    role,
-                    time.monotonic() - outage_since,
-                )
-            backoff, outage_since = 0.05, 0.0
+            OUTAGES.back(link, logger, f"{role} channel back, pending aborts applied")
+            backoff, outage, subscribed_once = 0.05, False, True
             while True:
                 msg = await pubsub.get_message(timeout=_IDLE_READ)
                 if msg is None:
@@ -74,14 +71,18 @@ async def subscription(
         except REDIS_ERRORS as exc:
             if on_error is not None:
                 on_error()
-            if not outage_since:
-                outage_since = time.monotonic()
-                logger.warning(
-                    "taskiq-abort: lost the %s channel on %s (%s); reconnecting",
-                    role,
-                    where,
-                    exc,
-                )
+            outage = True
+            OUTAGES.lost(
+                link,
+                logger,
+                "taskiq-abort: %s the %s channel on %s (%s); %s",
+                "lost" if subscribed_once else "could not open",
+                role,
+                where,
+                exc,
+                "reconnecting" if subscribed_once else "retrying",
+                warn=isinstance(exc, rexc.NoPermissionError),  # rights to grant, not an outage
+            )
         finally:
             if pubsub is not None:
                 await _close(pubsub)
