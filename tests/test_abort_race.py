@@ -26,7 +26,7 @@ import redis
 from taskiq import AsyncBroker, TaskiqResult
 
 from taskiq_abort import AbortBackendUnavailableError
-from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.base import AbortBackend, RunningEntry
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
 from tests.app import events_key, make_broker
@@ -200,3 +200,16 @@ async def test_a_claimed_revoke_settles_as_revoked(backend: AbortBackend) -> Non
             assert settled is None and (record is None or record.outcome == "finished")
     with pytest.raises(AbortBackendUnavailableError, match=r"task never-requested .*again"):
         await backend.mark_revoking("never-requested")  # nothing to claim: nothing is revoked
+
+
+async def test_a_request_settled_finished_stops_no_later_attempt(backend: AbortBackend) -> None:
+    """The abort said ``finished`` (the task had its own result): the request it leaves behind
+    for late aborters must not refuse the next attempt with that id (a retry that keeps each
+    attempt's result, a task kicked again with the same id)."""
+    await backend.register("w1", {}, [])
+    await backend.request("rekicked", "why", "test")
+    assert await backend.settle_finished("rekicked") is None  # the task's own result was there
+    entry = RunningEntry("rekicked", "job", "r1", time.time(), "w1")
+    _, aborted = await backend.sync("w1", [entry], [])
+    assert aborted == []
+    await backend.unregister("w1")

@@ -224,3 +224,31 @@ async def test_aborts_racing_an_awaited_operations_completion_never_lie(mode: st
     print(f"\n{mode}: {rounds} rounds {dict(counts)}; lies {len(lies)}")
     assert not lies, (len(lies), lies[:5])
     assert counts["aborted"] and counts["finished"], counts  # the race did happen
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup: 3.11+")
+@pytest.mark.parametrize("mode", ["edge", "level"])
+async def test_an_abort_inside_a_task_group_is_a_cancellation_not_an_error(mode: str) -> None:
+    """3.11/3.12's ``TaskGroup`` propagates only an exception whose type *is*
+    ``CancelledError``; anything else it wraps in a ``BaseExceptionGroup``, which would make an
+    aborted body look like one that failed on its own (``finished``, and retried)."""
+
+    async def body(started: asyncio.Event, log: list[str]) -> str:
+        async def child() -> None:
+            try:
+                await asyncio.sleep(60)
+            finally:
+                log.append("child stopped")
+
+        async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined,unused-ignore]
+            group.create_task(child())
+            started.set()
+            await asyncio.sleep(60)
+        log.append("last line")
+        return "unreachable"
+
+    plain_status, plain_error, plain_log = await _cancelled(body)
+    status, error, log = await _aborted(mode, body)
+    assert (plain_status, type(plain_error)) == ("cancelled", asyncio.CancelledError)
+    assert status == "aborted" and isinstance(error, TaskAbortedError), (status, error)
+    assert log == plain_log == ["child stopped"]

@@ -77,6 +77,12 @@ class MemoryAbortBackend(AbortBackend):
             return None
         return item[1]
 
+    def _live_request(self, task_id: str) -> RequestRecord | None:
+        """The request that stops ``task_id`` at its start: not one settled ``finished``
+        (the task ended with its own result first; its next attempt runs)."""
+        record = self._record(task_id)
+        return None if record is None or record.outcome == "finished" else record
+
     def _live(self) -> dict[str, _Worker]:
         now = time.monotonic()
         for wid in [w for w, state in self._workers.items() if state.expires < now]:
@@ -92,7 +98,7 @@ class MemoryAbortBackend(AbortBackend):
         worker = self._live().get(worker_id)
         aborted = []
         for entry in starts:
-            record = self._record(entry.task_id)
+            record = self._live_request(entry.task_id)
             if record is not None:
                 if record.outcome is None:
                     await self.set_outcome(entry.task_id, "revoked", worker_id)
@@ -115,7 +121,7 @@ class MemoryAbortBackend(AbortBackend):
         return [
             AbortNotice(entry.task_id, record.reason, grace=self._graces.get(entry.task_id, 0.0))
             for entry in running
-            if (record := self._record(entry.task_id)) is not None
+            if (record := self._live_request(entry.task_id)) is not None
         ]
 
     async def heartbeat(self, worker_id: str) -> bool:

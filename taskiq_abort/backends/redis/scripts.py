@@ -84,11 +84,13 @@ end
 )
 
 # Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
-# an abort request; returns whether it has one.
+# an abort request; returns whether it has one. A request settled 'finished' (the task ended
+# with its own result first, kept a while to answer late aborters) stops nothing: the next
+# attempt with that id (a retry, a re-kick) runs.
 _NOTE_REQUEST = """
 local function note_request(list, req, tid)
-  local r = redis.call('HMGET', req .. tid, 'at', 'reason', 'rc', 'grace')
-  if not r[1] then return false end
+  local r = redis.call('HMGET', req .. tid, 'at', 'reason', 'rc', 'grace', 'outcome')
+  if not r[1] or r[5] == 'finished' then return false end
   list[#list + 1] = tid
   list[#list + 1] = r[2] and 1 or 0
   list[#list + 1] = r[2] or ''
