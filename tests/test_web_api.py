@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -380,7 +381,13 @@ def test_cli_web_refuses_to_start_without_a_token() -> None:
             capture_output=True,
             text=True,
             timeout=60,
-            env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+            # A bare environment (no TASKIQ_ABORT_ token variable); bytecode still goes where
+            # the caller sends it, never into the tree.
+            env={
+                "PATH": "/usr/bin:/bin",
+                "PYTHONPATH": str(ROOT),
+                **{k: os.environ[k] for k in ("PYTHONPYCACHEPREFIX",) if k in os.environ},
+            },
             check=False,
         )
 
