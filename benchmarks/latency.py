@@ -203,10 +203,3 @@ def table(results: dict[str, Any]) -> list[str]:
         "",
     ]
 
-
-if __name__ == "__main__":
-    import sys
-
-    from benchmarks.__main__ import main
-
-    raise SystemExit(main(["--only", "latency", *sys.argv[1:]]))
