@@ -202,4 +202,3 @@ def table(results: dict[str, Any]) -> list[str]:
         f"statuses {lat['statuses']}.",
         "",
     ]
-
