@@ -114,6 +114,9 @@ def make_driver_broker(url: str, prefix: str) -> AsyncBroker:
         async def numbers() -> AsyncIterator[int]:
             try:
                 yield 1
+                # Reported from inside the generator: an abort that lands while it is being
+                # reported must land within this ``try`` too.
+                await emit(context, "started")
                 await asyncio.sleep(60)
                 yield 2
             finally:
@@ -123,7 +126,6 @@ def make_driver_broker(url: str, prefix: str) -> AsyncBroker:
 
         agen = numbers()
         await agen.__anext__()
-        await emit(context, "started")
         await agen.__anext__()
         return "unreachable"
 
