@@ -183,7 +183,11 @@ async def test_a_scheduled_task_aborted_before_its_time_never_runs(
     assert (await abort(client, task_id)).status is AbortStatus.REVOKED
     async with running_scheduler(client, source):  # kicks it at its time, with its id
         await refused(deployment, events, task_id)
-    assert not source.schedules  # it was sent
+
+        async def sent() -> bool:  # the scheduler marks it sent after the kick, in its own time
+            return not source.schedules
+
+        await apoll(sent, 30, "the scheduler to mark the schedule sent")
 
 
 async def test_a_redelivery_never_runs_an_aborted_task(
