@@ -42,6 +42,21 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.load_profile("suite")
 
 
+HEAVY = os.environ.get("TASKIQ_ABORT_HEAVY") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``heavy`` (a load of thousands of tasks, the longer failover scenarios) run
+    with ``TASKIQ_ABORT_HEAVY=1``, one at a time (.ci/run runs them so, after the suite): they
+    keep the README's test command short, and they want the machine to themselves."""
+    if HEAVY:
+        return
+    skip = pytest.mark.skip(reason="heavy: set TASKIQ_ABORT_HEAVY=1 (.ci/run runs these)")
+    for item in items:
+        if item.get_closest_marker("heavy") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _worker_logs(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Worker logs go to pytest's temporary directory (it keeps the last three runs)."""

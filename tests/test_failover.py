@@ -354,7 +354,9 @@ def _quietly(check: Callable[[], bool]) -> bool:
         return False
 
 
-@pytest.mark.parametrize("stall", [False, True], ids=["sigkill", "replica-stalled"])
+@pytest.mark.parametrize(
+    "stall", [False, pytest.param(True, marks=pytest.mark.heavy)], ids=["sigkill", "replica-stalled"]
+)
 async def test_cluster_master_sigkilled(
     prefix: str, redis_url: str, events: Events, stall: bool
 ) -> None:
@@ -384,7 +386,14 @@ async def test_cluster_master_sigkilled(
         cluster.cleanup()
 
 
-@pytest.mark.parametrize("kind", ["sentinel-failover", "sigkill", "replica-stalled"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("sentinel-failover", marks=pytest.mark.heavy),
+        "sigkill",
+        pytest.param("replica-stalled", marks=pytest.mark.heavy),
+    ],
+)
 async def test_sentinel_failover(prefix: str, redis_url: str, events: Events, kind: str) -> None:
     """``SENTINEL FAILOVER`` (the old master comes back as a replica by itself), or the master
     SIGKILLed and not brought back (its replica serves alone)."""

@@ -34,6 +34,7 @@ async def _introspect(client) -> dict:
     return (await (await client.find_task("introspect").kiq()).wait_result(timeout=60)).return_value
 
 
+@pytest.mark.heavy
 @pytest.mark.timeout(300)
 async def test_ten_thousand_running_tasks_all_aborted(redis_url, prefix, worker_factory) -> None:
     worker = worker_factory(extra_args=("--max-async-tasks", str(N + 100))).start()
