@@ -355,7 +355,9 @@ def _quietly(check: Callable[[], bool]) -> bool:
 
 
 @pytest.mark.parametrize(
-    "stall", [False, pytest.param(True, marks=pytest.mark.heavy)], ids=["sigkill", "replica-stalled"]
+    "stall",
+    [False, pytest.param(True, marks=pytest.mark.heavy)],
+    ids=["sigkill", "replica-stalled"],
 )
 async def test_cluster_master_sigkilled(
     prefix: str, redis_url: str, events: Events, stall: bool
