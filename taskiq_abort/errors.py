@@ -68,4 +68,5 @@ class TaskInterrupted(BaseException):
     """Raised inside a sync task body's thread by an abort, with
     ``AbortMiddleware(interrupt_threads=True)``. A ``BaseException``, like ``KeyboardInterrupt``,
     so that the body's ``except Exception`` handlers let it through; its ``finally`` blocks run.
-    The task's stored result is a :class:`TaskAbortedError` all the same."""
+    Let through, the task's stored result is a :class:`TaskAbortedError`; a body that catches
+    it and returns has its own result stored, and its abort reports ``finished``."""

@@ -272,8 +272,9 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
         if run.abort_requested or run.stopping:
             raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
-    if guard.sent:  # interrupted, yet the body caught it and returned: the abort wins
-        raise TaskAbortedError(run.task_id, run.reason)
+    # It returned: it finished before the interrupt landed (``close`` took that back), or
+    # caught it and returned. Either way it ran on, so its own result stands, as an async
+    # body's does when it catches the ``CancelledError`` and returns.
     return result
 
 

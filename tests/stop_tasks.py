@@ -8,7 +8,7 @@ import time
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
 
-from taskiq_abort import AbortToken
+from taskiq_abort import AbortToken, TaskInterrupted
 
 
 def define_stop_tasks(broker: AsyncBroker) -> None:
@@ -41,6 +41,17 @@ def define_stop_tasks(broker: AsyncBroker) -> None:
         count = 0
         while True:
             count += 1
+
+    @broker.task(task_name="catches_interrupt")
+    def catches_interrupt(context: Context = TaskiqDepends()) -> str:
+        """Catches the thread interrupt and returns a result of its own."""
+        emit_sync(context, "started")
+        try:
+            while True:
+                pass
+        except TaskInterrupted:
+            emit_sync(context, "caught")
+        return "returned after the interrupt"
 
     @broker.task(task_name="sleepy")
     def sleepy(seconds: float, context: Context = TaskiqDepends()) -> str:

@@ -218,6 +218,20 @@ async def test_worker_interrupts_a_pure_python_loop(
     assert (await abort(client_of, again, timeout=10)).status is AbortStatus.ABORTED
 
 
+async def test_a_sync_body_that_catches_the_interrupt_and_returns_is_finished(
+    stop_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    """As an async body that catches the ``CancelledError`` and returns: it ran on, so its own
+    result is stored and the abort says ``finished``, never ``aborted``."""
+    task = await client_of.find_task("catches_interrupt").kiq()
+    await asyncio.to_thread(events.wait, task.task_id, "started")
+    outcome = await abort(client_of, task, timeout=10)
+    result = await task.wait_result(timeout=10)
+    assert "caught" in events.all(task.task_id)
+    assert outcome.status is AbortStatus.FINISHED, outcome
+    assert result.return_value == "returned after the interrupt", result
+
+
 async def test_worker_interrupt_lands_when_a_blocking_call_returns(
     stop_worker: WorkerProcess, client_of: AsyncBroker, events: Events
 ) -> None:
