@@ -132,7 +132,15 @@ class Body:
         if self.deliveries < PROMPT:
             self._wake()
             return
-        if not self.warned:
+        if self.timer is None and not self.pending:
+            self.timer = self.loop.call_later(INTERVAL, self._late)
+
+    def _late(self) -> None:
+        """The body still runs ``INTERVAL`` after its prompt deliveries. Said then, not at
+        once: a task group waiting for its children's clean-up catches each cancellation of
+        level mode for a few steps, and is not a body that carries on."""
+        self.timer = None
+        if not self.warned and not self.ended:
             self.warned = True
             logger.warning(
                 "taskiq-abort: task %s keeps running after %d cancellations of its abort: its "
@@ -143,8 +151,7 @@ class Body:
                 self.deliveries,
                 INTERVAL,
             )
-        if self.timer is None and not self.pending:
-            self.timer = self.loop.call_later(INTERVAL, self._fire)
+        self._wake()
 
     def _died(self, ref: weakref.ref[_Mark]) -> None:
         # Any thread (the garbage collector may free it anywhere): hand over to the loop.

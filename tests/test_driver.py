@@ -252,3 +252,34 @@ async def test_an_abort_inside_a_task_group_is_a_cancellation_not_an_error(mode:
     assert (plain_status, type(plain_error)) == ("cancelled", asyncio.CancelledError)
     assert status == "aborted" and isinstance(error, TaskAbortedError), (status, error)
     assert log == plain_log == ["child stopped"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.TaskGroup: 3.11+")
+async def test_a_task_group_waiting_for_its_childrens_clean_up_is_not_called_stubborn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In level mode every await of the body is cancelled, and a ``TaskGroup`` catches each
+    cancellation while it waits for its children to finish their clean-up: that is not a body
+    that carries on, and no warning may say so."""
+
+    async def body(started: asyncio.Event, log: list[str]) -> str:
+        async def child() -> None:
+            try:
+                await asyncio.sleep(60)
+            finally:
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                log.append("child cleaned up")
+
+        async with asyncio.TaskGroup() as group:  # type: ignore[attr-defined,unused-ignore]
+            for _ in range(3):
+                group.create_task(child())
+            started.set()
+            await asyncio.sleep(60)
+        return "unreachable"
+
+    with caplog.at_level(logging.WARNING, logger="taskiq_abort"):
+        status, error, log = await _aborted("level", body)
+    assert status == "aborted" and isinstance(error, TaskAbortedError), (status, error)
+    assert log == ["child cleaned up"] * 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
