@@ -3,7 +3,8 @@
 Built from environment variables so that one module serves every variant: ``BENCH_URL``,
 ``BENCH_PREFIX``, ``BENCH_BROKER`` (``stream`` or ``list``) and ``BENCH_ABORT`` (``1`` adds
 ``AbortMiddleware``, ``0`` is the bare broker, the baseline, ``floor`` the bare broker with
-``benchmarks.cancel_floor.CancelFloor``, the cancellation floors).
+``benchmarks.cancel_floor.CancelFloor``, the cancellation floors, ``start-floor`` the bare
+broker with ``benchmarks.start_floor.StartFloor``, the task-start floor).
 
 Clocks: tasks stamp events with ``CLOCK_MONOTONIC``, which is system-wide on Linux, so a stamp
 taken in a worker compares directly with one taken in the benchmark process.
@@ -21,6 +22,7 @@ from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from benchmarks.cancel_floor import CancelFloor
+from benchmarks.start_floor import StartFloor
 from taskiq_abort import AbortMiddleware
 
 
@@ -38,7 +40,12 @@ def result_prefix(prefix: str) -> str:
 
 
 def make_broker(
-    url: str, prefix: str, kind: str = "stream", abort: bool = True, floor: bool = False
+    url: str,
+    prefix: str,
+    kind: str = "stream",
+    abort: bool = True,
+    floor: bool = False,
+    start_floor: bool = False,
 ) -> AsyncBroker:
     queue = f"{prefix}:queue"
     inner: AsyncBroker
@@ -53,6 +60,8 @@ def make_broker(
         app = app.with_middlewares(AbortMiddleware(url, prefix=prefix))
     if floor:
         app = app.with_middlewares(CancelFloor(url, prefix, result_prefix(prefix)))
+    if start_floor:
+        app = app.with_middlewares(StartFloor(url))
     _define_tasks(app, url, prefix)
     return app
 
@@ -122,4 +131,5 @@ if "BENCH_URL" in os.environ:
         os.environ.get("BENCH_BROKER", "stream"),
         os.environ.get("BENCH_ABORT", "1") == "1",
         os.environ.get("BENCH_ABORT") == "floor",
+        os.environ.get("BENCH_ABORT") == "start-floor",
     )

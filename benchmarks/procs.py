@@ -131,6 +131,7 @@ class Worker(Proc):
         workers: int = 1,
         max_async: int | None = None,
         floor: bool = False,
+        start_floor: bool = False,
     ) -> None:
         self.url, self.prefix, self.workers, self.abort = url, prefix, workers, abort
         args = [
@@ -152,7 +153,9 @@ class Worker(Proc):
             "BENCH_URL": url,
             "BENCH_PREFIX": prefix,
             "BENCH_BROKER": kind,
-            "BENCH_ABORT": "floor" if floor else "1" if abort else "0",
+            "BENCH_ABORT": (
+                "floor" if floor else "start-floor" if start_floor else "1" if abort else "0"
+            ),
         }
         super().__init__(args, prefix, env)
 

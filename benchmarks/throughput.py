@@ -5,6 +5,10 @@ Two regimes, each for ``RedisStreamBroker`` and ``ListQueueBroker``, in alternat
 - **burst** (``throughput``): every task is queued before one fresh worker starts;
 - **trickle** (``trickle``, benchmarks/trickle.py): a worker already running, tasks kicked one
   after another, each once the previous one's result is stored.
+
+Three variants: the bare broker (``without``), with ``AbortMiddleware`` (``with``), and the
+task-start floor (``floor``: the bare broker with a middleware that awaits one raw round trip
+to Redis per start, benchmarks/start_floor.py). Ours is reported against both.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from benchmarks.session import Bench
 from benchmarks.stats import median, ratio
 
 BROKERS = ("stream", "list")
+VARIANTS = ("without", "with", "floor")
 
 
 @dataclass(frozen=True)
@@ -39,16 +44,17 @@ async def alternate(
     rounds: int,
     tasks: int,
     intervals: int,
-    one: Callable[[str, bool], Awaitable[Run]],
+    one: Callable[[str, str], Awaitable[Run]],
 ) -> dict[str, Any]:
-    """``rounds`` rounds per broker, (without, with) then (with, without), ...; summarized."""
+    """``rounds`` rounds per broker of every variant, the order turning each round;
+    summarized."""
     out: dict[str, Any] = {}
     for kind in BROKERS:
-        runs: dict[str, list[Run]] = {"without": [], "with": []}
+        runs: dict[str, list[Run]] = {variant: [] for variant in VARIANTS}
         for rnd in range(rounds):
-            order = (False, True) if rnd % 2 == 0 else (True, False)
-            for with_abort in order:
-                runs["with" if with_abort else "without"].append(await one(kind, with_abort))
+            turn = rnd % len(VARIANTS)
+            for variant in VARIANTS[turn:] + VARIANTS[:turn]:
+                runs[variant].append(await one(kind, variant))
         out[kind] = summarize(tasks, intervals, runs)
         bench.log(f"  {label} {kind}: {out[kind]}")
     return out
@@ -62,8 +68,10 @@ def summarize(tasks: int, intervals: int, runs: dict[str, list[Run]]) -> dict[st
     # bursts than the ratio of medians over the whole benchmark.
     paired = [w / wo for w, wo in zip(secs["with"], secs["without"], strict=True)]
     paired_cpu = [ratio(w, wo) for w, wo in zip(cpu_us["with"], cpu_us["without"], strict=True)]
+    paired_floor = [ratio(w, f) for w, f in zip(cpu_us["with"], cpu_us["floor"], strict=True)]
     without, with_ = median(secs["without"]), median(secs["with"])
     cpu_without, cpu_with = median(cpu_us["without"]), median(cpu_us["with"])
+    cpu_floor = median(cpu_us["floor"])
     return {
         "tasks": tasks,
         "runs_s": {k: [round(v, 3) for v in vs] for k, vs in secs.items()},
@@ -77,6 +85,10 @@ def summarize(tasks: int, intervals: int, runs: dict[str, list[Run]]) -> dict[st
         "cpu_ratio": round(ratio(cpu_with, cpu_without), 3),
         "paired_cpu_ratios": [round(v, 3) for v in paired_cpu],
         "paired_cpu_ratio": round(median(paired_cpu), 3),
+        "floor_cpu_us_per_task": round(cpu_floor, 1),
+        "floor_cpu_ratio": round(ratio(cpu_floor, cpu_without), 3),
+        "paired_cpu_ratios_to_floor": [round(v, 3) for v in paired_floor],
+        "paired_cpu_ratio_to_floor": round(median(paired_floor), 3),
     }
 
 
@@ -87,7 +99,14 @@ def _stamp(raw: bytes | None) -> tuple[float, float]:
     return float(wall), float(cpu)
 
 
-async def burst_run(bench: Bench, kind: str, with_abort: bool) -> Run:
+def start_worker(bench: Bench, prefix: str, kind: str, variant: str) -> Worker:
+    """A fresh worker of one variant (see the module's docstring)."""
+    return Worker(
+        bench.url, prefix, kind=kind, abort=variant == "with", start_floor=variant == "floor"
+    ).start()
+
+
+async def burst_run(bench: Bench, kind: str, variant: str) -> Run:
     """``tp_tasks`` no-op tasks, queued first, through one fresh worker.
 
     Wall-clock and CPU both span the first task's stamp to the last one's (so worker start-up
@@ -102,7 +121,7 @@ async def burst_run(bench: Bench, kind: str, with_abort: bool) -> Run:
     finally:
         await broker.shutdown()
     keys = [f"{result_prefix(prefix)}:{tid}" for tid in ids]
-    worker = Worker(bench.url, prefix, kind=kind, abort=with_abort).start()
+    worker = start_worker(bench, prefix, kind, variant)
     try:
         # Cheap O(1) poll while it runs; one exact check once enough keys exist.
         async def done() -> bool:
@@ -124,8 +143,8 @@ async def burst(bench: Bench) -> dict[str, Any]:
     """The burst regime (``throughput``): ``tp_rounds`` alternating rounds per broker."""
     p = bench.p
 
-    def one(kind: str, with_abort: bool) -> Awaitable[Run]:
-        return burst_run(bench, kind, with_abort)
+    def one(kind: str, variant: str) -> Awaitable[Run]:
+        return burst_run(bench, kind, variant)
 
     # tp_tasks - 1 intervals between the first stamp and the last
     return await alternate(bench, "burst", p.tp_rounds, p.tp_tasks, p.tp_tasks - 1, one)
@@ -145,8 +164,9 @@ def table(results: dict[str, Any]) -> list[str]:
         "",
         "| regime | broker | tasks | rounds | without (tasks/s) | with AbortMiddleware "
         "| slowdown (per-round median) | worker CPU per task without / with (µs) "
-        "| CPU with ÷ without (per-round median) | target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU with ÷ without (per-round median) "
+        "| floor's CPU per task (µs) | CPU with ÷ floor (per-round median) | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in regimes:
         for kind, tp in results[key].items():
@@ -156,7 +176,9 @@ def table(results: dict[str, Any]) -> list[str]:
                 f"| {tp['without_tasks_per_s']:,} | {tp['with_tasks_per_s']:,} "
                 f"| {tp['slowdown_pct']:+.1f}% ({tp['paired_slowdown_pct']:+.1f}%) "
                 f"| {tp['without_cpu_us_per_task']:,.0f} / {tp['with_cpu_us_per_task']:,.0f} "
-                f"| {tp['cpu_ratio']:.2f}x ({tp['paired_cpu_ratio']:.2f}x) | ≤ 5% |"
+                f"| {tp['cpu_ratio']:.2f}x ({tp['paired_cpu_ratio']:.2f}x) "
+                f"| {tp['floor_cpu_us_per_task']:,.0f} "
+                f"| {tp['paired_cpu_ratio_to_floor']:.3f}x | ≤ 1.05x the floor |"
             )
     lines.append("")
     return lines

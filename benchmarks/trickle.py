@@ -1,6 +1,7 @@
 """2b. The trickle regime (``trickle``): tasks arrive one at a time at a worker already running.
 
-Per run: a fresh ``taskiq worker --workers 1`` (with or without ``AbortMiddleware``), ``warmup``
+Per run: a fresh ``taskiq worker --workers 1`` (one of the variants of benchmarks/throughput.py:
+without ``AbortMiddleware``, with it, or the task-start floor), ``warmup``
 no-op tasks to get it going, then ``trickle_tasks`` no-op tasks kicked one after another, each
 kicked once the previous one's result is stored. The benchmark learns that from a Redis keyspace
 notification on the result key (``notify-keyspace-events K$``, switched on for this benchmark
@@ -28,7 +29,7 @@ from taskiq import AsyncBroker
 from benchmarks.app import now, result_prefix
 from benchmarks.procs import Worker, total_cpu_seconds
 from benchmarks.session import Bench
-from benchmarks.throughput import Run, alternate
+from benchmarks.throughput import Run, alternate, start_worker
 
 
 class ResultWatch:
@@ -74,11 +75,11 @@ class ResultWatch:
             raise TimeoutError(f"trickle: no result for {task_id}")
 
 
-async def trickle_run(bench: Bench, kind: str, with_abort: bool, notify: bool) -> Run:
+async def trickle_run(bench: Bench, kind: str, variant: str, notify: bool) -> Run:
     await bench.r.flushdb()
     prefix = f"tr{uuid.uuid4().hex[:6]}"
     broker: AsyncBroker = await bench.client(prefix, kind, abort=False)
-    worker = Worker(bench.url, prefix, kind=kind, abort=with_abort).start()
+    worker = start_worker(bench, prefix, kind, variant)
     try:
         noop = broker.find_task("noop")
         async with ResultWatch(bench, prefix, worker, notify) as watch:
@@ -106,8 +107,8 @@ async def run(bench: Bench) -> dict[str, Any]:
         bench.log("  trickle: CONFIG SET refused; polling for results instead")
     try:
 
-        def one(kind: str, with_abort: bool) -> Awaitable[Run]:
-            return trickle_run(bench, kind, with_abort, notify=old is not None)
+        def one(kind: str, variant: str) -> Awaitable[Run]:
+            return trickle_run(bench, kind, variant, notify=old is not None)
 
         out = await alternate(
             bench, "trickle", p.trickle_rounds, p.trickle_tasks, p.trickle_tasks, one

@@ -42,8 +42,9 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for regime in ("throughput", "trickle"):
         assert set(results[regime]) == {"stream", "list"}
         for summary in results[regime].values():
-            assert len(summary["cpu_us_per_task"]["with"]) == 1
-            assert "paired_cpu_ratio" in summary
+            assert {len(runs) for runs in summary["cpu_us_per_task"].values()} == {1}
+            assert set(summary["cpu_us_per_task"]) == {"without", "with", "floor"}
+            assert "paired_cpu_ratio" in summary and "paired_cpu_ratio_to_floor" in summary
     assert results["trickle"]["stream"]["result_wait"] == "keyspace notification"
     assert "difference_pct_of_core" in results["idle"]
     fleet = results["fleet"]
