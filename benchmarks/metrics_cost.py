@@ -41,7 +41,7 @@ from taskiq import AsyncBroker, TaskiqMiddleware
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_abort import AbortMiddleware, AbortObservability
-from taskiq_abort.testing import RedisServer, free_port
+from tests.support.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("abort", "off", "on")

@@ -20,7 +20,7 @@ from typing import Any
 from taskiq_abort.backends.base import RunningEntry
 from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import ClusterServers, RedisServer
+from tests.support.redis_servers import ClusterServers, RedisServer
 
 PREFIX = "shard"
 

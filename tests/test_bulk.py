@@ -29,10 +29,10 @@ from taskiq_abort import (
 from taskiq_abort.backends.base import Confirmation
 from taskiq_abort.keys import KeySpace
 from taskiq_abort.protocol import parse_aborts, parse_replies
-from taskiq_abort.testing import ClusterServers
 from taskiq_abort.worker import WorkerSide
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll, client_broker, held
+from tests.support.redis_servers import ClusterServers
 
 pytestmark = pytest.mark.anyio
 

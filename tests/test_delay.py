@@ -20,8 +20,8 @@ from taskiq_abort import AbortMiddleware, AbortStatus, abort
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import scripts
 from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import free_port
 from tests.faultkit import client_broker
+from tests.support.redis_servers import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -38,8 +38,8 @@ from taskiq_abort import (
 from taskiq_abort.otel import EVENT
 from taskiq_abort.progress import ABORTED
 from taskiq_abort.protocol import AbortMessage
-from taskiq_abort.testing import RedisServer
 from tests.conftest import ROOT
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 

@@ -16,9 +16,9 @@ import pytest
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortConfigError, AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.testing import ClusterServers, SentinelServers
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.support.redis_servers import ClusterServers, SentinelServers
 from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
