@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.support.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent

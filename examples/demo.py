@@ -20,7 +20,7 @@ from typing import Any
 from taskiq import AsyncBroker, Context, TaskiqDepends
 
 from taskiq_abort import AbortableTask, AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.support.redis_servers import RedisServer
 
 _URL_ENV = "TASKIQ_ABORT_DEMO_URL"

@@ -21,7 +21,7 @@ from taskiq_abort import (
     TaskAbortedError,
     abort,
 )
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import ROOT, Events
 from tests.support.redis_servers import free_port

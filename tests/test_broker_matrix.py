@@ -21,7 +21,7 @@ from taskiq import AsyncBroker, ScheduleSource
 from taskiq.scheduler.scheduled_task import ScheduledTask
 
 from taskiq_abort import AbortStatus, TaskAbortedError, abort
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.broker_app import KINDS
 from tests.conftest import Events
 from tests.faultkit import apoll, poll, worker_log

@@ -37,7 +37,7 @@ from taskiq_abort import (
     abort,
     find_middleware,
 )
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker, sync_redis
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import poll

@@ -19,8 +19,8 @@ from taskiq_abort import (
     TaskAbortedError,
     abort,
 )
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.protocol import AbortMessage
+from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort._wire.protocol import AbortMessage
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import (
     apoll,

@@ -35,9 +35,9 @@ from taskiq_abort import (
     find_middleware,
     observe,
 )
-from taskiq_abort.otel import EVENT
-from taskiq_abort.progress import ABORTED
-from taskiq_abort.protocol import AbortMessage
+from taskiq_abort._wire.protocol import AbortMessage
+from taskiq_abort.observability.otel import EVENT
+from taskiq_abort.observability.progress import ABORTED
 from tests.conftest import ROOT
 from tests.support.redis_servers import RedisServer
 

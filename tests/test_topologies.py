@@ -179,7 +179,7 @@ async def test_slot_migration_reaches_no_user(redis_cluster: ClusterServers, pre
     no MOVED error reaches anyone."""
     from taskiq import InMemoryBroker
 
-    from taskiq_abort.keys import KeySpace
+    from taskiq_abort._wire.keys import KeySpace
 
     middleware = AbortMiddleware(redis_cluster.url, cluster=True, prefix=prefix)
     broker = InMemoryBroker().with_middlewares(middleware)

@@ -14,7 +14,7 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortStatus, TaskAbortedError, find_middleware
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll

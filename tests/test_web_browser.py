@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from taskiq_abort import TaskAbortedError
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.support.redis_servers import RedisServer

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend, safe_url
 from taskiq_abort.errors import AbortBackendError, AbortConfigError
-from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
 
 if TYPE_CHECKING:  # taskiq is imported only with --broker: `ls --redis-url` starts in ~0.1 s
     from taskiq import AsyncBroker, AsyncResultBackend

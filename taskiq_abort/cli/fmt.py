@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
-from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.backends.base import RequestRecord
+from taskiq_abort.outcome import AbortOutcome, RunningEntry, WorkerInfo
 
 WIDTH = 80
 _ID_WIDTH = 32  # TaskIQ ids are uuid4().hex

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from taskiq_abort.protocol import MAX_GRACE, MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
+from taskiq_abort._wire.protocol import MAX_GRACE, MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
 
 MAX_TIMEOUT = 60.0
 """Longest an HTTP caller may ask the server to wait for a worker's confirmation, in seconds."""

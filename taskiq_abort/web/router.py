@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 
+from taskiq_abort._read.names import AmbiguousTaskNameError
+from taskiq_abort._wire.protocol import MAX_TASK_ID_LENGTH
 from taskiq_abort.errors import AbortBackendError, AbortConfigError, InvalidTaskIdError
-from taskiq_abort.names import AmbiguousTaskNameError
-from taskiq_abort.protocol import MAX_TASK_ID_LENGTH
 from taskiq_abort.web import assets, models
 from taskiq_abort.web.service import TaskService
 

@@ -7,12 +7,12 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from taskiq_abort._read.names import resolve_task_name
+from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.api import find_middleware
-from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
+from taskiq_abort.backends.base import RequestRecord
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.names import resolve_task_name
-from taskiq_abort.outcome import AbortOutcome
-from taskiq_abort.protocol import validate_task_id
+from taskiq_abort.outcome import AbortOutcome, RunningEntry, WorkerInfo
 from taskiq_abort.web import models
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 
 from redis.asyncio.connection import parse_url
 
-from taskiq_abort import observe
+from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
+from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -30,8 +31,6 @@ from taskiq_abort.backends.base import (
     NotDurableError,
     RequestRecord,
     RequestResult,
-    RunningEntry,
-    WorkerInfo,
 )
 from taskiq_abort.backends.redis import bulk
 from taskiq_abort.backends.redis.channels import PubSubSide
@@ -53,8 +52,8 @@ from taskiq_abort.backends.redis.connect import (
     safe_url,
 )
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
-from taskiq_abort.protocol import ReplyMessage
+from taskiq_abort.observability import events
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
@@ -227,7 +226,7 @@ class RedisAbortBackend(PubSubSide):
             keys.worker_channel_prefix, "1" if self.replicas > 0 else "0",
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
-        return observe.redis_time(await self._call("a heartbeat", op))
+        return events.redis_time(await self._call("a heartbeat", op))
 
     async def unregister(self, worker_id: str) -> None:
         op = self._c.unregister(self._worker_keys(worker_id), [worker_id])

@@ -33,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.base import NotDurableError
 from taskiq_abort.backends.redis.lane import Ask, NotReplicatedError
 from taskiq_abort.errors import (
@@ -41,7 +42,6 @@ from taskiq_abort.errors import (
     AbortConfigError,
     AbortPermissionError,
 )
-from taskiq_abort.keys import KeySpace
 
 _T = TypeVar("_T")
 CommandClient = Redis | RedisCluster

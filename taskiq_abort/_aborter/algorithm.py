@@ -9,6 +9,7 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from taskiq_abort._wire.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter, RequestResult
 from taskiq_abort.errors import (
     AbortBackendUnavailableError,
@@ -17,7 +18,6 @@ from taskiq_abort.errors import (
     TaskiqAbortError,
 )
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
-from taskiq_abort.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
 
 if TYPE_CHECKING:  # taskiq is imported where a result is stored: `taskiq-abort ID` starts fast
     from taskiq import AsyncResultBackend, TaskiqResult

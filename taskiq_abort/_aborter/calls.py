@@ -10,14 +10,27 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from taskiq_abort import observe
+from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.backends.base import AbortBackend
-from taskiq_abort.client import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
+from taskiq_abort.observability import events
 from taskiq_abort.outcome import AbortOutcome
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker
+
+
+def find_aborter(broker: AsyncBroker) -> AbortCalls:
+    """The broker's :class:`~taskiq_abort.AbortMiddleware` (the one ``AbortCalls`` there), or
+    :class:`AbortConfigError` saying how to add it. Here, below the middleware's module, so
+    that handles and observers can find it without importing the middleware."""
+    for middleware in broker.middlewares:
+        if isinstance(middleware, AbortCalls):
+            return middleware
+    raise AbortConfigError(
+        f"{type(broker).__name__} has no AbortMiddleware: add it with "
+        "broker.with_middlewares(AbortMiddleware(redis_url)) where the broker is created"
+    )
 
 
 class AbortCalls:
@@ -55,9 +68,9 @@ class AbortCalls:
             )
         except Exception as exc:
             elapsed = time.perf_counter() - started
-            await observe.abort_answered(task_id, exc, elapsed, reason, self.broker)
+            await events.abort_answered(task_id, exc, elapsed, reason, self.broker)
             raise
-        await observe.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
+        await events.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
         return outcome
 
     async def abort_many(
@@ -106,5 +119,5 @@ class AbortCalls:
         )
         elapsed = time.perf_counter() - started
         for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
-            await observe.abort_answered(task_id, got, elapsed, reason, self.broker)
+            await events.abort_answered(task_id, got, elapsed, reason, self.broker)
         return answers
