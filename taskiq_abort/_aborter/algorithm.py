@@ -9,40 +9,18 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from taskiq_abort._results import aborted_result, stored_results
 from taskiq_abort._wire.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter, RequestResult
 from taskiq_abort.errors import (
     AbortBackendUnavailableError,
     InvalidTaskIdError,
-    TaskAbortedError,
     TaskiqAbortError,
 )
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
 
 if TYPE_CHECKING:  # taskiq is imported where a result is stored: `taskiq-abort ID` starts fast
-    from taskiq import AsyncResultBackend, TaskiqResult
-    from taskiq.abc.result_backend import AsyncResultBackend as _Backend
-
-
-def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
-    """The result stored for an aborted task."""
-    from taskiq import TaskiqResult
-
-    return TaskiqResult(
-        is_err=True,
-        return_value=None,
-        execution_time=0.0,
-        error=TaskAbortedError(task_id, reason),
-        labels={},
-    )
-
-
-def _has_results(backend: _Backend[Any] | None) -> bool:
-    if backend is None:
-        return False
-    from taskiq.result_backends.dummy import DummyResultBackend
-
-    return not isinstance(backend, DummyResultBackend)
+    from taskiq import AsyncResultBackend
 
 
 class _Tally:
@@ -122,8 +100,8 @@ async def _nobody_runs_it(
 ) -> tuple[AbortStatus, str | None]:
     """Nobody runs ``task_id``, and any worker that picks it up from now on sees the request
     and stops: ``revoked`` (its result stored now), or ``finished`` if it has a result."""
-    if _has_results(result_backend):
-        assert result_backend is not None
+    result_backend = stored_results(result_backend)
+    if result_backend is not None:
         try:
             # is_result_ready, never get_result: with keep_results=False a read consumes it.
             if await result_backend.is_result_ready(task_id):

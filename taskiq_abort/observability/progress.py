@@ -12,10 +12,9 @@ import asyncio
 import logging
 from typing import Any
 
-from taskiq import AsyncResultBackend
 from taskiq.depends.progress_tracker import TaskProgress
-from taskiq.result_backends.dummy import DummyResultBackend
 
+from taskiq_abort._results import stored_results
 from taskiq_abort.observability import events
 from taskiq_abort.observability.spans import span_ids
 
@@ -27,13 +26,10 @@ ABORTED = "ABORTED"
 _TIMEOUT = 3.0  # a hung result backend must not hold the result of an aborted task for long
 
 
-def _usable(backend: Any) -> bool:
-    return isinstance(backend, AsyncResultBackend) and not isinstance(backend, DummyResultBackend)
-
-
 async def report(backend: Any, task_id: str, meta: dict[str, Any]) -> None:
     """Store ``ABORTED`` with ``meta`` as ``task_id``'s progress (best effort)."""
-    if not _usable(backend):
+    backend = stored_results(backend)
+    if backend is None:
         return
     try:
         await asyncio.wait_for(
@@ -45,7 +41,8 @@ async def report(backend: Any, task_id: str, meta: dict[str, Any]) -> None:
 
 async def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
     """The meta of ``task_id``'s ``ABORTED`` progress; ``{}`` when there is none."""
-    if not _usable(backend):
+    backend = stored_results(backend)
+    if backend is None:
         return {}
     try:
         progress = await asyncio.wait_for(backend.get_progress(task_id), _TIMEOUT)

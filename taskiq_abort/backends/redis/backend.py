@@ -3,8 +3,8 @@ holder index, and pub/sub channels of one worker or one aborter each.
 
 An abort goes to the workers holding the task only (its cost does not grow with the fleet), and
 each confirmation to the aborters that asked. Connections: ``connect.py``; the atomic scripts:
-``scripts.py`` (bulk ones: ``bulk.py``); the channels and waiting for replies: ``channels.py``;
-the (re)subscribe loop: ``subscription.py``.
+``scripts.py`` (their text: ``lua/``; the bulk calls: ``bulk.py``); the channels and waiting
+for replies: ``channels.py``; the (re)subscribe loop: ``subscription.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio.connection import parse_url
 
+from taskiq_abort._scrub import safe_url
 from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.backends.base import (
@@ -49,7 +50,6 @@ from taskiq_abort.backends.redis.connect import (
     Topology,
     call,
     check_options,
-    safe_url,
 )
 from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.observability import events

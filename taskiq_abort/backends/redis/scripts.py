@@ -34,7 +34,7 @@ HOLDERS = _lua("holders")
 # so its PTTL is exactly the life the request needs to refuse the task when it arrives.
 REQUEST_LIFE = _lua("request_life")
 
-# Record an abort request in hash `key`, the same for REQUEST and REQUEST_MANY (bulk.py):
+# Record an abort request in hash `key`, the same for REQUEST and REQUEST_MANY (below):
 # create it unless it exists (the first reason and time stand), note the latest aborter's reply
 # channel, keep the shortest grace (a second abort can only bring the forced stop closer), and
 # make it live at least request_life(ttl, eta_key) and grace + ttl (a worker that resyncs during
@@ -98,7 +98,7 @@ REQUEST = NOW + HOLDERS + RECORD_REQUEST + _lua("request")
 # not how the abort ended: nothing is recorded. 'finished' (the task ended with its own result
 # before the abort landed) makes the request moot: it is kept 5 minutes (at most), so that an
 # aborter whose reply was lost reads 'finished' rather than a missing record, which a failover
-# can also cause. Shared by CONFIRM and CONFIRM_MANY (bulk.py).
+# can also cause. Shared by CONFIRM and CONFIRM_MANY.
 RECORD_OUTCOME = _lua("record_outcome")
 
 # Record how an abort ended, then tell the aborters that asked.
