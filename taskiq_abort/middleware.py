@@ -325,6 +325,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         if run is None or self.worker is None:
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
+        if outcome == "aborted" and run.forced:  # this attempt's grace ran out: it was cancelled
+            events.abort_forced(message.task_name)
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)

@@ -49,7 +49,7 @@ class AbortMetrics(events.Observer):
         )
         self.forced_aborts = Counter(
             "forced_aborts",
-            "Aborts forced after their grace period ran out (no grace period exists yet: 0)",
+            "Aborted attempts cancelled because their grace period ran out",
             ["task_name"],
         )
         self.delivery = Histogram(
