@@ -164,3 +164,16 @@ def test_the_task_path_imports_no_extras_and_no_admin_tools() -> None:
     assert bad == [], bad
     assert "taskiq_abort.middleware" in added  # the probe did import it
     assert proc.stderr.strip() == "False"  # not even through taskiq
+
+
+def test_the_backend_contract_and_the_in_process_backend_import_no_redis() -> None:
+    code = (
+        "import sys, taskiq_abort.backends, taskiq_abort.backends.base, "
+        "taskiq_abort.backends.memory\n"
+        "assert 'redis' not in sys.modules, sorted(m for m in sys.modules if 'redis' in m)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
