@@ -251,7 +251,7 @@ class RedisAbortBackend(PubSubSide):
             (item,) = confirmations
             await self.confirm(item.task_id, item.outcome, worker_id, item.reply_to, item.forced)
             return
-        await bulk.confirm_many(self, worker_id, confirmations)
+        await bulk.confirm_many(self._c, self.keys, self._call, worker_id, confirmations)
 
     # --- aborter side ----------------------------------------------------------------
     async def request(
@@ -285,7 +285,17 @@ class RedisAbortBackend(PubSubSide):
         grace: float = 0.0,
     ) -> list[RequestResult]:
         """One script call per 1,000 ids, one message per holding worker (``bulk.py``)."""
-        return await bulk.request_many(self, task_ids, reason, requested_by, grace)
+        return await bulk.request_many(
+            self._c,
+            self.keys,
+            self._call,
+            task_ids,
+            reason=reason,
+            requested_by=requested_by,
+            grace=grace,
+            request_ttl=self.request_ttl,
+            reply_channel=self.reply_channel,
+        )
 
     async def note_eta(self, task_id: str, delay: float) -> None:
         eta_ms = int((time.time() + delay) * 1000)  # for people reading it; Redis uses the PTTL

@@ -9,17 +9,17 @@ about one message per worker (or reply channel) per 8 kB. Each script call takes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort._wire.protocol import MAX_MESSAGE_BYTES, reply_payloads
 from taskiq_abort.backends.base import Confirmation, RequestResult
-from taskiq_abort.backends.redis.clients import request_result
-from taskiq_abort.backends.redis.connect import call
+from taskiq_abort.backends.redis.clients import LoopClients, request_result
 from taskiq_abort.backends.redis.scripts import BATCH
 
-if TYPE_CHECKING:
-    from taskiq_abort.backends.redis.backend import RedisAbortBackend
+Call = Callable[[str, Awaitable[Any]], Awaitable[Any]]
+"""The backend's way to await a Redis call: ``call(what, op)``, its errors named for ``what``."""
 
 
 def _some(task_ids: Sequence[str]) -> str:
@@ -28,21 +28,25 @@ def _some(task_ids: Sequence[str]) -> str:
 
 
 async def request_many(
-    backend: RedisAbortBackend,
+    clients: LoopClients,
+    keys: KeySpace,
+    call: Call,
     task_ids: Sequence[str],
+    *,
     reason: str | None,
     requested_by: str,
     grace: float,
+    request_ttl: float,
+    reply_channel: str,
 ) -> list[RequestResult]:
     """``REQUEST_MANY`` per ``BATCH`` ids; one :class:`RequestResult` per id, in order."""
-    keys = backend.keys
     head: list[Any] = [
         keys.request_prefix,
         "0" if reason is None else "1",
         reason or "",
-        int(backend.request_ttl * 1000),
+        int(request_ttl * 1000),
         requested_by,
-        backend.reply_channel,
+        reply_channel,
         keys.worker_channel_prefix,
         keys.tasks_prefix,
         round(grace * 1000),
@@ -52,18 +56,21 @@ async def request_many(
     results: list[RequestResult] = []
     for start in range(0, len(task_ids), BATCH):
         chunk = list(task_ids[start : start + BATCH])
-        op = backend._c.request_many([keys.holders, keys.workers], head + chunk)
-        rows = await call(backend.where, keys, f"recording the aborts of {_some(chunk)}", op)
+        op = clients.request_many([keys.holders, keys.workers], head + chunk)
+        rows = await call(f"recording the aborts of {_some(chunk)}", op)
         results += (request_result(tid, row) for tid, row in zip(chunk, rows, strict=True))
     return results
 
 
 async def confirm_many(
-    backend: RedisAbortBackend, worker_id: str, confirmations: Sequence[Confirmation]
+    clients: LoopClients,
+    keys: KeySpace,
+    call: Call,
+    worker_id: str,
+    confirmations: Sequence[Confirmation],
 ) -> None:
     """``CONFIRM_MANY`` per ``BATCH`` confirmations, with one reply message per reply channel
     (more when they do not fit in one)."""
-    keys = backend.keys
     for start in range(0, len(confirmations), BATCH):
         chunk = confirmations[start : start + BATCH]
         args: list[Any] = [keys.request_prefix, worker_id, len(chunk)]
@@ -79,4 +86,4 @@ async def confirm_many(
             for payload in reply_payloads(worker_id, items):
                 args += [channel, payload]
         what = f"confirming the aborts of {_some([c.task_id for c in chunk])}"
-        await call(backend.where, keys, what, backend._c.confirm_many([keys.holders], args))
+        await call(what, clients.confirm_many([keys.holders], args))
