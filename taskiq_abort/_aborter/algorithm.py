@@ -10,7 +10,13 @@ from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._results import aborted_result, stored_results
-from taskiq_abort._wire.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
+from taskiq_abort._wire.protocol import (
+    BATCH,
+    ReplyMessage,
+    check_grace,
+    clean_reason,
+    validate_task_id,
+)
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter, RequestResult
 from taskiq_abort.errors import (
     AbortBackendUnavailableError,
@@ -180,7 +186,6 @@ async def abort_task(
             backend.discard_reply(task_id, waiter)
 
 
-BATCH = 1000  # ids per request_many call; each batch gets `timeout` from when it was sent
 CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' results)
 _FIRST_POLL = 1.0
 
@@ -235,7 +240,7 @@ async def abort_tasks_each(
     waiter = await backend.prepare_replies(unique) if wait and unique else None
     try:
         deadlines: list[tuple[float, list[str]]] = []
-        for start in range(0, len(unique), BATCH):
+        for start in range(0, len(unique), BATCH):  # each batch waits `timeout` from its send
             batch = unique[start : start + BATCH]
             try:
                 results = await backend.request_many(batch, reason, _requested_by(), grace_s)

@@ -40,6 +40,15 @@ class AbortCalls:
     broker: AsyncBroker
     abort_timeout: float
 
+    def _attached(self, what: str) -> AsyncBroker:
+        """The broker, or :class:`AbortConfigError` for a middleware not added to one."""
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort {what}: this AbortMiddleware is not attached to a broker; "
+                "add it with broker.with_middlewares(middleware)"
+            )
+        return self.broker
+
     async def abort(
         self,
         task_id: str,
@@ -50,16 +59,12 @@ class AbortCalls:
         grace: float | None = None,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
-                "add it with broker.with_middlewares(middleware)"
-            )
+        broker = self._attached(f"task {task_id}")
         started = time.perf_counter()
         try:
             outcome = await abort_task(
                 self.backend,
-                self.broker.result_backend,
+                broker.result_backend,
                 task_id,
                 reason=reason,
                 wait=wait,
@@ -101,15 +106,11 @@ class AbortCalls:
         """:meth:`abort_many` with each id's error in its place instead of raised (with
         ``invalid_in_place``, an invalid id's too)."""
         ids = list(task_ids)
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort {len(ids)} task(s): this AbortMiddleware is not attached to a "
-                "broker; add it with broker.with_middlewares(middleware)"
-            )
+        broker = self._attached(f"{len(ids)} task(s)")
         started = time.perf_counter()
         answers = await abort_tasks_each(
             self.backend,
-            self.broker.result_backend,
+            broker.result_backend,
             ids,
             reason=reason,
             wait=wait,

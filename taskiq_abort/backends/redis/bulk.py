@@ -13,10 +13,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from taskiq_abort._wire.keys import KeySpace
-from taskiq_abort._wire.protocol import MAX_MESSAGE_BYTES, reply_payloads
+from taskiq_abort._wire.protocol import BATCH, MAX_MESSAGE_BYTES, reply_payloads
 from taskiq_abort.backends.base import Confirmation, RequestResult
 from taskiq_abort.backends.redis.clients import LoopClients, request_result
-from taskiq_abort.backends.redis.scripts import BATCH
 
 Call = Callable[[str, Awaitable[Any]], Awaitable[Any]]
 """The backend's way to await a Redis call: ``call(what, op)``, its errors named for ``what``."""

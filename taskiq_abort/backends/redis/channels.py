@@ -19,7 +19,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 
 from taskiq_abort._wire.keys import KeySpace
-from taskiq_abort._wire.protocol import ReplyMessage, parse_aborts, parse_replies
+from taskiq_abort._wire.protocol import BATCH, ReplyMessage, parse_aborts, parse_replies
 from taskiq_abort.backends.base import (
     AbortBackend,
     AbortHandler,
@@ -30,7 +30,6 @@ from taskiq_abort.backends.base import (
 )
 from taskiq_abort.backends.redis.clients import LoopClients
 from taskiq_abort.backends.redis.connect import Topology
-from taskiq_abort.backends.redis.scripts import BATCH
 from taskiq_abort.backends.redis.subscription import subscription
 from taskiq_abort.observability import events
 

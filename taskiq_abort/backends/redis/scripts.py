@@ -12,10 +12,6 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-BATCH = 1000
-"""Ids per bulk script call (``REQUEST_MANY``, ``CONFIRM_MANY``): one call never holds Redis for
-long (a few ms)."""
-
 
 def _lua(name: str) -> str:
     """The text of ``lua/<name>.lua``, shipped in the wheel as package data."""
