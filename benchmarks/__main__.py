@@ -26,7 +26,7 @@ from benchmarks.procs import Proc, raise_fd_limit
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.report import RESULTS, git_commit, load_snapshot, loadavg, machine, plot
 from benchmarks.session import Bench
-from taskiq_abort.testing import RedisServer
+from tests.support.redis_servers import RedisServer
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from typing import Any
 
 import redis
 
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import RedisServer
+from taskiq_abort._wire.keys import KeySpace
+from tests.support.redis_servers import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "taskiq_abort.cli"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from benchmarks.procs import Worker, rss_bytes
 from benchmarks.session import Bench
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 
 
 async def running(

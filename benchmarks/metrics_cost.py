@@ -41,7 +41,7 @@ from taskiq import AsyncBroker, TaskiqMiddleware
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_abort import AbortMiddleware, AbortObservability
-from taskiq_abort.testing import RedisServer, free_port
+from tests.support.redis_servers import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("abort", "off", "on")
@@ -151,7 +151,7 @@ def micro(calls: int = 200_000, batches: int = 9) -> dict[str, float]:
     a no-op, so that only the wrapper is timed. Batches alternate; the best of each counts."""
     from taskiq import TaskiqMessage, TaskiqResult
 
-    from taskiq_abort.observability import _without
+    from taskiq_abort.observability.error_counts import _without
 
     class Stub:
         found_errors = None

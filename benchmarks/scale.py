@@ -13,7 +13,7 @@ from benchmarks import bulk, memory
 from benchmarks.procs import Worker, poll_until, rss_bytes
 from benchmarks.session import Bench
 from benchmarks.stats import fmt_ms
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 
 
 async def run_tasks(bench: Bench) -> dict[str, Any]:

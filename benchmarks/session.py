@@ -20,7 +20,7 @@ from benchmarks.app import events_key, make_broker, now, result_prefix
 from benchmarks.procs import Proc, Worker, poll_until
 from benchmarks.profiles import Profile
 from benchmarks.stats import summary_ms
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 
 
 @dataclass

@@ -17,10 +17,10 @@ import json
 import time
 from typing import Any
 
-from taskiq_abort.backends.base import RunningEntry
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.redis import RedisAbortBackend
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import ClusterServers, RedisServer
+from taskiq_abort.outcome import RunningEntry
+from tests.support.redis_servers import ClusterServers, RedisServer
 
 PREFIX = "shard"
 

@@ -29,7 +29,7 @@ from taskiq import AsyncBroker
 
 from benchmarks.report import loadavg
 from benchmarks.stats import fmt_ms, summary_ms
-from taskiq_abort.testing import ClusterServers, RedisServer, SentinelServers
+from tests.support.redis_servers import ClusterServers, RedisServer, SentinelServers
 
 KINDS = ("standalone", "cluster", "sentinel")
 

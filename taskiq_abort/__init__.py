@@ -10,8 +10,11 @@ Quick start::
     outcome = await task.abort(reason="user pressed stop")   # AbortStatus.ABORTED, ...
     outcomes = await abort_many(broker, task_ids)             # many at once, one per id
 
-The public names are imported on first use (PEP 562), so ``import taskiq_abort.cli`` or
+``__all__`` is the export list. The errors are imported at once; the other names on first use
+(PEP 562), from the module ``_LAZY`` names, so that ``import taskiq_abort.cli`` or
 ``taskiq_abort.errors`` does not import taskiq: the admin CLI answers in a fraction of a second.
+The ``TYPE_CHECKING`` block says the same to type checkers; tests/test_exported_members.py
+checks that the three agree.
 """
 
 from __future__ import annotations
@@ -33,34 +36,16 @@ from taskiq_abort.errors import (
     TaskiqAbortError,
 )
 
-if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports on demand
+if TYPE_CHECKING:
     from taskiq_abort.api import abort, abort_many, find_middleware
     from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
-    from taskiq_abort.handle import AbortableDecoratedTask, AbortableTask, abortable_task
+    from taskiq_abort.handle import AbortableTask, abortable_task
     from taskiq_abort.middleware import AbortMiddleware
-    from taskiq_abort.observability import AbortObservability
-    from taskiq_abort.outcome import AbortOutcome, AbortStatus
+    from taskiq_abort.observability.middleware import AbortObservability
+    from taskiq_abort.outcome import AbortOutcome, AbortStatus, RunningEntry, WorkerInfo
     from taskiq_abort.token import AbortToken, shield
 
 __version__ = "0.2.0"
-
-_WHERE = {
-    "abort": "taskiq_abort.api",
-    "abort_many": "taskiq_abort.api",
-    "find_middleware": "taskiq_abort.api",
-    "AbortBackend": "taskiq_abort.backends",
-    "MemoryAbortBackend": "taskiq_abort.backends",
-    "RedisAbortBackend": "taskiq_abort.backends",
-    "AbortableDecoratedTask": "taskiq_abort.handle",
-    "AbortableTask": "taskiq_abort.handle",
-    "abortable_task": "taskiq_abort.handle",
-    "AbortMiddleware": "taskiq_abort.middleware",
-    "AbortObservability": "taskiq_abort.observability",
-    "AbortOutcome": "taskiq_abort.outcome",
-    "AbortStatus": "taskiq_abort.outcome",
-    "AbortToken": "taskiq_abort.token",
-    "shield": "taskiq_abort.token",
-}
 
 __all__ = [
     "AbortBackend",
@@ -73,14 +58,15 @@ __all__ = [
     "AbortPermissionError",
     "AbortStatus",
     "AbortToken",
-    "AbortableDecoratedTask",
     "AbortableTask",
     "InvalidTaskIdError",
     "MemoryAbortBackend",
     "RedisAbortBackend",
+    "RunningEntry",
     "TaskAbortedError",
     "TaskInterrupted",
     "TaskiqAbortError",
+    "WorkerInfo",
     "__version__",
     "abort",
     "abort_many",
@@ -88,6 +74,17 @@ __all__ = [
     "find_middleware",
     "shield",
 ]
+
+_LAZY = {
+    "taskiq_abort.api": ("abort", "abort_many", "find_middleware"),
+    "taskiq_abort.backends": ("AbortBackend", "MemoryAbortBackend", "RedisAbortBackend"),
+    "taskiq_abort.handle": ("AbortableTask", "abortable_task"),
+    "taskiq_abort.middleware": ("AbortMiddleware",),
+    "taskiq_abort.observability.middleware": ("AbortObservability",),
+    "taskiq_abort.outcome": ("AbortOutcome", "AbortStatus", "RunningEntry", "WorkerInfo"),
+    "taskiq_abort.token": ("AbortToken", "shield"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
@@ -101,4 +98,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+    return sorted({*globals(), *__all__})

@@ -9,20 +9,16 @@ from typing import Any
 from taskiq import AsyncBroker
 from taskiq.task import AsyncTaskiqTask
 
-from taskiq_abort.errors import AbortConfigError
+from taskiq_abort._aborter.calls import find_aborter
 from taskiq_abort.middleware import AbortMiddleware
 from taskiq_abort.outcome import AbortOutcome
 
 
 def find_middleware(broker: AsyncBroker) -> AbortMiddleware:
     """The broker's :class:`AbortMiddleware`, or :class:`AbortConfigError` saying how to add it."""
-    for middleware in broker.middlewares:
-        if isinstance(middleware, AbortMiddleware):
-            return middleware
-    raise AbortConfigError(
-        f"{type(broker).__name__} has no AbortMiddleware: add it with "
-        "broker.with_middlewares(AbortMiddleware(redis_url)) where the broker is created"
-    )
+    middleware = find_aborter(broker)
+    assert isinstance(middleware, AbortMiddleware)  # the only class with the aborter's calls
+    return middleware
 
 
 async def abort(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine
 from types import CoroutineType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from taskiq import AsyncBroker, AsyncTaskiqDecoratedTask, TaskiqResult
 from taskiq.abc.result_backend import AsyncResultBackend
@@ -17,8 +17,8 @@ from taskiq.compat import parse_obj_as
 from taskiq.kicker import AsyncKicker
 from taskiq.task import AsyncTaskiqTask
 
-if TYPE_CHECKING:
-    from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort._aborter.calls import find_aborter
+from taskiq_abort.outcome import AbortOutcome
 
 logger = logging.getLogger("taskiq.task")  # where taskiq's own handle logs
 _T = TypeVar("_T")
@@ -76,10 +76,8 @@ class AbortableTask(AsyncTaskiqTask[_R]):
         grace: float | None = None,
     ) -> AbortOutcome:
         """Abort this task; see :func:`taskiq_abort.abort`."""
-        from taskiq_abort.api import abort
-
-        return await abort(
-            self.broker, self.task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+        return await find_aborter(self.broker).abort(
+            self.task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
         )
 
     def __repr__(self) -> str:

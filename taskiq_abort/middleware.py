@@ -15,8 +15,11 @@ from typing import Any
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from taskiq_abort import observe
-from taskiq_abort.aborter import AbortCalls
+from taskiq_abort._aborter.calls import AbortCalls
+from taskiq_abort._wire.keys import DEFAULT_PREFIX
+from taskiq_abort._worker.attempt import MESSAGE_ATTR, CancelMode, RunningTask, current_run
+from taskiq_abort._worker.execution import release_frames, wrap_task_function
+from taskiq_abort._worker.side import WorkerSide
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
@@ -25,18 +28,9 @@ from taskiq_abort.errors import (
     AbortConfigError,
     TaskAbortedError,
 )
-from taskiq_abort.execution import (
-    MESSAGE_ATTR,
-    CancelMode,
-    RunningTask,
-    current_run,
-    release_frames,
-    wrap_task_function,
-)
 from taskiq_abort.handle import install_abortable_handles
-from taskiq_abort.keys import DEFAULT_PREFIX
-from taskiq_abort.logs import install_log_filter
-from taskiq_abort.worker import WorkerSide
+from taskiq_abort.observability import events
+from taskiq_abort.observability.logs import install_log_filter
 
 logger = logging.getLogger("taskiq_abort")
 # Closer than this to one of AbortMiddleware's own options, a keyword is a typo of it, not a
@@ -307,8 +301,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         if isinstance(exception, TaskAbortedError):
             message.labels["retry_on_error"] = False  # never retry an aborted task (see no_retry)
             run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
-            phase = observe.QUEUED if run is not None and run.revoked else observe.RUNNING
-            await observe.abort_applied(
+            phase = events.QUEUED if run is not None and run.revoked else events.RUNNING
+            await events.abort_applied(
                 message.task_id, message.task_name, phase, exception.reason, message, self.broker
             )
 
@@ -331,6 +325,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         if run is None or self.worker is None:
             return
         outcome = "aborted" if isinstance(result.error, TaskAbortedError) else "finished"
+        if outcome == "aborted" and run.forced:  # this attempt's grace ran out: it was cancelled
+            events.abort_forced(message.task_name)
         if self.worker.finish(run, outcome):
             forced = run.forced and outcome == "aborted"
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)

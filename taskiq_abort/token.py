@@ -10,8 +10,8 @@ from contextlib import asynccontextmanager
 import anyio
 from taskiq import Context, TaskiqDepends
 
+from taskiq_abort._worker.attempt import MESSAGE_ATTR, RunningTask, current_run
 from taskiq_abort.errors import TaskAbortedError
-from taskiq_abort.execution import MESSAGE_ATTR, RunningTask, current_run
 
 
 class AbortToken:

@@ -351,8 +351,8 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
         """What the worker's abort state holds, seen from inside the worker process."""
         import gc
 
-        from taskiq_abort.body import Redeliveries
-        from taskiq_abort.execution import RunningTask
+        from taskiq_abort._worker.attempt import RunningTask
+        from taskiq_abort._worker.body import Redeliveries
 
         mw = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
         side = mw.worker

@@ -20,9 +20,9 @@ from hypothesis import settings
 from hypothesis.configuration import set_hypothesis_home_dir
 from taskiq import AsyncBroker
 
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import ClusterServers, RedisServer, SentinelServers
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker, sync_redis
+from tests.support.redis_servers import ClusterServers, RedisServer, SentinelServers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,10 +18,10 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort import find_middleware
-from taskiq_abort.backends.base import WorkerInfo
-from taskiq_abort.testing import RedisServer
+from taskiq_abort.outcome import WorkerInfo
 from tests.app import make_broker
 from tests.conftest import WorkerProcess
+from tests.support.redis_servers import RedisServer
 
 _T = TypeVar("_T")
 

@@ -21,11 +21,11 @@ import nats
 import redis
 from taskiq import AsyncBroker
 
-from taskiq_abort.testing import RedisServer
-from taskiq_abort.testing_nats import NatsServer
 from tests.broker_app import BROADCAST, DEFAULT_AMQP, MatrixConfig, RabbitNames, make_matrix_broker
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import poll, started, worker_log
+from tests.support.nats_server import NatsServer
+from tests.support.redis_servers import RedisServer
 
 SLOTS = 2
 """``--max-async-tasks`` of the matrix's workers: two running tasks fill a worker, so a third

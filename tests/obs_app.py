@@ -1,8 +1,9 @@
 """The application of the observability tests: ``taskiq worker tests.obs_app:broker`` with
 taskiq's ``PrometheusMiddleware``, ``AbortMiddleware`` and ``AbortObservability``.
 
-``OBS_ORDER=abort_first`` builds our middlewares, and imports ``taskiq_abort.metrics``, before
-``PrometheusMiddleware`` sets its multiprocess directory: the import-order trap of issue 11.
+``OBS_ORDER=abort_first`` builds our middlewares, and imports
+``taskiq_abort.observability.metrics``, before ``PrometheusMiddleware`` sets its multiprocess
+directory: the import-order trap.
 ``OBS_ORDER=own_port``: no ``PrometheusMiddleware``; ``AbortObservability`` serves the metrics.
 """
 
@@ -36,7 +37,7 @@ def make_broker(
         middlewares += [AbortMiddleware(url, prefix=prefix), observability]
         metrics_dir = None
     elif order == "abort_first":
-        import taskiq_abort.metrics  # noqa: F401  - must not import prometheus-client yet
+        import taskiq_abort.observability.metrics  # noqa: F401  - must not import prometheus-client yet
 
         middlewares += [AbortMiddleware(url, prefix=prefix), AbortObservability()]
     if metrics_dir is not None:

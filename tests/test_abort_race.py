@@ -26,9 +26,10 @@ import redis
 from taskiq import AsyncBroker, TaskiqResult
 
 from taskiq_abort import AbortBackendUnavailableError
-from taskiq_abort.backends.base import AbortBackend, RunningEntry
+from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.outcome import RunningEntry
 from tests.app import events_key, make_broker
 from tests.conftest import ROOT, WorkerProcess
 from tests.faultkit import poll, worker_log

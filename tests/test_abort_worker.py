@@ -21,10 +21,10 @@ from taskiq_abort import (
     TaskAbortedError,
     abort,
 )
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import free_port
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import ROOT, Events
+from tests.support.redis_servers import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -342,7 +342,7 @@ async def test_a_read_only_replica_gives_a_clear_error(redis_server) -> None:
     from taskiq import InMemoryBroker
 
     from taskiq_abort import AbortBackendError
-    from taskiq_abort.testing import RedisServer
+    from tests.support.redis_servers import RedisServer
 
     replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(redis_server.port)]).start()
     try:

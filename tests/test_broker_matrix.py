@@ -21,9 +21,7 @@ from taskiq import AsyncBroker, ScheduleSource
 from taskiq.scheduler.scheduled_task import ScheduledTask
 
 from taskiq_abort import AbortStatus, TaskAbortedError, abort
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import RedisServer
-from taskiq_abort.testing_nats import NatsServer
+from taskiq_abort._wire.keys import KeySpace
 from tests.broker_app import KINDS
 from tests.conftest import Events
 from tests.faultkit import apoll, poll, worker_log
@@ -39,6 +37,8 @@ from tests.matrix import (
     running_scheduler,
     wait_event,
 )
+from tests.support.nats_server import NatsServer
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 

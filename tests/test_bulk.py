@@ -26,13 +26,13 @@ from taskiq_abort import (
     abort_many,
     find_middleware,
 )
+from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort._wire.protocol import parse_aborts, parse_replies
+from taskiq_abort._worker.side import WorkerSide
 from taskiq_abort.backends.base import Confirmation
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.protocol import parse_aborts, parse_replies
-from taskiq_abort.testing import ClusterServers
-from taskiq_abort.worker import WorkerSide
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll, client_broker, held
+from tests.support.redis_servers import ClusterServers
 
 pytestmark = pytest.mark.anyio
 
@@ -283,9 +283,9 @@ async def test_request_many_splits_at_8_kb_and_keeps_first_reasons(
     slashes, emoji, 256 characters): every message within 8,192 bytes, each id in exactly
     one, two script calls (1,000 ids each at most); an id requested before keeps its first
     reason, in a message of its own."""
-    from taskiq_abort.backends.base import RunningEntry
+    from taskiq_abort._wire.protocol import MAX_MESSAGE_BYTES
     from taskiq_abort.backends.redis import RedisAbortBackend
-    from taskiq_abort.protocol import MAX_MESSAGE_BYTES
+    from taskiq_abort.outcome import RunningEntry
 
     backend = RedisAbortBackend(redis_url, prefix=prefix)
     worker = f"fake-{uuid.uuid4().hex[:6]}"
@@ -441,8 +441,8 @@ async def test_bodies_stop_at_once_reports_take_turns() -> None:
 async def test_lost_replies_are_read_from_the_records_and_deadlines_hold() -> None:
     """A reply lost on the way (a reconnect) is found in the durable records once replies stop
     coming; an id that never answers is given up at its batch's deadline, after a last look."""
-    from taskiq_abort.client import _hear_all, _Tally
-    from taskiq_abort.protocol import ReplyMessage
+    from taskiq_abort._aborter.algorithm import _hear_all, _Tally
+    from taskiq_abort._wire.protocol import ReplyMessage
 
     class Records(MemoryAbortBackend):
         def __init__(self) -> None:
@@ -475,8 +475,8 @@ async def test_request_many_records_each_request_as_request_does(
 ) -> None:
     """The shortest grace stands per id (and is what its message says), and a request lives as
     long as its delayed task's ETA marker requires, as with REQUEST."""
-    from taskiq_abort.backends.base import RunningEntry
     from taskiq_abort.backends.redis import RedisAbortBackend
+    from taskiq_abort.outcome import RunningEntry
 
     backend = RedisAbortBackend(redis_url, prefix=prefix, request_ttl=100)
     keys = KeySpace(prefix)

@@ -176,9 +176,9 @@ async def test_abort_between_retry_attempts_revokes_not_finishes() -> None:
     then dropped its request and the retry ran. (Answering "unknown" instead was not enough:
     with two workers the aborter then took a retry's freshly stored TaskAbortedError for a
     result that was there before it asked, and said "finished".)"""
+    from taskiq_abort._aborter.algorithm import abort_task
+    from taskiq_abort._worker.side import WorkerSide
     from taskiq_abort.backends.memory import MemoryAbortBackend
-    from taskiq_abort.client import abort_task
-    from taskiq_abort.worker import WorkerSide
 
     backend = MemoryAbortBackend()
     side = WorkerSide(backend)

@@ -17,10 +17,10 @@ import redis
 from taskiq.task import AsyncTaskiqTask
 
 from taskiq_abort import TaskAbortedError
-from taskiq_abort.backends.base import RunningEntry, WorkerInfo
 from taskiq_abort.cli import fmt
-from taskiq_abort.testing import free_port
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 from tests.conftest import ROOT, Events
+from tests.support.redis_servers import free_port
 
 pytestmark = pytest.mark.anyio
 

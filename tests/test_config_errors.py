@@ -13,10 +13,10 @@ import redis.asyncio
 from taskiq_abort import AbortMiddleware
 from taskiq_abort.errors import AbortConfigError
 from taskiq_abort.middleware import TYPO_CUTOFF, own_options
-from taskiq_abort.observe import RUNNING, applied_line
-from taskiq_abort.outage import Link, OutageLog
-from taskiq_abort.testing import free_port
+from taskiq_abort.observability.events import RUNNING, applied_line
+from taskiq_abort.observability.outages import Link, OutageLog
 from tests.faultkit import spawn, wait_log, worker_log
+from tests.support.redis_servers import free_port
 from tests.test_cli import cli, one_error_line
 
 

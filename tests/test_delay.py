@@ -17,11 +17,11 @@ import redis
 from taskiq import InMemoryBroker, TaskiqMessage
 
 from taskiq_abort import AbortMiddleware, AbortStatus, abort
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import scripts
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import free_port
 from tests.faultkit import client_broker
+from tests.support.redis_servers import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -18,10 +18,10 @@ from tests.conftest import ROOT
 
 MODULES = [
     "taskiq_abort.errors",
-    "taskiq_abort.protocol",
-    "taskiq_abort.keys",
-    "taskiq_abort.names",
-    "taskiq_abort.observe",
+    "taskiq_abort._wire.protocol",
+    "taskiq_abort._wire.keys",
+    "taskiq_abort._read.names",
+    "taskiq_abort.observability.events",
     "taskiq_abort.middleware",
     "taskiq_abort.backends.redis",
 ]

@@ -21,7 +21,7 @@ import pytest
 from taskiq import AsyncBroker, InMemoryBroker
 
 from taskiq_abort import AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.body import INTERVAL, PROMPT
+from taskiq_abort._worker.body import INTERVAL, PROMPT
 from tests.faultkit import started
 
 pytestmark = pytest.mark.anyio

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from taskiq_abort.testing import free_port
 from tests.conftest import ROOT, WorkerProcess
+from tests.support.redis_servers import free_port
 from tests.web_server import UvicornProcess
 
 TOKEN = "example-" + uuid.uuid4().hex
@@ -140,6 +140,6 @@ def test_the_sync_example_keeps_an_idle_worker_alive() -> None:
 
 
 def test_the_demo_runs() -> None:
-    stdout = run_module("taskiq_abort.demo", timeout=120)
+    stdout = run_module("examples.demo", timeout=120)
     assert "abort() -> aborted by" in stdout
     assert "abort() -> revoked" in stdout

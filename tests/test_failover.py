@@ -37,11 +37,11 @@ from taskiq_abort import (
     abort,
     find_middleware,
 )
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import ClusterServers, RedisServer, SentinelServers
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker, sync_redis
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import poll
+from tests.support.redis_servers import ClusterServers, RedisServer, SentinelServers
 
 pytestmark = pytest.mark.anyio
 

@@ -19,9 +19,8 @@ from taskiq_abort import (
     TaskAbortedError,
     abort,
 )
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.protocol import AbortMessage
-from taskiq_abort.testing import free_port
+from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort._wire.protocol import AbortMessage
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import (
     apoll,
@@ -32,6 +31,7 @@ from tests.faultkit import (
     wait_log,
     worker_log,
 )
+from tests.support.redis_servers import free_port
 
 pytestmark = pytest.mark.anyio
 

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from taskiq_abort.errors import InvalidTaskIdError
-from taskiq_abort.protocol import (
+from taskiq_abort._wire.protocol import (
     MAX_MESSAGE_BYTES,
     MAX_REASON_LENGTH,
     MAX_TASK_ID_LENGTH,
@@ -28,6 +27,7 @@ from taskiq_abort.protocol import (
     reply_payloads,
     validate_task_id,
 )
+from taskiq_abort.errors import InvalidTaskIdError
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

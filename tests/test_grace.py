@@ -15,7 +15,7 @@ import pytest
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 
 from taskiq_abort import AbortMiddleware, AbortStatus, AbortToken, TaskAbortedError, abort
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.test_cli import cli

@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from taskiq_abort import AbortStatus, TaskAbortedError
-from taskiq_abort.progress import ABORTED
+from taskiq_abort.observability.progress import ABORTED
 from tests.conftest import ROOT, Events, WorkerProcess
 from tests.obs_app import make_broker
 
@@ -148,8 +148,8 @@ def test_cli_and_package_imports_leave_prometheus_client_alone() -> None:
     """``taskiq worker`` imports our CLI plugin before it starts the worker processes: nothing
     on that chain (nor the metrics module itself) may import prometheus-client."""
     code = (
-        "import sys, taskiq_abort, taskiq_abort.cli, taskiq_abort.metrics, "
-        "taskiq_abort.observability, taskiq_abort.progress\n"
+        "import sys, taskiq_abort, taskiq_abort.cli, taskiq_abort.observability.metrics, "
+        "taskiq_abort.observability.middleware, taskiq_abort.observability.progress\n"
         "assert 'prometheus_client' not in sys.modules, 'imported prometheus_client'\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -33,13 +33,13 @@ from taskiq_abort import (
     AbortStatus,
     abort,
     find_middleware,
-    observe,
 )
-from taskiq_abort.otel import EVENT
-from taskiq_abort.progress import ABORTED
-from taskiq_abort.protocol import AbortMessage
-from taskiq_abort.testing import RedisServer
+from taskiq_abort._wire.protocol import AbortMessage
+from taskiq_abort.observability import events
+from taskiq_abort.observability.otel import EVENT
+from taskiq_abort.observability.progress import ABORTED
 from tests.conftest import ROOT
+from tests.support.redis_servers import RedisServer
 
 pytestmark = pytest.mark.anyio
 
@@ -244,7 +244,7 @@ async def test_one_log_line_per_abort(app: App, caplog: pytest.LogCaptureFixture
 async def test_registry_outage_counted_once() -> None:
     """Redis of the control plane killed under a worker: one outage, however many failed calls."""
 
-    class Watch(observe.Observer):
+    class Watch(events.Observer):
         def __init__(self) -> None:
             self.outage = asyncio.Event()
 
@@ -267,7 +267,7 @@ async def test_registry_outage_counted_once() -> None:
 
     middleware.backend.register = counted  # type: ignore[method-assign]
     watch = Watch()
-    observe.subscribe(watch)
+    events.subscribe(watch)
     before = prom("abort_registry_outages_total")
     await broker.startup()
     try:
@@ -276,7 +276,7 @@ async def test_registry_outage_counted_once() -> None:
         await asyncio.wait_for(enough.wait(), 30)  # several more failed attempts
         assert prom("abort_registry_outages_total") - before == 1
     finally:
-        observe.unsubscribe(watch)
+        events.unsubscribe(watch)
         await broker.shutdown()
         server.cleanup()
 
@@ -284,21 +284,21 @@ async def test_registry_outage_counted_once() -> None:
 async def test_forced_counter(app: App) -> None:
     """No grace period exists yet, so nothing calls it; the metric is there for when it does."""
     forced = prom("forced_aborts_total", task_name="obs_sleep")
-    observe.abort_forced("obs_sleep")
+    events.abort_forced("obs_sleep")
     assert prom("forced_aborts_total", task_name="obs_sleep") - forced == 1
 
 
 def test_hub_survives_a_failing_observer(caplog: pytest.LogCaptureFixture) -> None:
-    class Broken(observe.Observer):
+    class Broken(events.Observer):
         def registry_outage(self) -> None:
             raise RuntimeError("observer bug")
 
     broken = Broken()
-    observe.subscribe(broken)
+    events.subscribe(broken)
     try:
-        observe.registry_outage()  # logged, not raised
+        events.registry_outage()  # logged, not raised
     finally:
-        observe.unsubscribe(broken)
+        events.unsubscribe(broken)
     assert "observer" in caplog.text
 
 

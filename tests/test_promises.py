@@ -39,8 +39,8 @@ from taskiq_abort import (
     abort,
     find_middleware,
 )
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.memory import MemoryAbortBackend
-from taskiq_abort.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll, own_server, started

@@ -47,7 +47,7 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortStatus, abort, abort_many, find_middleware
-from taskiq_abort.protocol import parse_aborts, parse_replies
+from taskiq_abort._wire.protocol import parse_aborts, parse_replies
 from tests.conftest import ROOT, Events, WorkerProcess
 
 pytestmark = pytest.mark.anyio

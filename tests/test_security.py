@@ -20,7 +20,7 @@ from taskiq_abort import (
     abort_many,
     find_middleware,
 )
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.conftest import Events
 from tests.faultkit import apoll, client_broker, held, own_server, spawn, wait_log, worker_log
 

@@ -19,7 +19,7 @@ import redis
 from taskiq import InMemoryBroker
 
 from taskiq_abort import AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events
 

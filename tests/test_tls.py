@@ -14,7 +14,7 @@ from taskiq import InMemoryBroker
 
 from taskiq_abort import AbortBackendError, AbortMiddleware, AbortStatus
 from taskiq_abort.backends.redis import RedisAbortBackend
-from taskiq_abort.testing import ClusterServers, RedisServer, TLSFiles, make_tls_files
+from tests.support.redis_servers import ClusterServers, RedisServer, TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.anyio
 

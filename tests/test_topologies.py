@@ -16,9 +16,9 @@ import pytest
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortConfigError, AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.testing import ClusterServers, SentinelServers
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.support.redis_servers import ClusterServers, SentinelServers
 from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
@@ -179,7 +179,7 @@ async def test_slot_migration_reaches_no_user(redis_cluster: ClusterServers, pre
     no MOVED error reaches anyone."""
     from taskiq import InMemoryBroker
 
-    from taskiq_abort.keys import KeySpace
+    from taskiq_abort._wire.keys import KeySpace
 
     middleware = AbortMiddleware(redis_cluster.url, cluster=True, prefix=prefix)
     broker = InMemoryBroker().with_middlewares(middleware)

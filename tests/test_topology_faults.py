@@ -14,11 +14,11 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortStatus, TaskAbortedError, find_middleware
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import ClusterServers, SentinelServers
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import apoll
+from tests.support.redis_servers import ClusterServers, SentinelServers
 from tests.test_topologies import target
 
 pytestmark = pytest.mark.anyio

@@ -19,11 +19,11 @@ from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.task import AsyncTaskiqTask
 
 from taskiq_abort import AbortConfigError, AbortMiddleware, TaskAbortedError
-from taskiq_abort.testing import RedisServer, free_port
 from taskiq_abort.web import abort_router
 from taskiq_abort.web.server import create_app
 from tests.app import make_broker
 from tests.conftest import ROOT, Events, WorkerProcess
+from tests.support.redis_servers import RedisServer, free_port
 from tests.web_server import WebServer, new_prefix, web_worker
 
 pytestmark = pytest.mark.anyio

@@ -19,10 +19,10 @@ import pytest
 import redis
 
 from taskiq_abort import TaskAbortedError
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.testing import RedisServer
+from taskiq_abort._wire.keys import KeySpace
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.support.redis_servers import RedisServer
 from tests.web_app import HOSTILE_NAME
 from tests.web_server import WebServer, new_prefix, web_worker
 

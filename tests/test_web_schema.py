@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from taskiq_abort.testing import RedisServer
+from tests.support.redis_servers import RedisServer
 from tests.web_server import WebServer, new_prefix
 
 TOKEN = "schema-" + uuid.uuid4().hex

@@ -10,8 +10,8 @@ import sys
 import threading
 import uuid
 
-from taskiq_abort.testing import free_port
 from tests.conftest import ROOT, WorkerProcess
+from tests.support.redis_servers import free_port
 
 APP = "tests.web_app:broker"
 

@@ -5,65 +5,17 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.protocol import ReplyMessage
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 DEFAULT_REQUEST_TTL = 86_400.0
 """Seconds an abort request is kept: a queued task revoked now may be picked up hours later."""
 DEFAULT_LEASE = 10.0
 """Seconds a worker's registration (and its running-task entries) outlives its last heartbeat."""
-
-
-@dataclass(frozen=True)
-class RunningEntry:
-    """One task a worker is running, as stored in the registry."""
-
-    task_id: str
-    task_name: str
-    run_id: str
-    started: float
-    worker: str = ""
-
-    def encode(self) -> str:
-        # "<run id> <started> <task name>": the name goes last, so it may contain spaces.
-        # Plain text, not JSON: this runs for every task start.
-        return f"{self.run_id} {self.started:.3f} {self.task_name}"
-
-    @classmethod
-    def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
-        run_id, _, rest = raw.partition(" ")
-        started, _, name = rest.partition(" ")
-        try:
-            return cls(task_id, name or "?", run_id, float(started), worker)
-        except ValueError:
-            return cls(task_id, "?", run_id, 0.0, worker)
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A live worker process and what it is running."""
-
-    worker_id: str
-    host: str
-    pid: int
-    started: float
-    tasks: list[RunningEntry] = field(default_factory=list)
-
-    @classmethod
-    def from_info(
-        cls, worker_id: str, info: dict[str, str], tasks: Iterable[RunningEntry]
-    ) -> WorkerInfo:
-        """From stored info fields (``host``, ``pid``, ``started``); oldest task first."""
-        return cls(
-            worker_id=worker_id,
-            host=info.get("host", "?"),
-            pid=int(info.get("pid", 0) or 0),
-            started=float(info.get("started", 0) or 0),
-            tasks=sorted(tasks, key=lambda entry: entry.started),
-        )
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from taskiq_abort import observe
+from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -22,11 +22,10 @@ from taskiq_abort.backends.base import (
     RequestRecord,
     RequestResult,
     ResyncHook,
-    RunningEntry,
-    WorkerInfo,
 )
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.protocol import ReplyMessage
+from taskiq_abort.observability import events
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -193,7 +192,7 @@ class MemoryAbortBackend(AbortBackend):
             expiry = max(self._expiry(task_id), time.monotonic() + stop + self.request_ttl)
             self._requests[task_id] = (expiry, record)
             holders = [(wid, w.tasks[task_id]) for wid, w in live.items() if task_id in w.tasks]
-            observe.request_seen(task_id, record.requested_at * 1000, record.requested_by)
+            events.request_seen(task_id, record.requested_at * 1000, record.requested_by)
             found.append((record, stop, holders))
         batches: dict[str, list[AbortNotice]] = {}
         for record, stop, holders in found:

@@ -11,15 +11,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from taskiq_abort import observe
-from taskiq_abort.backends.base import WorkerInfo
+from taskiq_abort._aborter.algorithm import abort_tasks_each
+from taskiq_abort._read.names import resolve_task_name
+from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
-from taskiq_abort.client import abort_tasks_each
 from taskiq_abort.errors import TaskiqAbortError
-from taskiq_abort.names import resolve_task_name
-from taskiq_abort.outcome import AbortOutcome, AbortStatus
-from taskiq_abort.protocol import validate_task_id
+from taskiq_abort.observability import events
+from taskiq_abort.outcome import AbortOutcome, AbortStatus, WorkerInfo
 
 
 def out(line: str = "") -> None:
@@ -53,9 +52,11 @@ async def run(args: argparse.Namespace) -> int:
         validate_task_id(task_id)
     metrics_file = getattr(args, "metrics", None)
     if metrics_file:
-        from taskiq_abort import metrics  # prometheus-client: only now, and only if asked
+        from taskiq_abort.observability import (
+            metrics,  # prometheus-client: only now, and only if asked
+        )
 
-        observe.subscribe(metrics.enable())
+        events.subscribe(metrics.enable())
     conn = await connect(
         args.redis_url,
         os.environ.get(ENV_URL),
@@ -112,7 +113,7 @@ async def abort_ids(
     )
     elapsed = time.perf_counter() - started
     for task_id, answer in zip(task_ids, answers, strict=True):
-        await observe.abort_answered(task_id, answer, elapsed, reason)
+        await events.abort_answered(task_id, answer, elapsed, reason)
     outcomes = [a for a in answers if isinstance(a, AbortOutcome)]
     # One error may stand for many ids (a batch Redis refused): say it once.
     failures = list({id(a): a for a in answers if isinstance(a, TaskiqAbortError)}.values())

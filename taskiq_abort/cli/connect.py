@@ -7,13 +7,15 @@ import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from taskiq_abort._results import stored_results
+from taskiq_abort._scrub import passwords, safe_url
+from taskiq_abort._scrub import scrub as _scrub
+from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
-from taskiq_abort.backends.redis import RedisAbortBackend, safe_url
+from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.errors import AbortBackendError, AbortConfigError
-from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
 
 if TYPE_CHECKING:  # taskiq is imported only with --broker: `ls --redis-url` starts in ~0.1 s
     from taskiq import AsyncBroker, AsyncResultBackend
@@ -30,17 +32,7 @@ class CLIError(Exception):
 
 def scrub(message: str, url: str | None = None) -> str:
     """``message`` without any Redis password the CLI has seen (or ``url``'s)."""
-    for secret in {*_secrets, *_password(url)}:
-        message = message.replace(secret, "***")
-    return message
-
-
-def _password(url: str | None) -> set[str]:
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url or "").password
-        if password:
-            return {password}
-    return set()
+    return _scrub(message, {*_secrets, *passwords(url)})
 
 
 @dataclass
@@ -134,7 +126,7 @@ async def connect(
             f"nowhere to connect: pass --redis-url URL, set ${ENV_URL}, "
             "--sentinel HOST:PORT --master-name NAME, or --broker module:broker"
         )
-    _secrets.update(_password(url))
+    _secrets.update(passwords(url))
     try:  # an empty --prefix is refused, never silently the default
         KeySpace(DEFAULT_PREFIX if prefix is None else prefix)
     except ValueError as exc:
@@ -160,8 +152,6 @@ async def connect(
 
 
 async def _from_broker(spec: str, prefix: str | None) -> Connection:
-    from taskiq.result_backends.dummy import DummyResultBackend
-
     from taskiq_abort.api import find_middleware
 
     broker = load_broker(spec)
@@ -172,7 +162,7 @@ async def _from_broker(spec: str, prefix: str | None) -> Connection:
     backend = middleware.backend
     url = getattr(backend, "url", None)
     if isinstance(url, str):
-        _secrets.update(_password(url))
+        _secrets.update(passwords(url))
     if isinstance(backend, MemoryAbortBackend):
         raise CLIError(
             f"--broker {spec!r}: its AbortMiddleware has no Redis URL (in-process backend), "
@@ -189,8 +179,8 @@ async def _from_broker(spec: str, prefix: str | None) -> Connection:
             f"--prefix {prefix!r} contradicts the broker's AbortMiddleware "
             f"(prefix {conn.prefix!r}); drop --prefix"
         )
-    result_backend = broker.result_backend
-    if not isinstance(result_backend, DummyResultBackend):
+    result_backend = stored_results(broker.result_backend)
+    if result_backend is not None:
         try:
             await result_backend.startup()
         except Exception as exc:

@@ -7,10 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
-from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort._read.state import FINAL, request_fields, running_row, task_state
+from taskiq_abort.backends.base import RequestRecord
+from taskiq_abort.outcome import AbortOutcome, RunningEntry, WorkerInfo
 
-WIDTH = 80
 _ID_WIDTH = 32  # TaskIQ ids are uuid4().hex
 
 
@@ -77,17 +77,7 @@ class Row:
         return self.request.outcome or "requested"
 
     def to_dict(self, now: float) -> dict[str, Any]:
-        return {
-            "task_id": self.entry.task_id,
-            "task_name": self.entry.task_name,
-            "worker": self.worker.worker_id,
-            "host": self.worker.host,
-            "pid": self.worker.pid,
-            "started": self.entry.started,
-            "running_for_s": round(max(0.0, now - self.entry.started), 3),
-            "abort_requested": self.request is not None,
-            "abort_reason": self.request.reason if self.request else None,
-        }
+        return running_row(self.entry, self.worker, self.request, now)
 
 
 def _fit(text: str, width: int) -> str:
@@ -134,28 +124,15 @@ def status_dict(
     has_result: bool | None,
     now: float,
 ) -> dict[str, Any]:
-    """The ``status --json`` object; ``state`` sums it up."""
-    if running is not None:
-        state = "running"
-    elif request is not None:
-        state = request.outcome or "requested"
-    elif has_result:
-        state = "finished"
-    else:
-        state = "unknown"
+    """The ``status --json`` object; ``state`` sums it up (:func:`task_state`)."""
+    state = task_state(running is not None, request, has_result)
+    if state in FINAL:
+        running = None  # the entry of an attempt that already stopped (see task_state)
     return {
         "task_id": task_id,
         "state": state,
         "running": None if running is None else running.to_dict(now),
-        "abort_request": None
-        if request is None
-        else {
-            "reason": request.reason,
-            "requested_at": request.requested_at,
-            "requested_by": request.requested_by,
-            "outcome": request.outcome,
-            "worker": request.worker,
-        },
+        "abort_request": None if request is None else request_fields(request),
         "has_result": has_result,
     }
 

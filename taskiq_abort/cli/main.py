@@ -16,7 +16,6 @@ from taskiq_abort.cli.commands import run
 from taskiq_abort.cli.connect import ENV_URL, CLIError, scrub
 from taskiq_abort.errors import TaskiqAbortError
 
-EXIT_OK = 0
 EXIT_NOT_ALL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

@@ -6,13 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from taskiq_abort.protocol import MAX_GRACE, MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
+from taskiq_abort._read.state import TaskStateName
+from taskiq_abort._wire.protocol import MAX_GRACE, MAX_REASON_LENGTH, MAX_TASK_ID_LENGTH
 
 MAX_TIMEOUT = 60.0
 """Longest an HTTP caller may ask the server to wait for a worker's confirmation, in seconds."""
 
 AbortStatusName = Literal["aborted", "revoked", "finished", "unconfirmed"]
-TaskStateName = Literal["running", "requested", "aborted", "revoked", "finished", "unknown"]
 
 
 def _storable(text: str | None) -> str | None:

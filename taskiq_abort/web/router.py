@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -13,9 +12,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 
+from taskiq_abort._read.names import AmbiguousTaskNameError
+from taskiq_abort._scrub import passwords, scrub
+from taskiq_abort._wire.protocol import MAX_TASK_ID_LENGTH
 from taskiq_abort.errors import AbortBackendError, AbortConfigError, InvalidTaskIdError
-from taskiq_abort.names import AmbiguousTaskNameError
-from taskiq_abort.protocol import MAX_TASK_ID_LENGTH
 from taskiq_abort.web import assets, models
 from taskiq_abort.web.service import TaskService
 
@@ -93,14 +93,10 @@ class _Errors:
     """Turns library errors into HTTP answers with the library's message, minus passwords."""
 
     def __init__(self, service: TaskService) -> None:
-        url = getattr(service.backend, "url", None)
-        password = urlsplit(url).password if isinstance(url, str) else None
-        self.secrets = [password] if password else []
+        self.secrets = passwords(getattr(service.backend, "url", None))
 
     def scrub(self, message: str) -> str:
-        for secret in self.secrets:
-            message = message.replace(secret, "***")
-        return " ".join(message.split())
+        return " ".join(scrub(message, self.secrets).split())
 
     async def __call__(self, op: Awaitable[_T], where: str = "path") -> _T:
         try:

@@ -7,12 +7,14 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from taskiq_abort._read.names import resolve_task_name
+from taskiq_abort._read.state import FINAL, request_fields, running_row, task_state
+from taskiq_abort._results import stored_results
+from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.api import find_middleware
-from taskiq_abort.backends.base import RequestRecord, RunningEntry, WorkerInfo
+from taskiq_abort.backends.base import RequestRecord
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.names import resolve_task_name
-from taskiq_abort.outcome import AbortOutcome
-from taskiq_abort.protocol import validate_task_id
+from taskiq_abort.outcome import AbortOutcome, RunningEntry, WorkerInfo
 from taskiq_abort.web import models
 
 if TYPE_CHECKING:
@@ -20,24 +22,12 @@ if TYPE_CHECKING:
 
 RECENT = 200
 """Outcomes kept for the dashboard's "recent outcomes"."""
-FINAL = ("aborted", "revoked")
-"""Recorded outcomes after which a task will not run (on)."""
 
 
 def _running(
     entry: RunningEntry, info: WorkerInfo, request: RequestRecord | None, now: float
 ) -> models.RunningTask:
-    return models.RunningTask(
-        task_id=entry.task_id,
-        task_name=entry.task_name,
-        worker=info.worker_id,
-        host=info.host,
-        pid=info.pid,
-        started=entry.started,
-        running_for_s=round(max(0.0, now - entry.started), 3),
-        abort_requested=request is not None,
-        abort_reason=request.reason if request else None,
-    )
+    return models.RunningTask(**running_row(entry, info, request, now))
 
 
 class TaskService:
@@ -118,41 +108,22 @@ class TaskService:
         running = next(((e, i) for e, i in await self._entries() if e.task_id == task_id), None)
         request = await self.backend.get_request(task_id)
         has_result = await self._has_result(task_id)
-        state: models.TaskStateName
-        if request is not None and request.outcome in FINAL:
-            # Its worker confirmed; the registry entry goes in the worker's next batch.
-            state, running = request.outcome, None  # type: ignore[assignment]
-        elif running is not None:
-            state = "running"
-        elif request is not None:
-            state = "requested" if request.outcome is None else request.outcome  # type: ignore[assignment]
-        elif has_result:
-            state = "finished"
-        else:
-            state = "unknown"
-        if state not in ("running", "requested", "aborted", "revoked", "finished", "unknown"):
-            state = "requested"  # an outcome a newer version may record; still a request
+        state = task_state(running is not None, request, has_result)
+        if state in FINAL:
+            running = None  # the entry of an attempt that already stopped (see task_state)
         return models.TaskState(
             task_id=task_id,
             state=state,
             running=None if running is None else _running(*running, request, time.time()),
             abort_request=None
             if request is None
-            else models.AbortRequestInfo(
-                reason=request.reason,
-                requested_at=request.requested_at,
-                requested_by=request.requested_by,
-                outcome=request.outcome,
-                worker=request.worker,
-            ),
+            else models.AbortRequestInfo(**request_fields(request)),
             has_result=has_result,
         )
 
     async def _has_result(self, task_id: str) -> bool | None:
-        from taskiq.result_backends.dummy import DummyResultBackend
-
-        result_backend = self.broker.result_backend
-        if isinstance(result_backend, DummyResultBackend):
+        result_backend = stored_results(self.broker.result_backend)
+        if result_backend is None:
             return None
         try:  # is_result_ready, never get_result: with keep_results=False a read consumes it
             return bool(await result_backend.is_result_ready(task_id))

@@ -3,8 +3,8 @@ holder index, and pub/sub channels of one worker or one aborter each.
 
 An abort goes to the workers holding the task only (its cost does not grow with the fleet), and
 each confirmation to the aborters that asked. Connections: ``connect.py``; the atomic scripts:
-``scripts.py`` (bulk ones: ``bulk.py``); the channels and waiting for replies: ``channels.py``;
-the (re)subscribe loop: ``subscription.py``.
+``scripts.py`` (their text: ``lua/``; the bulk calls: ``bulk.py``); the channels and waiting
+for replies: ``channels.py``; the (re)subscribe loop: ``subscription.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any, TypeVar
 
 from redis.asyncio.connection import parse_url
 
-from taskiq_abort import observe
+from taskiq_abort._scrub import safe_url
+from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
+from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -30,8 +32,6 @@ from taskiq_abort.backends.base import (
     NotDurableError,
     RequestRecord,
     RequestResult,
-    RunningEntry,
-    WorkerInfo,
 )
 from taskiq_abort.backends.redis import bulk
 from taskiq_abort.backends.redis.channels import PubSubSide
@@ -50,11 +50,10 @@ from taskiq_abort.backends.redis.connect import (
     Topology,
     call,
     check_options,
-    safe_url,
 )
 from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.keys import DEFAULT_PREFIX, KeySpace
-from taskiq_abort.protocol import ReplyMessage
+from taskiq_abort.observability import events
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
@@ -227,7 +226,7 @@ class RedisAbortBackend(PubSubSide):
             keys.worker_channel_prefix, "1" if self.replicas > 0 else "0",
         ]  # fmt: skip
         op = self._c.heartbeat(self._worker_keys(worker_id), args)
-        return observe.redis_time(await self._call("a heartbeat", op))
+        return events.redis_time(await self._call("a heartbeat", op))
 
     async def unregister(self, worker_id: str) -> None:
         op = self._c.unregister(self._worker_keys(worker_id), [worker_id])
@@ -252,7 +251,7 @@ class RedisAbortBackend(PubSubSide):
             (item,) = confirmations
             await self.confirm(item.task_id, item.outcome, worker_id, item.reply_to, item.forced)
             return
-        await bulk.confirm_many(self, worker_id, confirmations)
+        await bulk.confirm_many(self._c, self.keys, self._call, worker_id, confirmations)
 
     # --- aborter side ----------------------------------------------------------------
     async def request(
@@ -286,7 +285,17 @@ class RedisAbortBackend(PubSubSide):
         grace: float = 0.0,
     ) -> list[RequestResult]:
         """One script call per 1,000 ids, one message per holding worker (``bulk.py``)."""
-        return await bulk.request_many(self, task_ids, reason, requested_by, grace)
+        return await bulk.request_many(
+            self._c,
+            self.keys,
+            self._call,
+            task_ids,
+            reason=reason,
+            requested_by=requested_by,
+            grace=grace,
+            request_ttl=self.request_ttl,
+            reply_channel=self.reply_channel,
+        )
 
     async def note_eta(self, task_id: str, delay: float) -> None:
         eta_ms = int((time.time() + delay) * 1000)  # for people reading it; Redis uses the PTTL

@@ -18,7 +18,8 @@ from typing import Any
 
 from redis.asyncio.client import PubSub
 
-from taskiq_abort import observe
+from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort._wire.protocol import BATCH, ReplyMessage, parse_aborts, parse_replies
 from taskiq_abort.backends.base import (
     AbortBackend,
     AbortHandler,
@@ -27,12 +28,10 @@ from taskiq_abort.backends.base import (
     RequestRecord,
     ResyncHook,
 )
-from taskiq_abort.backends.redis.bulk import BATCH
 from taskiq_abort.backends.redis.clients import LoopClients
 from taskiq_abort.backends.redis.connect import Topology
 from taskiq_abort.backends.redis.subscription import subscription
-from taskiq_abort.keys import KeySpace
-from taskiq_abort.protocol import ReplyMessage, parse_aborts, parse_replies
+from taskiq_abort.observability import events
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -97,7 +96,7 @@ class PubSubSide(AbortBackend):
                 continue
             for one in parsed:
                 notice = AbortNotice(one.task_id, one.reason, one.reply_to, one.at, one.grace)
-                observe.request_seen(one.task_id, one.at or None, None)
+                events.request_seen(one.task_id, one.at or None, None)
                 try:
                     handler(notice)
                 except Exception:  # a bug in a handler must not end the listener
@@ -106,7 +105,7 @@ class PubSubSide(AbortBackend):
 
     def _count_malformed(self, channel: str, message: bytes) -> None:
         self.malformed_messages += 1
-        observe.malformed_message()
+        events.malformed_message()
         if self.malformed_messages == 1 or self.malformed_messages % 1000 == 0:
             logger.warning(
                 "taskiq-abort: ignored %d malformed control message(s) on %s (latest: %r)",

@@ -12,11 +12,12 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
-from taskiq_abort.backends.base import AbortNotice, RequestRecord, RequestResult, RunningEntry
+from taskiq_abort.backends.base import AbortNotice, RequestRecord, RequestResult
 from taskiq_abort.backends.redis import scripts
-from taskiq_abort.backends.redis.bulk import CONFIRM_MANY, REQUEST_MANY
 from taskiq_abort.backends.redis.connect import Topology
 from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
+from taskiq_abort.backends.redis.scripts import CONFIRM_MANY, REQUEST_MANY
+from taskiq_abort.outcome import RunningEntry
 
 SYNC, REGISTER, REVOKE, SETTLE = (
     LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE, scripts.SETTLE)

@@ -17,7 +17,6 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as rexc
 from redis.asyncio import Redis
@@ -33,6 +32,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
+from taskiq_abort._scrub import safe_url
+from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.base import NotDurableError
 from taskiq_abort.backends.redis.lane import Ask, NotReplicatedError
 from taskiq_abort.errors import (
@@ -41,7 +42,6 @@ from taskiq_abort.errors import (
     AbortConfigError,
     AbortPermissionError,
 )
-from taskiq_abort.keys import KeySpace
 
 _T = TypeVar("_T")
 CommandClient = Redis | RedisCluster
@@ -56,23 +56,6 @@ _CLUSTER_TRANSIENT = (
     rexc.MasterDownError,
     rexc.ClusterError,
 )
-
-
-def safe_url(url: str) -> str:
-    """``url`` with any password masked, for logs and error messages.
-
-    >>> safe_url("redis://user:s3cret@db:6379/0")
-    'redis://user:***@db:6379/0'
-    """
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _params(*callables: Any) -> set[str]:
@@ -115,15 +98,6 @@ class Topology:
     master_name: str | None = None
     sentinel_kwargs: dict[str, Any] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> str:
-        return "cluster" if self.cluster else "sentinel" if self.sentinels else "standalone"
-
-    @property
-    def publish(self) -> str:
-        """The publish command of the scripts: sharded in a Cluster (never on the bus)."""
-        return "SPUBLISH" if self.cluster else "PUBLISH"
 
     @property
     def where(self) -> str:

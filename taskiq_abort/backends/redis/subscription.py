@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from redis import exceptions as rexc
 from redis.asyncio.client import PubSub
 
-from taskiq_abort.outage import OUTAGES, Link
+from taskiq_abort.observability.outages import OUTAGES, Link
 
 logger = logging.getLogger("taskiq_abort")
 

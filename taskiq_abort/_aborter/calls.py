@@ -10,14 +10,27 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from taskiq_abort import observe
+from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.backends.base import AbortBackend
-from taskiq_abort.client import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
+from taskiq_abort.observability import events
 from taskiq_abort.outcome import AbortOutcome
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker
+
+
+def find_aborter(broker: AsyncBroker) -> AbortCalls:
+    """The broker's :class:`~taskiq_abort.AbortMiddleware` (the one ``AbortCalls`` there), or
+    :class:`AbortConfigError` saying how to add it. Here, below the middleware's module, so
+    that handles and observers can find it without importing the middleware."""
+    for middleware in broker.middlewares:
+        if isinstance(middleware, AbortCalls):
+            return middleware
+    raise AbortConfigError(
+        f"{type(broker).__name__} has no AbortMiddleware: add it with "
+        "broker.with_middlewares(AbortMiddleware(redis_url)) where the broker is created"
+    )
 
 
 class AbortCalls:
@@ -26,6 +39,15 @@ class AbortCalls:
     backend: AbortBackend
     broker: AsyncBroker
     abort_timeout: float
+
+    def _attached(self, what: str) -> AsyncBroker:
+        """The broker, or :class:`AbortConfigError` for a middleware not added to one."""
+        if self.broker is None:
+            raise AbortConfigError(
+                f"cannot abort {what}: this AbortMiddleware is not attached to a broker; "
+                "add it with broker.with_middlewares(middleware)"
+            )
+        return self.broker
 
     async def abort(
         self,
@@ -37,16 +59,12 @@ class AbortCalls:
         grace: float | None = None,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort task {task_id}: this AbortMiddleware is not attached to a broker; "
-                "add it with broker.with_middlewares(middleware)"
-            )
+        broker = self._attached(f"task {task_id}")
         started = time.perf_counter()
         try:
             outcome = await abort_task(
                 self.backend,
-                self.broker.result_backend,
+                broker.result_backend,
                 task_id,
                 reason=reason,
                 wait=wait,
@@ -55,9 +73,9 @@ class AbortCalls:
             )
         except Exception as exc:
             elapsed = time.perf_counter() - started
-            await observe.abort_answered(task_id, exc, elapsed, reason, self.broker)
+            await events.abort_answered(task_id, exc, elapsed, reason, self.broker)
             raise
-        await observe.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
+        await events.abort_answered(task_id, outcome, outcome.elapsed, reason, self.broker)
         return outcome
 
     async def abort_many(
@@ -88,15 +106,11 @@ class AbortCalls:
         """:meth:`abort_many` with each id's error in its place instead of raised (with
         ``invalid_in_place``, an invalid id's too)."""
         ids = list(task_ids)
-        if self.broker is None:
-            raise AbortConfigError(
-                f"cannot abort {len(ids)} task(s): this AbortMiddleware is not attached to a "
-                "broker; add it with broker.with_middlewares(middleware)"
-            )
+        broker = self._attached(f"{len(ids)} task(s)")
         started = time.perf_counter()
         answers = await abort_tasks_each(
             self.backend,
-            self.broker.result_backend,
+            broker.result_backend,
             ids,
             reason=reason,
             wait=wait,
@@ -106,5 +120,5 @@ class AbortCalls:
         )
         elapsed = time.perf_counter() - started
         for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
-            await observe.abort_answered(task_id, got, elapsed, reason, self.broker)
+            await events.abort_answered(task_id, got, elapsed, reason, self.broker)
         return answers

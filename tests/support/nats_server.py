@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from taskiq_abort.testing import free_port, stop_process
+from tests.support.redis_servers import free_port, stop_process
 
 
 def find_nats_binary() -> str:

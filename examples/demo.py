@@ -1,4 +1,4 @@
-"""A self-contained demo: ``python3 -m taskiq_abort.demo``.
+"""A self-contained demo: ``python3 -m examples.demo``, from the repository's root.
 
 Starts a throwaway redis-server and a real ``taskiq worker`` process, then, from this process,
 starts long tasks and aborts them, printing how long each abort took. Needs taskiq-redis
@@ -20,11 +20,12 @@ from typing import Any
 from taskiq import AsyncBroker, Context, TaskiqDepends
 
 from taskiq_abort import AbortableTask, AbortMiddleware, AbortStatus, TaskAbortedError
-from taskiq_abort.keys import KeySpace
+from taskiq_abort._wire.keys import KeySpace
+from tests.support.redis_servers import RedisServer
 
 _URL_ENV = "TASKIQ_ABORT_DEMO_URL"
 _PREFIX = "taskiq_abort_demo"
-_APP = "taskiq_abort.demo:broker"  # what the worker process imports
+_APP = "examples.demo:broker"  # what the worker process imports
 
 
 def make_broker(url: str) -> AsyncBroker:
@@ -128,8 +129,6 @@ async def _run(url: str, rounds: int) -> None:
 
 
 def main() -> int:
-    from taskiq_abort.testing import RedisServer
-
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 50
     # taskiq warns that an error result does not parse as the task's return type: expected here.
     logging.getLogger("taskiq.task").setLevel(logging.ERROR)

@@ -9,40 +9,24 @@ import time
 from collections.abc import Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from taskiq_abort._results import aborted_result, stored_results
+from taskiq_abort._wire.protocol import (
+    BATCH,
+    ReplyMessage,
+    check_grace,
+    clean_reason,
+    validate_task_id,
+)
 from taskiq_abort.backends.base import AbortBackend, ReplyWaiter, RequestResult
 from taskiq_abort.errors import (
     AbortBackendUnavailableError,
     InvalidTaskIdError,
-    TaskAbortedError,
     TaskiqAbortError,
 )
 from taskiq_abort.outcome import AbortOutcome, AbortStatus
-from taskiq_abort.protocol import ReplyMessage, check_grace, clean_reason, validate_task_id
 
 if TYPE_CHECKING:  # taskiq is imported where a result is stored: `taskiq-abort ID` starts fast
-    from taskiq import AsyncResultBackend, TaskiqResult
-    from taskiq.abc.result_backend import AsyncResultBackend as _Backend
-
-
-def aborted_result(task_id: str, reason: str | None) -> TaskiqResult[Any]:
-    """The result stored for an aborted task."""
-    from taskiq import TaskiqResult
-
-    return TaskiqResult(
-        is_err=True,
-        return_value=None,
-        execution_time=0.0,
-        error=TaskAbortedError(task_id, reason),
-        labels={},
-    )
-
-
-def _has_results(backend: _Backend[Any] | None) -> bool:
-    if backend is None:
-        return False
-    from taskiq.result_backends.dummy import DummyResultBackend
-
-    return not isinstance(backend, DummyResultBackend)
+    from taskiq import AsyncResultBackend
 
 
 class _Tally:
@@ -122,8 +106,8 @@ async def _nobody_runs_it(
 ) -> tuple[AbortStatus, str | None]:
     """Nobody runs ``task_id``, and any worker that picks it up from now on sees the request
     and stops: ``revoked`` (its result stored now), or ``finished`` if it has a result."""
-    if _has_results(result_backend):
-        assert result_backend is not None
+    result_backend = stored_results(result_backend)
+    if result_backend is not None:
         try:
             # is_result_ready, never get_result: with keep_results=False a read consumes it.
             if await result_backend.is_result_ready(task_id):
@@ -202,7 +186,6 @@ async def abort_task(
             backend.discard_reply(task_id, waiter)
 
 
-BATCH = 1000  # ids per request_many call; each batch gets `timeout` from when it was sent
 CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' results)
 _FIRST_POLL = 1.0
 
@@ -257,7 +240,7 @@ async def abort_tasks_each(
     waiter = await backend.prepare_replies(unique) if wait and unique else None
     try:
         deadlines: list[tuple[float, list[str]]] = []
-        for start in range(0, len(unique), BATCH):
+        for start in range(0, len(unique), BATCH):  # each batch waits `timeout` from its send
             batch = unique[start : start + BATCH]
             try:
                 results = await backend.request_many(batch, reason, _requested_by(), grace_s)

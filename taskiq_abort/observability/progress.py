@@ -12,11 +12,11 @@ import asyncio
 import logging
 from typing import Any
 
-from taskiq import AsyncResultBackend
 from taskiq.depends.progress_tracker import TaskProgress
-from taskiq.result_backends.dummy import DummyResultBackend
 
-from taskiq_abort import observe
+from taskiq_abort._results import stored_results
+from taskiq_abort.observability import events
+from taskiq_abort.observability.spans import span_ids
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -26,13 +26,10 @@ ABORTED = "ABORTED"
 _TIMEOUT = 3.0  # a hung result backend must not hold the result of an aborted task for long
 
 
-def _usable(backend: Any) -> bool:
-    return isinstance(backend, AsyncResultBackend) and not isinstance(backend, DummyResultBackend)
-
-
 async def report(backend: Any, task_id: str, meta: dict[str, Any]) -> None:
     """Store ``ABORTED`` with ``meta`` as ``task_id``'s progress (best effort)."""
-    if not _usable(backend):
+    backend = stored_results(backend)
+    if backend is None:
         return
     try:
         await asyncio.wait_for(
@@ -44,7 +41,8 @@ async def report(backend: Any, task_id: str, meta: dict[str, Any]) -> None:
 
 async def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
     """The meta of ``task_id``'s ``ABORTED`` progress; ``{}`` when there is none."""
-    if not _usable(backend):
+    backend = stored_results(backend)
+    if backend is None:
         return {}
     try:
         progress = await asyncio.wait_for(backend.get_progress(task_id), _TIMEOUT)
@@ -55,7 +53,7 @@ async def read_meta(backend: Any, task_id: str) -> dict[str, Any]:
     return progress.meta
 
 
-def applied_meta(event: observe.AbortApplied) -> dict[str, Any]:
+def applied_meta(event: events.AbortApplied) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "reason": event.reason,
         "phase": event.phase,
@@ -63,26 +61,22 @@ def applied_meta(event: observe.AbortApplied) -> dict[str, Any]:
         "requested_by": event.requested_by,
         "delivery_ms": None if event.delivery is None else round(event.delivery * 1000, 3),
     }
-    try:
-        from taskiq_abort.otel import span_ids
-    except ImportError:  # no opentelemetry: no span to point at
-        return meta
     meta.update(span_ids(event.message))
     return meta
 
 
-async def on_applied(event: observe.AbortApplied) -> None:
+async def on_applied(event: events.AbortApplied) -> None:
     """Worker side: the attempt ended aborted (running) or was refused (queued)."""
     backend = getattr(event.broker, "result_backend", None)
     await report(backend, event.task_id, applied_meta(event))
 
 
-async def on_requested(event: observe.AbortRequested) -> None:
+async def on_requested(event: events.AbortRequested) -> None:
     """Aborter side: a task revoked before any worker took it has no worker to report it."""
     if event.status != "revoked":
         return
     backend = getattr(event.broker, "result_backend", None)
     if await read_meta(backend, event.task_id):
         return  # a worker that refused it at its start already reported it, with more detail
-    meta = {"reason": event.reason, "phase": observe.QUEUED, "requested_by": None}
+    meta = {"reason": event.reason, "phase": events.QUEUED, "requested_by": None}
     await report(backend, event.task_id, meta)

@@ -32,8 +32,8 @@ from typing import Any
 
 import redis
 
-from taskiq_abort.testing_tls import TLSFiles as TLSFiles
-from taskiq_abort.testing_tls import make_tls_files as make_tls_files
+from tests.support.tls_files import TLSFiles as TLSFiles
+from tests.support.tls_files import make_tls_files as make_tls_files
 
 
 def find_server_binary() -> str:

@@ -16,34 +16,15 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TracerProvider
 
-from taskiq_abort import observe
+from taskiq_abort import __version__
+from taskiq_abort.observability import events
+from taskiq_abort.observability.progress import read_meta
+from taskiq_abort.observability.spans import execute_span
 
 EVENT = "taskiq_abort.aborted"
-_OTEL_CTX_KEY = "__otel_task_span"  # taskiq.middlewares.opentelemetry_middleware.CTX_KEY
 
 
-def execute_span(message: Any) -> Any:
-    """The open ``execute/{task_name}`` span of this message, if taskiq's OTel middleware
-    started one (``None`` otherwise)."""
-    spans = getattr(message, _OTEL_CTX_KEY, None)
-    if not isinstance(spans, dict):
-        return None
-    ctx = spans.get((message.task_id, False))
-    return ctx[0] if ctx else None
-
-
-def span_ids(message: Any) -> dict[str, str]:
-    """``trace_id`` and ``span_id`` (hex) of the message's execute span, for the progress meta."""
-    span = execute_span(message)
-    if span is None:
-        return {}
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return {}
-    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
-
-
-def _attributes(event: observe.AbortApplied) -> dict[str, Any]:
+def _attributes(event: events.AbortApplied) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "taskiq_abort.task_id": event.task_id,
         "taskiq_abort.phase": event.phase,
@@ -60,24 +41,20 @@ class AbortTracing:
     """Adds the abort event to execute spans; traces ``abort()`` calls of traced callers."""
 
     def __init__(self, tracer_provider: TracerProvider | None = None) -> None:
-        from taskiq_abort import __version__
-
         self.tracer = trace.get_tracer("taskiq_abort", __version__, tracer_provider)
 
-    def abort_applied(self, event: observe.AbortApplied) -> None:
+    def abort_applied(self, event: events.AbortApplied) -> None:
         span = execute_span(event.message)
         if span is not None and span.is_recording():
             span.add_event(EVENT, _attributes(event))
             span.set_attribute("taskiq_abort.outcome", event.phase)
 
-    async def abort_requested(self, event: observe.AbortRequested) -> None:
+    async def abort_requested(self, event: events.AbortRequested) -> None:
         if not trace.get_current_span().get_span_context().is_valid:
             return  # the caller is not traced: no span of our own
         meta: dict[str, Any] = {}
         backend = getattr(event.broker, "result_backend", None)
         if event.status in ("aborted", "revoked") and backend is not None:
-            from taskiq_abort.progress import read_meta
-
             meta = await read_meta(backend, event.task_id)
         links = []
         if meta.get("trace_id") and meta.get("span_id"):
@@ -98,7 +75,7 @@ class AbortTracing:
                 "taskiq_abort.task_id": event.task_id,
                 "taskiq_abort.status": event.status,
                 "taskiq_abort.reason": event.reason or "",
-                "taskiq_abort.worker": event.worker or "",
+                "taskiq_abort._worker.side": event.worker or "",
             },
         )
         span.end()

@@ -17,17 +17,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from taskiq_abort import observe
-from taskiq_abort.backends.base import (
-    AbortBackend,
-    AbortNotice,
-    Confirmation,
-    NotDurableError,
-    RunningEntry,
-)
+from taskiq_abort._worker.attempt import CancelMode, RunningTask
+from taskiq_abort.backends.base import AbortBackend, AbortNotice, Confirmation, NotDurableError
 from taskiq_abort.errors import AbortPermissionError, TaskiqAbortError
-from taskiq_abort.execution import CancelMode, RunningTask
-from taskiq_abort.outage import OUTAGES
+from taskiq_abort.observability import events
+from taskiq_abort.observability.outages import OUTAGES
+from taskiq_abort.outcome import RunningEntry
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -386,7 +381,7 @@ class WorkerSide:
             self._unreachable_since = asyncio.get_running_loop().time()
         if not self._outage:
             self._outage = True
-            observe.registry_outage()
+            events.registry_outage()
             OUTAGES.lost(
                 self,
                 logger,

@@ -20,6 +20,9 @@ reply on (``reply_to``); version 1 broadcast them."""
 MAX_TASK_ID_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 MAX_MESSAGE_BYTES = 8192
+BATCH = 1000
+"""Most ids per bulk call (``REQUEST_MANY``, ``CONFIRM_MANY``, a pipelined read): one call never
+holds Redis for long (a few ms)."""
 MAX_GRACE = 7 * 24 * 3600.0
 """Longest grace period, in seconds (a week): longer ones are refused by ``abort()``."""
 

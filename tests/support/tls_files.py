@@ -1,5 +1,5 @@
 """A throwaway certificate authority for TLS tests: :func:`make_tls_files` (re-exported by
-``taskiq_abort.testing``, whose servers take the result)."""
+``tests.support.redis_servers``, whose servers take the result)."""
 
 from __future__ import annotations
 

@@ -77,7 +77,7 @@ class Observer:
         return None
 
     def abort_forced(self, task_name: str) -> None:
-        """An abort had to be forced after its grace period (no grace period exists yet)."""
+        """An attempt was cancelled because its abort's grace period ran out."""
 
     def registry_outage(self) -> None:
         """The worker lost the abort registry (once per outage)."""
@@ -98,10 +98,6 @@ def subscribe(observer: Observer) -> None:
 
 def unsubscribe(observer: Observer) -> None:
     _observers[:] = [o for o in _observers if o is not observer]
-
-
-def observers() -> list[Observer]:
-    return list(_observers)
 
 
 # --- the Redis clock -----------------------------------------------------------------
@@ -217,7 +213,8 @@ async def abort_answered(
 
 
 def abort_forced(task_name: str) -> None:
-    """For the grace period (not implemented yet): an abort forced after it ran out."""
+    """An attempt of ``task_name`` was cancelled because its abort's grace period ran out
+    (``abort(..., grace=...)``); once per attempt, from ``AbortMiddleware.post_save``."""
     for observer in list(_observers):
         _call_sync(observer.abort_forced, task_name)
 

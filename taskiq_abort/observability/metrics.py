@@ -1,4 +1,4 @@
-"""Prometheus metrics of aborts (extra ``metrics``: prometheus-client), fed by ``observe``.
+"""Prometheus metrics of aborts (extra ``metrics``: prometheus-client), fed by the events hub.
 
 prometheus-client chooses multiprocess or in-process values once, when it is first imported:
 imported before taskiq's ``PrometheusMiddleware`` has set ``PROMETHEUS_MULTIPROC_DIR``, it would
@@ -17,7 +17,7 @@ import logging
 import os
 from typing import Any
 
-from taskiq_abort import observe
+from taskiq_abort.observability import events
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -28,7 +28,7 @@ DELIVERY_BUCKETS = (
 REQUEST_BUCKETS = DELIVERY_BUCKETS
 
 
-class AbortMetrics(observe.Observer):
+class AbortMetrics(events.Observer):
     """The metrics, registered in prometheus-client's default registry (one per process)."""
 
     def __init__(self) -> None:
@@ -49,7 +49,7 @@ class AbortMetrics(observe.Observer):
         )
         self.forced_aborts = Counter(
             "forced_aborts",
-            "Aborts forced after their grace period ran out (no grace period exists yet: 0)",
+            "Aborted attempts cancelled because their grace period ran out",
             ["task_name"],
         )
         self.delivery = Histogram(
@@ -79,12 +79,12 @@ class AbortMetrics(observe.Observer):
             buckets=REQUEST_BUCKETS,
         )
 
-    def abort_applied(self, event: observe.AbortApplied) -> None:
+    def abort_applied(self, event: events.AbortApplied) -> None:
         self.aborted_tasks.labels(event.task_name, event.phase).inc()
         if event.delivery is not None:
             self.delivery.labels(event.task_name).observe(event.delivery)
 
-    def abort_requested(self, event: observe.AbortRequested) -> None:
+    def abort_requested(self, event: events.AbortRequested) -> None:
         self.requests.labels(event.status).inc()
         self.request_seconds.labels(event.status).observe(event.seconds)
 
@@ -104,7 +104,7 @@ _served: set[int] = set()
 
 def enable() -> AbortMetrics:
     """The metrics, created once per process (prometheus-client's registry refuses a second
-    set). Subscribe them with ``observe.subscribe(enable())`` when not using
+    set). Subscribe them with ``events.subscribe(enable())`` when not using
     ``AbortObservability``, which delegates to them for its broker only."""
     global _metrics
     if _metrics is None:

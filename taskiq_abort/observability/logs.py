@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from taskiq_abort import observe
+from taskiq_abort._worker.attempt import current_run
 from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.observability import events
 
 _RECEIVER_LOGGER = "taskiq.receiver.receiver"
 
@@ -13,19 +14,17 @@ _RECEIVER_LOGGER = "taskiq.receiver.receiver"
 class AbortedTaskLogFilter(logging.Filter):
     """Turns taskiq's "Exception found while executing function." + traceback for a
     ``TaskAbortedError`` into one INFO line: the task's id, name, reason and delivery time
-    (``observe.applied_line``)."""
+    (``events.applied_line``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, TaskAbortedError):
             if not logging.getLogger(record.name).isEnabledFor(logging.INFO):
                 return False  # demoted to INFO below a WARNING level: not written at all
-            from taskiq_abort.execution import current_run
-
             run = current_run.get()  # taskiq logs from the attempt's own task: ours is set
             name = run.entry.task_name if run is not None else "?"
-            phase = observe.QUEUED if run is not None and run.revoked else observe.RUNNING
-            line = observe.applied_line(exc.task_id, name, phase, exc.reason)
+            phase = events.QUEUED if run is not None and run.revoked else events.RUNNING
+            line = events.applied_line(exc.task_id, name, phase, exc.reason)
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = "%s", (line,)
             record.exc_info, record.exc_text = None, None

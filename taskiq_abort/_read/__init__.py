@@ -1,0 +1,1 @@
+"""What the CLI and the web API show: task names resolved, a task's state, a worker's row."""

@@ -1,0 +1,1 @@
+"""The worker half: register starts, hear aborts, stop the body, confirm."""

@@ -1,0 +1,6 @@
+
+local function request_life(ttl, eta_key)
+  local eta = redis.call('PTTL', eta_key)
+  if eta > ttl then return eta end
+  return ttl
+end
