@@ -39,6 +39,7 @@ from taskiq_abort.backends.redis.clients import (
     OWN_OPTIONS,
     REGISTER,
     REVOKE,
+    REVOKING,
     SETTLE,
     SYNC,
     LoopClients,
@@ -328,31 +329,54 @@ class RedisAbortBackend(PubSubSide):
             )
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
-        keys: list[str] = [key, self.keys.eta(task_id)]
-        args: list[str | int] = [outcome, int(self.request_ttl * 1000)]
-        if self.replicas > 0:  # and every live worker must have registered with this master
-            keys.append(self.keys.workers)
-            args.append(self.keys.worker_prefix)
+        keys, args = self._registered_check([key, self.keys.eta(task_id)], [])
+        args[:0] = [outcome, int(self.request_ttl * 1000)]
         op = self._c.fence(REVOKE, keys, args, durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
-        if isinstance(recorded, list):
-            raise AbortBackendUnavailableError(
-                f"worker {recorded[0]} has not registered with the master of {self.where} since "
-                f"it changed (a failover): it may be running task {task_id} unregistered, so it "
-                "is not revoked yet; abort it again in a few seconds"
-            )
+        self._refuse_unregistered(task_id, recorded)
         if recorded is None and self.replicas > 0:
             raise AbortBackendUnavailableError(
                 f"the abort request of task {task_id} is gone from {self.where} (lost in a "
                 "failover?): nothing was revoked; abort it again"
             )
+        if recorded not in (None, "revoked", "aborted"):
+            # Settled "finished" by another aborter that found our result without our claim
+            # (lost in a failover): that request refuses no start, so this is no revoke.
+            raise AbortBackendUnavailableError(
+                f"the abort request of task {task_id} was settled {recorded!r} on {self.where} "
+                "by another aborter (a failover lost this one's claim?): it is not revoked; "
+                "abort it again"
+            )
 
     async def mark_revoking(self, task_id: str) -> None:
-        op = self._c.revoking([self.keys.request(task_id)])
-        if not await self._call(f"claiming the revoke of task {task_id}", op):
+        # Durable, and only once every live worker registered with this master: the task's
+        # TaskAbortedError result is stored next, and must not stand for a revoke that REVOKE
+        # would refuse or a failover would lose.
+        keys, args = self._registered_check([self.keys.request(task_id)], [])
+        op = self._c.fence(REVOKING, keys, args, durable=True)
+        claimed = await self._call(f"claiming the revoke of task {task_id}", op)
+        self._refuse_unregistered(task_id, claimed)
+        if not claimed:
             raise AbortBackendUnavailableError(
                 f"the abort request of task {task_id} is gone from {self.where} (expired, or "
                 "lost in a failover?): nothing was revoked; abort it again"
+            )
+
+    def _registered_check(
+        self, keys: list[str], args: list[str | int]
+    ) -> tuple[list[str], list[str | int]]:
+        """``keys`` and ``args`` with what REVOKE and REVOKING need to check that every live
+        worker registered with this master (with ``replicas >= 1``)."""
+        if self.replicas > 0:
+            return [*keys, self.keys.workers], [*args, self.keys.worker_prefix]
+        return keys, args
+
+    def _refuse_unregistered(self, task_id: str, answer: Any) -> None:
+        if isinstance(answer, list):
+            raise AbortBackendUnavailableError(
+                f"worker {answer[0]} has not registered with the master of {self.where} since "
+                f"it changed (a failover): it may be running task {task_id} unregistered, so it "
+                "is not revoked yet; abort it again in a few seconds"
             )
 
     async def settle_finished(self, task_id: str) -> RequestRecord | None:

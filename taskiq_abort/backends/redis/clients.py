@@ -19,8 +19,9 @@ from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
 from taskiq_abort.backends.redis.scripts import CONFIRM_MANY, REQUEST_MANY
 from taskiq_abort.outcome import RunningEntry
 
-SYNC, REGISTER, REVOKE, SETTLE = (
-    LuaScript(src) for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKE, scripts.SETTLE)
+SYNC, REGISTER, REVOKING, REVOKE, SETTLE = (
+    LuaScript(src)
+    for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKING, scripts.REVOKE, scripts.SETTLE)
 )
 OWN_OPTIONS = (
     "prefix", "channel", "request_ttl", "lease", "timeout", "cluster", "sentinels",
@@ -60,14 +61,13 @@ class LoopClients:
         self.heartbeat = cmd.register_script(publishing(scripts.HEARTBEAT))
         self.unregister = cmd.register_script(scripts.UNREGISTER)
         self.request = cmd.register_script(publishing(scripts.REQUEST))
-        self.revoking = cmd.register_script(scripts.REVOKING)
         self.confirm = cmd.register_script(publishing(scripts.CONFIRM))
         self.request_many = cmd.register_script(publishing(REQUEST_MANY))
         self.confirm_many = cmd.register_script(publishing(CONFIRM_MANY))
         self.list = cmd.register_script(scripts.LIST)
         self.scripts = (  # to warm
             self.request, self.confirm, self.list, self.unregister, self.request_many,
-            self.confirm_many, self.revoking,
+            self.confirm_many,
         )  # fmt: skip
 
     async def ask(self, keys: Sequence[str], args: Sequence[str | int]) -> Any:

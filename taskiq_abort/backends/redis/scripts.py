@@ -117,14 +117,19 @@ LIST = NOW + _lua("list")
 # KEYS: request hash, ETA marker[, workers zset]; ARGV: outcome, ttl_ms[, worker_prefix].
 # Returns the recorded outcome, false when the request is gone, or {worker_id} of a live worker
 # not yet registered with this master (nothing written).
-REVOKE = NOW + REQUEST_LIFE + REPLICATION_ID + _lua("revoke")
+_UNREGISTERED_WORKER = REPLICATION_ID + _lua("unregistered_worker")
+REVOKE = NOW + REQUEST_LIFE + _UNREGISTERED_WORKER + _lua("revoke")
 
 
 # The aborter found nobody holding the task and no result: it claims the revoke before it
 # stores the task's TaskAbortedError result, so that an aborter that finds that result before
 # the outcome is recorded takes it for ours, not the task's own (SETTLE). Any number may claim
-# it: they store the same result. KEYS: request hash. Returns 1, or 0 when the request is gone.
-REVOKING = _lua("revoking")
+# it: they store the same result. Durable like REVOKE (a failover must not lose the claim while
+# the result stays), and with the same check that every live worker registered with this
+# master: no result may be stored for a revoke that REVOKE would then refuse.
+# KEYS: request hash[, workers zset]; ARGV: [worker_prefix]. Returns 1, 0 when the request is
+# gone, or {worker_id} of a live worker not yet registered with this master (nothing written).
+REVOKING = NOW + _UNREGISTERED_WORKER + _lua("revoking")
 
 
 # The aborter found a result and nobody holding the task: did a worker refuse or abort it
