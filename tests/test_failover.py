@@ -52,6 +52,7 @@ LOOPS = 3
 # The causes of an abort that raised, as its message words them.
 WHY = ("has not registered", "to its replicas in time", "is gone from", "cannot reach", "no master")
 REPORT = Path(os.environ.get("TASKIQ_ABORT_FAILOVER_REPORT", "/tmp/taskiq-abort-failover.jsonl"))
+started_at: dict[str, float] = {}
 
 
 def pause(server: RedisServer) -> None:
@@ -64,15 +65,19 @@ def resume(server: RedisServer) -> None:
     os.kill(server.proc.pid, signal.SIGCONT)
 
 
-def _sleeper_app(url: str, prefix: str) -> tuple[AsyncBroker, dict[str, asyncio.Event]]:
-    """An in-process app whose ``sleeper`` sets ``started[task_id]``; durable (``replicas=1``)."""
+def _sleeper_app(
+    url: str, prefix: str, lease: float = 10.0
+) -> tuple[AsyncBroker, dict[str, asyncio.Event]]:
+    """An in-process app whose ``sleeper`` sets ``started[task_id]``; durable (``replicas=1``).
+    ``started_at[task_id]`` is the loop's time then."""
     broker = InMemoryBroker().with_middlewares(
-        AbortMiddleware(url, prefix=prefix, replicas=1, redis_timeout=1)
+        AbortMiddleware(url, prefix=prefix, replicas=1, redis_timeout=1, lease=lease)
     )
     started: dict[str, asyncio.Event] = {}
 
     @broker.task(task_name="sleeper")
     async def sleeper(context: Context = TaskiqDepends()) -> None:
+        started_at[context.message.task_id] = asyncio.get_running_loop().time()
         started.setdefault(context.message.task_id, asyncio.Event()).set()
         await asyncio.sleep(60)
 
@@ -123,6 +128,36 @@ async def test_a_start_refused_on_the_master_stays_refused(prefix: str) -> None:
             result = await task.wait_result(timeout=30)
             assert isinstance(result.error, TaskAbortedError), result
         finally:
+            await broker.shutdown()
+    finally:
+        resume(replica)
+        replica.cleanup()
+        master.cleanup()
+
+
+async def test_a_start_no_replica_acknowledged_is_held_for_a_lease(prefix: str) -> None:
+    """The replica stalls: a start check's "no request" cannot be made durable, and may come
+    from a stale master (one a failover replaced, still serving this worker) whose successor
+    holds a revoke. A fail-open worker holds such a start, checking it again, for one lease
+    after the registry stopped replicating, as when no master answers; then it runs it."""
+    master = RedisServer().start()
+    replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(master.port)]).start()
+    try:
+        with master.client() as client:
+            poll(lambda: client.info("replication")["connected_slaves"] == 1, 30, "a replica")
+            assert client.wait(1, 10_000) == 1
+        broker, started = _sleeper_app(master.url, prefix, lease=2)
+        await broker.startup()
+        try:
+            pause(replica)
+            task = await broker.find_task("sleeper").kiq()
+            began = started.setdefault(task.task_id, asyncio.Event())
+            await asyncio.wait_for(began.wait(), 60)
+            side = find_middleware(broker).worker
+            assert side is not None and side._unreachable_since is not None
+            assert started_at[task.task_id] - side._unreachable_since >= 2, "ran unchecked"
+        finally:
+            resume(replica)
             await broker.shutdown()
     finally:
         resume(replica)

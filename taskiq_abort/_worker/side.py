@@ -284,18 +284,25 @@ class WorkerSide:
                     )
                 except Exception as exc:  # never let the registry stop task processing
                     self._unavailable(exc)
-                    if self._hold(exc, loop.time()):
-                        self._starts[:0], self._finishes[:0] = starts, finishes
-                        pause = min(max(2 * pause, 0.05), 1.0)
-                        continue
                     # Starts the master refused stay refused, durable or not: it had the
-                    # request. The others run unregistered (fail open) or are refused.
+                    # request. The others are held and checked again, then run unregistered
+                    # (fail open) or are refused.
                     notices = exc.notices if isinstance(exc, NotDurableError) else []
                     refused = {notice.task_id: notice for notice in notices}
+                    unchecked = []
                     for run, fut in starts:
                         if run.task_id in refused:
                             run.revoke(refused[run.task_id].reason)
-                        elif self.fail_closed:
+                            if not fut.done():
+                                fut.set_result(None)
+                        else:
+                            unchecked.append((run, fut))
+                    if self._hold(loop.time()):
+                        self._starts[:0], self._finishes[:0] = unchecked, finishes
+                        pause = min(max(2 * pause, 0.05), 1.0)
+                        continue
+                    for run, fut in unchecked:
+                        if self.fail_closed:
                             run.refused = exc
                         if not fut.done():
                             fut.set_result(None)
@@ -315,14 +322,17 @@ class WorkerSide:
         if self._finishes:  # ended while we were busy (their timer may have found us so)
             self._arm_finish_timer()
 
-    def _hold(self, exc: Exception, now: float) -> bool:
-        """Whether to hold starts that no master could check, and ask again: for one lease
-        after the registry became unreachable (a failover is over by then, docs/deploy.md), so
-        that a fail-open worker does not run, unchecked, a task revoked just before. Past it
+    def _hold(self, now: float) -> bool:
+        """Whether to hold starts no master could check durably, and ask again: for one
+        lease after the registry became unreachable or stopped replicating (a failover is
+        over by then, docs/deploy.md), so that a fail-open worker does not run, unchecked, a
+        task revoked just before. A master whose writes fall short of its replicas may be a
+        stale one, replaced by a failover while it still serves us: its "no request" is not
+        the new master's, so those starts are held too (its refusals stand). Past one lease
         they run unregistered; fail-closed workers refuse them at once."""
         since = self._unreachable_since
-        if self.fail_closed or since is None or isinstance(exc, NotDurableError):
-            return False  # (a master did check those: its answer stands)
+        if self.fail_closed or since is None:
+            return False
         return now - since < self.backend.lease
 
     async def _register_all(self) -> None:
@@ -377,7 +387,7 @@ class WorkerSide:
 
     def _unavailable(self, exc: BaseException) -> None:
         self._dirty = True
-        if self._unreachable_since is None and not isinstance(exc, NotDurableError):
+        if self._unreachable_since is None:
             self._unreachable_since = asyncio.get_running_loop().time()
         if not self._outage:
             self._outage = True
