@@ -198,15 +198,6 @@ class AbortBackend(abc.ABC):
             self._waiters.setdefault(task_id, set()).add(waiter)
         return waiter
 
-    async def wait_reply(
-        self, task_id: str, waiter: ReplyWaiter, timeout: float
-    ) -> ReplyMessage | None:
-        """Wait for the next reply about ``task_id``; ``None`` on timeout."""
-        try:
-            return await asyncio.wait_for(waiter.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
     def discard_reply(self, task_id: str, waiter: ReplyWaiter) -> None:
         """Stop waiting (always called, after ``prepare_reply``)."""
         self.discard_replies((task_id,), waiter)

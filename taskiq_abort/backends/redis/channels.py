@@ -11,8 +11,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import sys
-import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
@@ -35,7 +33,6 @@ from taskiq_abort.observability import events
 
 logger = logging.getLogger("taskiq_abort")
 
-_FIRST_POLL = 1.0
 SUBSCRIBE_WAIT = 0.5
 
 
@@ -56,15 +53,6 @@ async def _yield() -> None:
     """Let what a message woke (a cancelled task body, an ``abort()`` waiting for its reply)
     run before the listener reads on: those are what the message is for."""
     await asyncio.sleep(0)
-
-
-async def _next(waiter: ReplyWaiter, timeout: float) -> ReplyMessage:
-    """The next reply, or ``asyncio.TimeoutError``; on 3.11+ without the task of its own that
-    ``wait_for`` makes (two event-loop turns between a reply's arrival and the caller)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await waiter.get()
-    return await asyncio.wait_for(waiter.get(), timeout)
 
 
 class PubSubSide(AbortBackend):
@@ -171,23 +159,6 @@ class PubSubSide(AbortBackend):
             for reply in replies:
                 self._deliver_reply(reply)
             await _yield()
-
-    async def wait_reply(
-        self, task_id: str, waiter: ReplyWaiter, timeout: float
-    ) -> ReplyMessage | None:
-        deadline = time.monotonic() + timeout
-        poll = _FIRST_POLL
-        while True:
-            left = deadline - time.monotonic()
-            with contextlib.suppress(asyncio.TimeoutError):
-                return await _next(waiter, max(0.0, min(poll, left)))
-            # The reply may have been lost (reconnect): the durable record is the truth.
-            heard = _from_record(task_id, await self.get_request(task_id))
-            if heard is not None:
-                return heard
-            if deadline - time.monotonic() <= 0:
-                return None
-            poll = min(poll * 2, 5.0)
 
     async def recheck(self, task_ids: Sequence[str]) -> list[ReplyMessage]:
         replies = []
