@@ -23,6 +23,7 @@ from taskiq_abort._worker.side import WorkerSide
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.backends.redis.connect import check_options, keyword_options
 from taskiq_abort.errors import (
     AbortBackendError,
     AbortConfigError,
@@ -148,6 +149,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
                 )
             backend = MemoryAbortBackend(request_ttl=request_ttl, lease=lease)
         else:
+            check_options(connection_kwargs, cluster, known=own_options())
             backend = RedisAbortBackend(
                 url,
                 prefix=prefix,
@@ -198,11 +200,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         """A server of the wrong kind (a Cluster without ``cluster=True``, a wrong master name)
         fails start-up with :class:`AbortConfigError`; an unreachable one does not (tasks run,
         and the worker catches up when it is back)."""
-        check = getattr(self.backend, "check", None)
-        if check is None:
-            return
         try:
-            await check()
+            await self.backend.check()
         except AbortBackendError as exc:
             logger.warning("taskiq-abort: could not check the abort backend at start-up: %s", exc)
 
@@ -349,8 +348,7 @@ def _delay_of(message: TaskiqMessage) -> float | None:
 
 def own_options() -> list[str]:
     """The keyword options of :class:`AbortMiddleware` itself (the rest go to redis-py)."""
-    params = inspect.signature(AbortMiddleware.__init__).parameters
-    return [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    return keyword_options(AbortMiddleware)
 
 
 def _refuse_misspelt_options(options: dict[str, Any]) -> None:

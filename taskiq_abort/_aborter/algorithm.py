@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._results import aborted_result, stored_results
@@ -58,24 +59,6 @@ class _Tally:
             if status in self.said:
                 return status, self.said[status], self.forced and status == "aborted"
         return "unknown", self.said.get("unknown"), False
-
-
-async def _replies(
-    backend: AbortBackend,
-    task_id: str,
-    waiter: ReplyWaiter,
-    holders: tuple[str, ...],
-    deadline: float,
-) -> tuple[str, str | None, bool] | None:
-    """Wait until every holder replied (see :class:`_Tally`), or ``None`` if one did not in
-    time."""
-    tally = _Tally(holders)
-    while True:
-        reply = await backend.wait_reply(task_id, waiter, deadline - time.perf_counter())
-        if reply is None:
-            return None
-        if tally.hear(reply):
-            return tally.verdict()
 
 
 def _settled(found: RequestResult) -> bool:
@@ -136,6 +119,130 @@ def _requested_by() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _checked(reason: str | None, grace: float | None, timeout: float) -> tuple[str | None, float]:
+    """The reason and the grace period as stored; ``ValueError`` for a negative timeout."""
+    reason, grace_s = clean_reason(reason), check_grace(grace)
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout}")
+    return reason, grace_s
+
+
+CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' results)
+_FIRST_POLL = 1.0
+
+
+class _Run:
+    """One abort of one id or many, once every request is recorded: hear the holders of the
+    held ids, settle the others, and put each id's answer (an outcome, or its error) in
+    ``answers``."""
+
+    def __init__(
+        self,
+        backend: AbortBackend,
+        result_backend: AsyncResultBackend[Any] | None,
+        waiter: ReplyWaiter | None,
+        answers: dict[str, AbortOutcome | TaskiqAbortError],
+    ) -> None:
+        self.backend = backend
+        self.result_backend = result_backend
+        self.waiter = waiter
+        self.answers = answers
+        self.started = time.perf_counter()
+        self.found: dict[str, RequestResult] = {}
+        self.deadlines: list[tuple[float, list[str]]] = []
+
+    def recorded(
+        self, task_ids: list[str], results: Iterable[RequestResult], deadline: float
+    ) -> None:
+        """What requesting ``task_ids`` found; their holders are heard until ``deadline``."""
+        self.found.update(zip(task_ids, results, strict=True))
+        self.deadlines.append((deadline, task_ids))
+
+    def done(
+        self, task_id: str, status: AbortStatus, worker: str | None, forced: bool = False
+    ) -> None:
+        elapsed = time.perf_counter() - self.started
+        why = self.found[task_id].reason  # the first request's reason stands
+        self.answers[task_id] = AbortOutcome(task_id, status, worker, why, elapsed, forced)
+
+    async def settle(self) -> None:
+        tallies: dict[str, _Tally] = {}
+        later: list[tuple[str, str | None]] = []
+        for task_id, result in self.found.items():
+            if result.holders and not _settled(result):
+                if self.waiter is None:
+                    self.done(task_id, AbortStatus.UNCONFIRMED, result.holder)
+                else:
+                    tallies[task_id] = _Tally(result.holders)
+            else:
+                later.append((task_id, None))
+        # Ids nobody holds are settled while the holders of the others stop theirs (one side
+        # alone is awaited as it is: a single abort makes no task of its own).
+        if tallies and later:
+            await asyncio.gather(self._hear(tallies), self._follow_ups(later))
+        elif tallies:
+            await self._hear(tallies)
+        else:
+            await self._follow_ups(later)
+
+    async def _hear(self, tallies: dict[str, _Tally]) -> None:
+        assert self.waiter is not None
+        heard = await _hear_all(self.backend, self.waiter, tallies, self.deadlines)
+        after: list[tuple[str, str | None]] = []
+        for task_id, verdict in heard.items():
+            if verdict is None:
+                self.done(task_id, AbortStatus.UNCONFIRMED, self.found[task_id].holder)
+                continue
+            status, worker, forced = verdict
+            if status == "aborted":
+                self.done(task_id, AbortStatus.ABORTED, worker, forced)
+            elif status == "finished":
+                after.append((task_id, worker or ""))
+            else:  # "unknown": its attempts ended without a result (a retry may come): settle it
+                after.append((task_id, None))
+        await self._follow_ups(after)
+
+    async def _follow_ups(self, follow_ups: list[tuple[str, str | None]]) -> None:
+        """:meth:`_follow_up` for each ``(id, finished_by)``, :data:`CONCURRENCY` at a time;
+        an id's error is its answer."""
+        if len(follow_ups) == 1:  # awaited as it is: no task of its own
+            ((task_id, finished_by),) = follow_ups
+            try:
+                await self._follow_up(task_id, finished_by)
+            except TaskiqAbortError as exc:
+                self.answers[task_id] = exc
+            return
+        gate = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(task_id: str, finished_by: str | None) -> None:
+            async with gate:
+                await self._follow_up(task_id, finished_by)
+
+        steps = (one(task_id, finished_by) for task_id, finished_by in follow_ups)
+        results = await asyncio.gather(*steps, return_exceptions=True)
+        for (task_id, _), result in zip(follow_ups, results, strict=True):
+            if isinstance(result, TaskiqAbortError):
+                self.answers[task_id] = result
+            elif isinstance(result, BaseException):
+                raise result  # a bug, or cancelled: not an answer
+
+    async def _follow_up(self, task_id: str, finished_by: str | None) -> None:
+        """Settle ``task_id`` without its holders: ``finished_by`` one of them (or ``""``),
+        said again if an earlier abort settled it, else nobody runs it."""
+        result = self.found[task_id]
+        if finished_by is not None:
+            await self.backend.clear_request(task_id)
+            self.done(task_id, AbortStatus.FINISHED, finished_by or None)
+        elif _settled(result):
+            assert result.outcome is not None
+            self.done(task_id, *await _say_again(self.backend, task_id, result.outcome))
+        else:
+            status, worker = await _nobody_runs_it(
+                self.backend, self.result_backend, task_id, result.reason
+            )
+            self.done(task_id, status, worker)
+
+
 async def abort_task(
     backend: AbortBackend,
     result_backend: AsyncResultBackend[Any] | None,
@@ -146,48 +253,26 @@ async def abort_task(
     timeout: float = 5.0,
     grace: float | None = None,
 ) -> AbortOutcome:
-    """Abort ``task_id``; see :func:`taskiq_abort.abort` for the meaning of each status."""
+    """Abort ``task_id``; see :func:`taskiq_abort.abort` for the meaning of each status. The
+    steps of :func:`abort_tasks_each` for one id, its request sent by ``backend.request``
+    (a round trip of its own, quicker than a bulk request)."""
     task_id = validate_task_id(task_id)
-    reason = clean_reason(reason)
-    grace_s = check_grace(grace)
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout}")
-    started = time.perf_counter()
-
-    def done(status: AbortStatus, worker: str | None = None, forced: bool = False) -> AbortOutcome:
-        elapsed = time.perf_counter() - started
-        return AbortOutcome(task_id, status, worker, reason, elapsed, forced)
-
+    reason, grace_s = _checked(reason, grace, timeout)
+    answers: dict[str, AbortOutcome | TaskiqAbortError] = {}
+    run = _Run(backend, result_backend, None, answers)
     # Listen before we publish, or a fast reply could slip past us.
-    waiter = await backend.prepare_reply(task_id) if wait else None
+    run.waiter = waiter = await backend.prepare_reply(task_id) if wait else None
     try:
         found = await backend.request(task_id, reason, _requested_by(), grace_s)
-        reason = found.reason  # the first request's reason stands, as in TaskAbortedError
-        if _settled(found):
-            assert found.outcome is not None
-            return done(*await _say_again(backend, task_id, found.outcome))
-        if found.holders:
-            if waiter is None:
-                return done(AbortStatus.UNCONFIRMED, found.holder)
-            deadline = started + timeout
-            heard = await _replies(backend, task_id, waiter, found.holders, deadline)
-            if heard is None:
-                return done(AbortStatus.UNCONFIRMED, found.holder)
-            status, worker, forced = heard
-            if status == "aborted":
-                return done(AbortStatus.ABORTED, worker, forced)
-            if status == "finished":
-                await backend.clear_request(task_id)
-                return done(AbortStatus.FINISHED, worker)
-            # "unknown": its attempts ended without a result (a retry may come): settle it below.
-        return done(*await _nobody_runs_it(backend, result_backend, task_id, reason))
+        run.recorded([task_id], (found,), run.started + timeout)
+        await run.settle()
     finally:
         if waiter is not None:
             backend.discard_reply(task_id, waiter)
-
-
-CONCURRENCY = 32  # per-id follow-ups in flight in a bulk abort (revoked tasks' results)
-_FIRST_POLL = 1.0
+    answer = answers[task_id]
+    if isinstance(answer, TaskiqAbortError):
+        raise answer
+    return answer
 
 
 def raise_first(answers: list[AbortOutcome | TaskiqAbortError]) -> list[AbortOutcome]:
@@ -223,23 +308,12 @@ async def abort_tasks_each(
             if not invalid_in_place:
                 raise
             answers[task_id] = exc
-    reason = clean_reason(reason)
-    grace_s = check_grace(grace)
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout}")
-    started = time.perf_counter()
+    reason, grace_s = _checked(reason, grace, timeout)
+    run = _Run(backend, result_backend, None, answers)
     unique = [t for t in dict.fromkeys(ids) if t not in answers]  # once each
-    found: dict[str, RequestResult] = {}
-
-    def done(task_id: str, status: AbortStatus, worker: str | None, forced: bool = False) -> None:
-        elapsed = time.perf_counter() - started
-        why = found[task_id].reason  # the first request's reason stands
-        answers[task_id] = AbortOutcome(task_id, status, worker, why, elapsed, forced)
-
     # Listen before we publish, or a fast reply could slip past us.
-    waiter = await backend.prepare_replies(unique) if wait and unique else None
+    run.waiter = waiter = await backend.prepare_replies(unique) if wait and unique else None
     try:
-        deadlines: list[tuple[float, list[str]]] = []
         for start in range(0, len(unique), BATCH):  # each batch waits `timeout` from its send
             batch = unique[start : start + BATCH]
             try:
@@ -247,76 +321,21 @@ async def abort_tasks_each(
             except TaskiqAbortError as exc:  # this batch and the rest: not (all) recorded
                 answers.update(dict.fromkeys(unique[start:], exc))
                 break
-            deadlines.append((time.perf_counter() + timeout, batch))
-            found.update(zip(batch, results, strict=True))
-        tallies: dict[str, _Tally] = {}
-        later: list[str] = []
-        for task_id, result in found.items():
-            if result.holders and not _settled(result):
-                if waiter is None:
-                    done(task_id, AbortStatus.UNCONFIRMED, result.holder)
-                else:
-                    tallies[task_id] = _Tally(result.holders)
-            else:
-                later.append(task_id)
-
-        async def follow_up(task_id: str, finished_by: str | None = None) -> None:
-            result = found[task_id]
-            if finished_by is not None:
-                await backend.clear_request(task_id)
-                done(task_id, AbortStatus.FINISHED, finished_by or None)
-            elif _settled(result):
-                assert result.outcome is not None
-                done(task_id, *await _say_again(backend, task_id, result.outcome))
-            else:
-                status, worker = await _nobody_runs_it(
-                    backend, result_backend, task_id, result.reason
-                )
-                done(task_id, status, worker)
-
-        async def hear() -> None:
-            assert waiter is not None or not tallies
-            heard = await _hear_all(backend, waiter, tallies, deadlines) if waiter else {}
-            after: list[tuple[str, str | None]] = []
-            for task_id, verdict in heard.items():
-                if verdict is None:
-                    done(task_id, AbortStatus.UNCONFIRMED, found[task_id].holder)
-                    continue
-                status, worker, forced = verdict
-                if status == "aborted":
-                    done(task_id, AbortStatus.ABORTED, worker, forced)
-                elif status == "finished":
-                    after.append((task_id, worker or ""))
-                else:  # "unknown": its attempts ended without a result: settle it ourselves
-                    after.append((task_id, None))
-            await _bounded(answers, [follow_up(t, w) for t, w in after], [t for t, _ in after])
-
-        # Ids nobody holds are settled while the holders of the others stop theirs.
-        await asyncio.gather(hear(), _bounded(answers, [follow_up(t) for t in later], later))
+            run.recorded(batch, results, time.perf_counter() + timeout)
+        await run.settle()
     finally:
         if waiter is not None:
             backend.discard_replies(unique, waiter)
     return [answers[task_id] for task_id in ids]
 
 
-async def _bounded(
-    answers: dict[str, AbortOutcome | TaskiqAbortError],
-    steps: list[Coroutine[Any, Any, None]],
-    task_ids: list[str],
-) -> None:
-    """Run ``steps`` (one per id), :data:`CONCURRENCY` at a time; an id's error is its answer."""
-    gate = asyncio.Semaphore(CONCURRENCY)
-
-    async def one(step: Coroutine[Any, Any, None]) -> None:
-        async with gate:
-            await step
-
-    results = await asyncio.gather(*(one(step) for step in steps), return_exceptions=True)
-    for task_id, result in zip(task_ids, results, strict=True):
-        if isinstance(result, TaskiqAbortError):
-            answers[task_id] = result
-        elif isinstance(result, BaseException):
-            raise result  # a bug, or cancelled: not an answer
+async def _next(waiter: ReplyWaiter, timeout: float) -> ReplyMessage:
+    """The next reply, or ``asyncio.TimeoutError``; on 3.11+ without the task of its own that
+    ``wait_for`` makes (two event-loop turns between a reply's arrival and the caller)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await waiter.get()
+    return await asyncio.wait_for(waiter.get(), timeout)
 
 
 async def _hear_all(
@@ -325,11 +344,12 @@ async def _hear_all(
     tallies: dict[str, _Tally],
     deadlines: list[tuple[float, list[str]]],
 ) -> dict[str, tuple[str, str | None, bool] | None]:
-    """Wait for the replies about every id of ``tallies``, each batch until its deadline
-    (``None``: no answer in time). Replies come on one queue. A reply may be lost in a
-    reconnect, so when none has come for a second (then 2, 4, 5 s...), the durable records of
-    the ids still waiting are read (one pipelined read per 1,000), as a single abort does; not
-    while replies keep coming, which would cost Redis 1,000s of reads a second for nothing."""
+    """Wait for the replies about every id of ``tallies`` (one, or a bulk abort's), each batch
+    until its deadline (``None``: no answer in time). Replies come on one queue. A reply may
+    be lost in a reconnect, so when none has come for a second (then 2, 4, 5 s...), the durable
+    records of the ids still waiting are read (``backend.recheck``: one pipelined read per
+    1,000); not while replies keep coming, which would cost Redis 1,000s of reads a second for
+    nothing."""
     verdicts: dict[str, tuple[str, str | None, bool] | None] = {}
     pending = dict(tallies)
 
@@ -348,7 +368,7 @@ async def _hear_all(
         wake = min(quiet_since + poll, due)
         if wake > now:
             try:
-                take(await asyncio.wait_for(waiter.get(), wake - now))
+                take(await _next(waiter, wake - now))
             except asyncio.TimeoutError:
                 continue
             quiet_since = time.perf_counter()

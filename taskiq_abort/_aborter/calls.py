@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
 from taskiq_abort.backends.base import AbortBackend
@@ -17,7 +17,7 @@ from taskiq_abort.observability import events
 from taskiq_abort.outcome import AbortOutcome
 
 if TYPE_CHECKING:
-    from taskiq import AsyncBroker
+    from taskiq import AsyncBroker, AsyncResultBackend
 
 
 def find_aborter(broker: AsyncBroker) -> AbortCalls:
@@ -107,8 +107,7 @@ class AbortCalls:
         ``invalid_in_place``, an invalid id's too)."""
         ids = list(task_ids)
         broker = self._attached(f"{len(ids)} task(s)")
-        started = time.perf_counter()
-        answers = await abort_tasks_each(
+        return await abort_reported(
             self.backend,
             broker.result_backend,
             ids,
@@ -117,8 +116,36 @@ class AbortCalls:
             timeout=self.abort_timeout if timeout is None else timeout,
             grace=grace,
             invalid_in_place=invalid_in_place,
+            broker=broker,
         )
-        elapsed = time.perf_counter() - started
-        for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
-            await events.abort_answered(task_id, got, elapsed, reason, self.broker)
-        return answers
+
+
+async def abort_reported(
+    backend: AbortBackend,
+    result_backend: AsyncResultBackend[Any] | None,
+    task_ids: list[str],
+    *,
+    reason: str | None,
+    wait: bool,
+    timeout: float,
+    grace: float | None,
+    invalid_in_place: bool,
+    broker: AsyncBroker | None = None,
+) -> list[AbortOutcome | TaskiqAbortError]:
+    """:func:`~taskiq_abort._aborter.algorithm.abort_tasks_each`, each id's answer reported to
+    the observers once (the middleware's bulk abort, the CLI's)."""
+    started = time.perf_counter()
+    answers = await abort_tasks_each(
+        backend,
+        result_backend,
+        task_ids,
+        reason=reason,
+        wait=wait,
+        timeout=timeout,
+        grace=grace,
+        invalid_in_place=invalid_in_place,
+    )
+    elapsed = time.perf_counter() - started
+    for task_id, got in dict(zip(task_ids, answers, strict=True)).items():  # once per id
+        await events.abort_answered(task_id, got, elapsed, reason, broker)
+    return answers

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from taskiq_abort._wire.keys import DEFAULT_PREFIX
 from taskiq_abort._wire.protocol import ReplyMessage
 from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.outcome import RunningEntry, WorkerInfo
@@ -103,6 +104,18 @@ class AbortBackend(abc.ABC):
 
     request_ttl: float
     lease: float
+    url: str | None = None
+    """The control plane's URL, as configured (with its password); ``None`` for one with no
+    URL (in-process, or found through Sentinels)."""
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, for people reading where a CLI or a dashboard looks."""
+        return DEFAULT_PREFIX
+
+    async def check(self) -> None:  # noqa: B027 (nothing to check by default)
+        """Make sure the server is the kind configured, at start-up: raise
+        :class:`~taskiq_abort.AbortConfigError` naming the fix. By default nothing to check."""
 
     # --- worker side -----------------------------------------------------------------
     @abc.abstractmethod
@@ -197,15 +210,6 @@ class AbortBackend(abc.ABC):
         for task_id in task_ids:
             self._waiters.setdefault(task_id, set()).add(waiter)
         return waiter
-
-    async def wait_reply(
-        self, task_id: str, waiter: ReplyWaiter, timeout: float
-    ) -> ReplyMessage | None:
-        """Wait for the next reply about ``task_id``; ``None`` on timeout."""
-        try:
-            return await asyncio.wait_for(waiter.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
 
     def discard_reply(self, task_id: str, waiter: ReplyWaiter) -> None:
         """Stop waiting (always called, after ``prepare_reply``)."""

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from taskiq_abort._aborter.algorithm import abort_tasks_each
+from taskiq_abort._aborter.calls import abort_reported
 from taskiq_abort._read.names import resolve_task_name
 from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.cli import fmt
@@ -100,20 +100,16 @@ async def abort_ids(
 ) -> list[AbortOutcome]:
     """Abort the ids in one bulk abort (one Redis call per 1,000 ids, one message per holding
     worker) and print one line per id; errors are raised after."""
-    started = time.perf_counter()
-    answers = await abort_tasks_each(
+    answers = await abort_reported(
         conn.backend,
         conn.result_backend,
-        task_ids,
+        list(task_ids),
         reason=reason,
         wait=wait,
         timeout=timeout,
         grace=grace,
         invalid_in_place=from_registry,  # given ids were checked before connecting
     )
-    elapsed = time.perf_counter() - started
-    for task_id, answer in zip(task_ids, answers, strict=True):
-        await events.abort_answered(task_id, answer, elapsed, reason)
     outcomes = [a for a in answers if isinstance(a, AbortOutcome)]
     # One error may stand for many ids (a batch Redis refused): say it once.
     failures = list({id(a): a for a in answers if isinstance(a, TaskiqAbortError)}.values())

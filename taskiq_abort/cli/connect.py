@@ -48,8 +48,7 @@ class Connection:
 
     @property
     def prefix(self) -> str:
-        keys = getattr(self.backend, "keys", None)
-        return str(getattr(keys, "prefix", DEFAULT_PREFIX))
+        return self.backend.prefix
 
     async def close(self) -> None:
         """Release connections, in bounded time whatever state Redis is in."""
@@ -160,7 +159,7 @@ async def _from_broker(spec: str, prefix: str | None) -> Connection:
     except Exception as exc:
         raise CLIError(f"--broker {spec!r}: {exc}") from exc
     backend = middleware.backend
-    url = getattr(backend, "url", None)
+    url = backend.url
     if isinstance(url, str):
         _secrets.update(passwords(url))
     if isinstance(backend, MemoryAbortBackend):

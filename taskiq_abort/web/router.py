@@ -93,7 +93,7 @@ class _Errors:
     """Turns library errors into HTTP answers with the library's message, minus passwords."""
 
     def __init__(self, service: TaskService) -> None:
-        self.secrets = passwords(getattr(service.backend, "url", None))
+        self.secrets = passwords(service.backend.url)
 
     def scrub(self, message: str) -> str:
         return " ".join(scrub(message, self.secrets).split())

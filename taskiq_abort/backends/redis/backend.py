@@ -3,8 +3,9 @@ holder index, and pub/sub channels of one worker or one aborter each.
 
 An abort goes to the workers holding the task only (its cost does not grow with the fleet), and
 each confirmation to the aborters that asked. Connections: ``connect.py``; the atomic scripts:
-``scripts.py`` (their text: ``lua/``; the bulk calls: ``bulk.py``); the channels and waiting
-for replies: ``channels.py``; the (re)subscribe loop: ``subscription.py``.
+``scripts.py`` (their text: ``lua/``; the bulk calls: ``bulk.py``; settling a task nobody
+holds: ``settle.py``); the channels: ``channels.py``; the (re)subscribe loop:
+``subscription.py``.
 """
 
 from __future__ import annotations
@@ -23,36 +24,38 @@ from redis.asyncio.connection import parse_url
 
 from taskiq_abort._scrub import safe_url
 from taskiq_abort._wire.keys import DEFAULT_PREFIX, KeySpace
-from taskiq_abort._wire.protocol import ReplyMessage
+from taskiq_abort._wire.protocol import BATCH, ReplyMessage
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
+    AbortBackend,
+    AbortHandler,
     AbortNotice,
     Confirmation,
     NotDurableError,
+    ReplyWaiter,
     RequestRecord,
     RequestResult,
+    ResyncHook,
 )
 from taskiq_abort.backends.redis import bulk
-from taskiq_abort.backends.redis.channels import PubSubSide
+from taskiq_abort.backends.redis.channels import SUBSCRIBE_WAIT, Channels, from_record
 from taskiq_abort.backends.redis.clients import (
-    OWN_OPTIONS,
     REGISTER,
-    REVOKE,
-    REVOKING,
-    SETTLE,
     SYNC,
     LoopClients,
     notices,
     record_from_hash,
     request_result,
+    worker_infos,
 )
 from taskiq_abort.backends.redis.connect import (
     Topology,
     call,
     check_options,
+    keyword_options,
 )
-from taskiq_abort.errors import AbortBackendUnavailableError
+from taskiq_abort.backends.redis.settle import Settling
 from taskiq_abort.observability import events
 from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
@@ -60,7 +63,7 @@ logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
 
 
-class RedisAbortBackend(PubSubSide):
+class RedisAbortBackend(AbortBackend):
     """Abort requests and the running-task registry in Redis, delivery over pub/sub.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py); with
@@ -112,7 +115,7 @@ class RedisAbortBackend(PubSubSide):
             parse_url(url)  # a wrong URL fails here, not at the first connection (ValueError)
         if replicas is not None and replicas < 0:
             raise ValueError(f"replicas must be >= 0, not {replicas}")
-        check_options(connection_kwargs, cluster, known=OWN_OPTIONS)
+        check_options(connection_kwargs, cluster, known=keyword_options(RedisAbortBackend))
         self.url = url
         self.topology = Topology(
             url, cluster, tuple(sentinels or ()), master_name, sentinel_kwargs, connection_kwargs
@@ -122,16 +125,26 @@ class RedisAbortBackend(PubSubSide):
         self.request_ttl = request_ttl
         self.lease = lease
         self.timeout = timeout
-        self.malformed_messages = 0
-        """Control messages received that were not valid; they are dropped."""
         # This process's reply channel, as an aborter: the workers confirm there.
         self.aborter_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reply_channel = self.keys.reply_channel(self.aborter_id)
         self._client: LoopClients | None = None  # per event loop: see ``_c``
         self._waiters = {}
-        self._reply_task: asyncio.Task[None] | None = None
-        # Set once the reply subscription works, or has failed once (then we poll instead).
-        self._reply_settled: asyncio.Event | None = None
+
+        def clients() -> LoopClients:  # the running loop's, when they need them
+            return self._c
+
+        self._channels = Channels(
+            self.keys, self.topology, timeout, self.reply_channel, clients, self._deliver_reply
+        )
+        self._settling = Settling(
+            self.keys, clients, self._call, self.where, self.replicas, request_ttl
+        )
+
+    @property
+    def malformed_messages(self) -> int:
+        """Control messages received that were not valid; they are dropped."""
+        return self._channels.malformed_messages
 
     def __repr__(self) -> str:
         topo, prefix = self.topology, f"prefix={self.keys.prefix!r}"
@@ -142,6 +155,10 @@ class RedisAbortBackend(PubSubSide):
             )
         cluster = ", cluster=True" if topo.cluster else ""
         return f"RedisAbortBackend({safe_url(self.url or '')!r}{cluster}, {prefix})"
+
+    @property
+    def prefix(self) -> str:
+        return self.keys.prefix
 
     @property
     def where(self) -> str:
@@ -158,7 +175,8 @@ class RedisAbortBackend(PubSubSide):
         if client is None or client.loop is not loop:
             if client is not None:
                 # The old loop's tasks and queues are gone with it; nothing there can be awaited.
-                self._reply_task, self._reply_settled, self._waiters = None, None, {}
+                self._channels.forget()
+                self._waiters = {}
             client = self._client = LoopClients(
                 loop, self.topology, self.keys.holders, self.timeout, self.replicas
             )
@@ -175,6 +193,9 @@ class RedisAbortBackend(PubSubSide):
         return await call(self.where, self.keys, what, op)
 
     # --- worker side -----------------------------------------------------------------
+    async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
+        await self._channels.listen(worker_id, handler, resync)
+
     def _worker_keys(self, worker_id: str) -> list[str]:
         keys = self.keys
         return [keys.worker(worker_id), keys.tasks(worker_id), keys.workers, keys.holders]
@@ -317,86 +338,32 @@ class RedisAbortBackend(PubSubSide):
             noop = client.tell([self.keys.request("-")], ["unknown", "", "", "0"])
             await asyncio.wait_for(noop, self.timeout)
             if replies:
-                await self._replies_ready(self.timeout)
+                await self._channels.replies_ready(self.timeout)
         except Exception as exc:  # never fail the caller's start-up
             logger.info("taskiq-abort: could not prepare aborts yet (%s); will on first use", exc)
 
+    async def prepare_replies(self, task_ids: Iterable[str]) -> ReplyWaiter:
+        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
+        waiter = await super().prepare_replies(task_ids)
+        await self._channels.replies_ready(min(self.timeout, SUBSCRIBE_WAIT))
+        return waiter
+
+    async def recheck(self, task_ids: Sequence[str]) -> list[ReplyMessage]:
+        replies = []
+        for start in range(0, len(task_ids), BATCH):  # one pipelined round trip each
+            chunk = task_ids[start : start + BATCH]
+            records = await self.get_requests(chunk)
+            replies += [r for tid in chunk if (r := from_record(tid, records.get(tid)))]
+        return replies
+
     async def set_outcome(self, task_id: str, outcome: str) -> None:
-        key = self.keys.request(task_id)
-        if outcome != "revoked":
-            await self._call(
-                "recording an abort outcome", self._c.confirm([key], [outcome, "", "", "0"])
-            )
-            return
-        # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
-        keys, args = self._registered_check([key, self.keys.eta(task_id)], [])
-        args[:0] = [outcome, int(self.request_ttl * 1000)]
-        op = self._c.fence(REVOKE, keys, args, durable=True)
-        recorded = await self._call(f"recording that task {task_id} is revoked", op)
-        self._refuse_unregistered(task_id, recorded)
-        if recorded is None and self.replicas > 0:
-            raise AbortBackendUnavailableError(
-                f"the abort request of task {task_id} is gone from {self.where} (lost in a "
-                "failover?): nothing was revoked; abort it again"
-            )
-        if recorded not in (None, "revoked", "aborted"):
-            # Settled "finished" by another aborter that found our result without our claim
-            # (lost in a failover): that request refuses no start, so this is no revoke.
-            raise AbortBackendUnavailableError(
-                f"the abort request of task {task_id} was settled {recorded!r} on {self.where} "
-                "by another aborter (a failover lost this one's claim?): it is not revoked; "
-                "abort it again"
-            )
+        await self._settling.set_outcome(task_id, outcome)
 
     async def mark_revoking(self, task_id: str) -> None:
-        # Durable, and only once every live worker registered with this master: the task's
-        # TaskAbortedError result is stored next, and must not stand for a revoke that REVOKE
-        # would refuse or a failover would lose.
-        keys, args = self._registered_check([self.keys.request(task_id)], [])
-        op = self._c.fence(REVOKING, keys, args, durable=True)
-        claimed = await self._call(f"claiming the revoke of task {task_id}", op)
-        self._refuse_unregistered(task_id, claimed)
-        if not claimed:
-            raise AbortBackendUnavailableError(
-                f"the abort request of task {task_id} is gone from {self.where} (expired, or "
-                "lost in a failover?): nothing was revoked; abort it again"
-            )
-
-    def _registered_check(
-        self, keys: list[str], args: list[str | int]
-    ) -> tuple[list[str], list[str | int]]:
-        """``keys`` and ``args`` with what REVOKE and REVOKING need to check that every live
-        worker registered with this master (with ``replicas >= 1``)."""
-        if self.replicas > 0:
-            return [*keys, self.keys.workers], [*args, self.keys.worker_prefix]
-        return keys, args
-
-    def _refuse_unregistered(self, task_id: str, answer: Any) -> None:
-        if isinstance(answer, list):
-            raise AbortBackendUnavailableError(
-                f"worker {answer[0]} has not registered with the master of {self.where} since "
-                f"it changed (a failover): it may be running task {task_id} unregistered, so it "
-                "is not revoked yet; abort it again in a few seconds"
-            )
+        await self._settling.mark_revoking(task_id)
 
     async def settle_finished(self, task_id: str) -> RequestRecord | None:
-        # One script decides, on the current master (fenced when replicas >= 1: a stale master
-        # must not answer "finished"), against the REVOKING claims of concurrent aborters.
-        ttl = int(self.request_ttl * 1000)
-        keys = [self.keys.request(task_id), self.keys.eta(task_id)]
-        op = self._c.fence(SETTLE, keys, [ttl], durable=True)
-        settled = await self._call(f"settling the abort of task {task_id}", op)
-        if not settled:
-            if self.replicas == 0:  # dropped by an aborter that found it finished, or expired
-                return None
-            raise AbortBackendUnavailableError(
-                f"the abort request of task {task_id} is gone from {self.where} (lost in a "
-                "failover?): abort it again"
-            )
-        outcome, worker = settled
-        if not outcome:
-            return None
-        return RequestRecord(task_id, None, 0.0, "", str(outcome), str(worker) or None)
+        return await self._settling.settle_finished(task_id)
 
     async def clear_request(self, task_id: str) -> None:
         await self._call(
@@ -426,24 +393,10 @@ class RedisAbortBackend(PubSubSide):
             "listing workers",
             self._c.list([self.keys.workers], [self.keys.worker_prefix, self.keys.tasks_prefix]),
         )
-        return [
-            WorkerInfo.from_info(
-                wid,
-                dict(zip(info_flat[::2], info_flat[1::2], strict=True)),
-                (
-                    RunningEntry.decode(tid, raw, wid)
-                    for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
-                ),
-            )
-            for wid, info_flat, tasks_flat in rows
-        ]
+        return worker_infos(rows)
 
     async def close(self) -> None:
-        task, self._reply_task = self._reply_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(task, 1.0)
+        await self._channels.close()
         self._cancel_waiters()
         client, self._client = self._client, None
         if client is not None and client.loop is asyncio.get_running_loop():

@@ -1,30 +1,24 @@
-"""The Redis backend's pub/sub side: a worker's control channel, an aborter's reply channel,
-and waiting for replies (falling back to the durable records when one may have been lost).
+"""The Redis backend's pub/sub side: a worker's control channel, an aborter's reply channel.
 
-A mixin of :class:`~taskiq_abort.backends.redis.RedisAbortBackend`, which provides the
-connections (``_c``, ``topology``) and the records (``get_request``, ``get_requests``).
+:class:`Channels` is held by :class:`~taskiq_abort.backends.redis.RedisAbortBackend`, which
+gives it the connections of the running event loop and the waiters to deliver replies to.
 """
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import contextlib
 import logging
-import sys
-import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio.client import PubSub
 
 from taskiq_abort._wire.keys import KeySpace
-from taskiq_abort._wire.protocol import BATCH, ReplyMessage, parse_aborts, parse_replies
+from taskiq_abort._wire.protocol import ReplyMessage, parse_aborts, parse_replies
 from taskiq_abort.backends.base import (
-    AbortBackend,
     AbortHandler,
     AbortNotice,
-    ReplyWaiter,
     RequestRecord,
     ResyncHook,
 )
@@ -35,11 +29,10 @@ from taskiq_abort.observability import events
 
 logger = logging.getLogger("taskiq_abort")
 
-_FIRST_POLL = 1.0
 SUBSCRIBE_WAIT = 0.5
 
 
-def _from_record(task_id: str, record: RequestRecord | None) -> ReplyMessage | None:
+def from_record(task_id: str, record: RequestRecord | None) -> ReplyMessage | None:
     """What the durable record says to an aborter waiting for ``task_id``'s reply: nothing yet
     (``None``), or a reply with no worker named, the word for the whole task."""
     if record is None:  # gone (a failover, an expiry): settle it from the result
@@ -58,33 +51,29 @@ async def _yield() -> None:
     await asyncio.sleep(0)
 
 
-async def _next(waiter: ReplyWaiter, timeout: float) -> ReplyMessage:
-    """The next reply, or ``asyncio.TimeoutError``; on 3.11+ without the task of its own that
-    ``wait_for`` makes (two event-loop turns between a reply's arrival and the caller)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout(timeout):
-            return await waiter.get()
-    return await asyncio.wait_for(waiter.get(), timeout)
+class Channels:
+    """The control channels (a worker's) and the reply channel (this process's, as an aborter)
+    of one backend."""
 
-
-class PubSubSide(AbortBackend):
-    """Control and reply channels of :class:`RedisAbortBackend` (see the module's doc)."""
-
-    keys: KeySpace
-    topology: Topology
-    timeout: float
-    reply_channel: str
-    malformed_messages: int
-    _reply_task: asyncio.Task[None] | None
-    _reply_settled: asyncio.Event | None
-
-    @property
-    @abc.abstractmethod
-    def where(self) -> str: ...
-
-    @property
-    @abc.abstractmethod
-    def _c(self) -> LoopClients: ...
+    def __init__(
+        self,
+        keys: KeySpace,
+        topology: Topology,
+        timeout: float,
+        reply_channel: str,
+        clients: Callable[[], LoopClients],
+        deliver: Callable[[ReplyMessage], None],
+    ) -> None:
+        self.keys = keys
+        self.topology = topology
+        self.timeout = timeout
+        self.reply_channel = reply_channel
+        self._clients = clients  # the running loop's (see ``RedisAbortBackend._c``)
+        self._deliver = deliver  # to the waiters of the reply's task id
+        self.malformed_messages = 0
+        self._reply_task: asyncio.Task[None] | None = None
+        # Set once the reply subscription works, or has failed once (then we poll instead).
+        self._reply_settled: asyncio.Event | None = None
 
     # --- worker: the control channel -------------------------------------------------
     async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
@@ -122,27 +111,21 @@ class PubSubSide(AbortBackend):
         on_error: Any = None,
     ) -> Any:
         def open_pubsub(fresh: bool) -> Awaitable[PubSub]:
-            return self.topology.pubsub(self._c.cmd, channel, self.timeout, fresh)
+            return self.topology.pubsub(self._clients().cmd, channel, self.timeout, fresh)
 
         return subscription(
             open_pubsub,
             channel,
             on_subscribed,
             role=role,
-            where=self.where,
+            where=self.topology.where,
             confirm_timeout=self.timeout,
             on_error=on_error,
             sharded=self.topology.cluster,
         )
 
     # --- aborter: the reply channel --------------------------------------------------
-    async def prepare_replies(self, task_ids: Iterable[str]) -> ReplyWaiter:
-        self._c  # noqa: B018  (bind to this event loop before adding a waiter of it)
-        waiter = await super().prepare_replies(task_ids)
-        await self._replies_ready(min(self.timeout, SUBSCRIBE_WAIT))
-        return waiter
-
-    async def _replies_ready(self, wait: float) -> None:
+    async def replies_ready(self, wait: float) -> None:
         """Start this process's reply subscription (once) and wait up to ``wait`` for it.
         A missing subscription only costs latency (we poll the record): don't wait long, or a
         hung Redis would cost one timeout here before the request costs another."""
@@ -169,30 +152,16 @@ class PubSubSide(AbortBackend):
                 self._count_malformed(channel, raw)
                 continue
             for reply in replies:
-                self._deliver_reply(reply)
+                self._deliver(reply)
             await _yield()
 
-    async def wait_reply(
-        self, task_id: str, waiter: ReplyWaiter, timeout: float
-    ) -> ReplyMessage | None:
-        deadline = time.monotonic() + timeout
-        poll = _FIRST_POLL
-        while True:
-            left = deadline - time.monotonic()
-            with contextlib.suppress(asyncio.TimeoutError):
-                return await _next(waiter, max(0.0, min(poll, left)))
-            # The reply may have been lost (reconnect): the durable record is the truth.
-            heard = _from_record(task_id, await self.get_request(task_id))
-            if heard is not None:
-                return heard
-            if deadline - time.monotonic() <= 0:
-                return None
-            poll = min(poll * 2, 5.0)
+    def forget(self) -> None:
+        """The event loop changed: the old one's reply task is gone with it."""
+        self._reply_task, self._reply_settled = None, None
 
-    async def recheck(self, task_ids: Sequence[str]) -> list[ReplyMessage]:
-        replies = []
-        for start in range(0, len(task_ids), BATCH):  # one pipelined round trip each
-            chunk = task_ids[start : start + BATCH]
-            records = await self.get_requests(chunk)
-            replies += [r for tid in chunk if (r := _from_record(tid, records.get(tid)))]
-        return replies
+    async def close(self) -> None:
+        task, self._reply_task = self._reply_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 1.0)

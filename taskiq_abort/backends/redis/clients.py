@@ -17,17 +17,12 @@ from taskiq_abort.backends.redis import scripts
 from taskiq_abort.backends.redis.connect import Topology
 from taskiq_abort.backends.redis.lane import LuaScript, ScriptLane
 from taskiq_abort.backends.redis.scripts import CONFIRM_MANY, REQUEST_MANY
-from taskiq_abort.outcome import RunningEntry
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 SYNC, REGISTER, REVOKING, REVOKE, SETTLE = (
     LuaScript(src)
     for src in (scripts.SYNC, scripts.REGISTER, scripts.REVOKING, scripts.REVOKE, scripts.SETTLE)
 )
-OWN_OPTIONS = (
-    "prefix", "channel", "request_ttl", "lease", "timeout", "cluster", "sentinels",
-    "master_name", "sentinel_kwargs", "replicas", "redis_timeout", "abort_timeout",
-    "fail_closed", "cancel_mode", "backend",
-)  # fmt: skip
 
 
 class LoopClients:
@@ -113,6 +108,21 @@ def record_from_hash(task_id: str, data: dict[str, str]) -> RequestRecord | None
         forced=data.get("forced") == "1",
         revoking=data.get("revoking") == "1",
     )
+
+
+def worker_infos(rows: list[Any]) -> list[WorkerInfo]:
+    """``LIST``'s reply: ``[worker_id, [field, value]*, [task_id, entry]*]`` per live worker."""
+    return [
+        WorkerInfo.from_info(
+            wid,
+            dict(zip(info_flat[::2], info_flat[1::2], strict=True)),
+            (
+                RunningEntry.decode(tid, raw, wid)
+                for tid, raw in zip(tasks_flat[::2], tasks_flat[1::2], strict=True)
+            ),
+        )
+        for wid, info_flat, tasks_flat in rows
+    ]
 
 
 def notices(flat: list[Any]) -> list[AbortNotice]:

@@ -73,6 +73,13 @@ _CLUSTER_OPTIONS = _params(RedisCluster.__init__)
 _OURS = {"host", "port", "connection_pool", "startup_nodes", "decode_responses", "retry"}
 
 
+def keyword_options(cls: type) -> list[str]:
+    """The keyword-only options of ``cls`` (a backend's, the middleware's): the names a
+    misspelt option is compared with."""
+    params = inspect.signature(cls).parameters
+    return [name for name, p in params.items() if p.kind is p.KEYWORD_ONLY]
+
+
 def check_options(options: dict[str, Any], cluster: bool, known: Sequence[str] = ()) -> None:
     """Refuse keyword arguments that redis-py would not take (a misspelt option must not
     leave a worker without aborts until its first connection fails)."""

@@ -37,6 +37,14 @@ REQUEST_LIFE = _lua("request_life")
 # the grace period must still find it). Needs NOW. Returns the grace, reason and time stored.
 RECORD_REQUEST = REQUEST_LIFE + _lua("record_request")
 
+# Which holders of a task are alive, for REQUEST and REQUEST_MANY (``wids``: the ids the holder
+# index names, ``heard``: how many subscribers each got the abort on its channel, ``leases``: a
+# cache of their leases across the ids of one call). Alive: a current lease, or listening on its
+# channel. A holder without a lease is gone: its index entry is taken out. Needs NOW and
+# HOLDERS. Returns the live holders (space-separated) or false, the first one's entry or false,
+# and how many subscribers got the abort.
+LIVE_HOLDERS = _lua("live_holders")
+
 # Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
 # an abort request; returns whether it has one. A request settled 'finished' (the task ended
 # with its own result first, kept a while to answer late aborters) stops nothing: the next
@@ -87,7 +95,7 @@ UNREGISTER = HOLDERS + _lua("unregister")
 #       tasks_prefix, grace_ms (the shortest grace of the requests stands: 0 means "now")
 # Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
 # far or false, receivers, the stored reason or false}. The first request's reason stands.
-REQUEST = NOW + HOLDERS + RECORD_REQUEST + _lua("request")
+REQUEST = NOW + HOLDERS + RECORD_REQUEST + LIVE_HOLDERS + _lua("request")
 
 # Record how an abort ended (if the request still exists and no outcome was recorded yet: the
 # first word stands). 'unknown' (the attempt ended without a result, e.g. a retry is coming) is
@@ -155,7 +163,7 @@ SETTLE = REQUEST_LIFE + RECORD_OUTCOME + _lua("settle")
 #       worker_channel_prefix, tasks_prefix, grace_ms, max_bytes, eta_prefix, task_id*
 # Returns one {live holders or false, first holder's entry or false, outcome so far or false,
 # receivers, stored reason or false} per task id, in order (REQUEST's reply for each).
-REQUEST_MANY = NOW + HOLDERS + RECORD_REQUEST + _lua("request_many")
+REQUEST_MANY = NOW + HOLDERS + RECORD_REQUEST + LIVE_HOLDERS + _lua("request_many")
 
 # CONFIRM for many ids in one atomic call: record every outcome as CONFIRM does, then publish
 # the reply messages (built by the worker: one per reply channel, see protocol.reply_payloads).

@@ -50,30 +50,9 @@ for _, group in ipairs(groups) do
   end
   send(group, chunk)
 end
-local live_of, lease_of = {}, {}
-local function alive(wid)
-  if live_of[wid] == nil then
-    -- alive if its lease is current or it listens on its channel (REQUEST says why)
-    local lease = redis.call('ZSCORE', KEYS[2], wid)
-    lease_of[wid] = lease
-    live_of[wid] = heard[wid] > 0 or (lease ~= false and tonumber(lease) >= now)
-  end
-  return live_of[wid]
-end
-local out = {}
+local leases, out = {}, {}
 for _, f in ipairs(found) do
-  local tid, live, entry, receivers = f[1], {}, false, 0
-  for _, wid in ipairs(f[2]) do
-    if alive(wid) then
-      live[#live + 1] = wid
-      receivers = receivers + heard[wid]
-      if not entry then entry = redis.call('HGET', tasks .. wid, tid) end
-    elseif not lease_of[wid] then
-      holders_remove(KEYS[1], tid, wid)  -- its worker is gone: an index entry it left behind
-    end
-  end
-  local holders = false
-  if #live > 0 then holders = table.concat(live, ' ') end
+  local holders, entry, receivers = live_holders(KEYS[1], KEYS[2], tasks, f[1], f[2], heard, leases)
   out[#out + 1] = {holders, entry, f[3], receivers, f[4]}
 end
 return out
