@@ -43,8 +43,8 @@ class Settling:
             await self._call("recording an abort outcome", op)
             return
         # Reported to the caller as "revoked" next: it must outlive a failover (docs/deploy.md).
-        keys, args = self._registered_check([key, self.keys.eta(task_id)], [])
-        args[:0] = [outcome, int(self.request_ttl * 1000)]
+        keys, check = self._registered_check([key, self.keys.eta(task_id)])
+        args = [outcome, int(self.request_ttl * 1000), *check]
         op = self._clients().fence(REVOKE, keys, args, durable=True)
         recorded = await self._call(f"recording that task {task_id} is revoked", op)
         self._refuse_unregistered(task_id, recorded)
@@ -66,7 +66,7 @@ class Settling:
         # Durable, and only once every live worker registered with this master: the task's
         # TaskAbortedError result is stored next, and must not stand for a revoke that REVOKE
         # would refuse or a failover would lose.
-        keys, args = self._registered_check([self.keys.request(task_id)], [])
+        keys, args = self._registered_check([self.keys.request(task_id)])
         op = self._clients().fence(REVOKING, keys, args, durable=True)
         claimed = await self._call(f"claiming the revoke of task {task_id}", op)
         self._refuse_unregistered(task_id, claimed)
@@ -76,14 +76,12 @@ class Settling:
                 "lost in a failover?): nothing was revoked; abort it again"
             )
 
-    def _registered_check(
-        self, keys: list[str], args: list[str | int]
-    ) -> tuple[list[str], list[str | int]]:
-        """``keys`` and ``args`` with what REVOKE and REVOKING need to check that every live
-        worker registered with this master (with ``replicas >= 1``)."""
+    def _registered_check(self, keys: list[str]) -> tuple[list[str], list[str | int]]:
+        """``keys``, and the trailing args, with what REVOKE and REVOKING need to check that
+        every live worker registered with this master (with ``replicas >= 1``)."""
         if self.replicas > 0:
-            return [*keys, self.keys.workers], [*args, self.keys.worker_prefix]
-        return keys, args
+            return [*keys, self.keys.workers], [self.keys.worker_prefix]
+        return keys, []
 
     def _refuse_unregistered(self, task_id: str, answer: Any) -> None:
         if isinstance(answer, list):
