@@ -76,9 +76,10 @@ def free_port() -> int:
 
 
 def free_cluster_port() -> int:
-    """A free port below 55536 whose cluster bus port (+10000) is free too."""
+    """A free port whose cluster bus port (+10000) is free too, both below the kernel's
+    ephemeral range (where :func:`free_port` and outgoing connections take theirs)."""
     for _ in range(200):
-        port = random.randint(20000, 45000)
+        port = random.randint(20000, 22700)
         with contextlib.ExitStack() as stack:
             try:
                 for candidate in (port, port + 10000):
@@ -88,6 +89,13 @@ def free_cluster_port() -> int:
                 continue
             return port
     raise RuntimeError("no free port pair for a cluster node")
+
+
+class _PortTaken(RuntimeError):
+    """Another process holds the port a server was started on."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"another process holds port {port} (or its cluster bus port)")
 
 
 class RedisServer:
@@ -103,10 +111,14 @@ class RedisServer:
     ) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
+        # A port chosen here was free when chosen, not when the server binds it: another
+        # process may take it first, so start() picks again; a port the caller gave is kept.
+        self.pick_port = None if port else free_port
         self.extra = extra or []
         self.tls = tls
         self.sentinel = sentinel
         self.dir = tempfile.mkdtemp(prefix="taskiq-abort-redis-")
+        self._log_from = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -141,22 +153,49 @@ class RedisServer:
         ]  # fmt: skip
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        for _ in range(10):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if self.pick_port is None:
+                    raise
+                self.port = self.pick_port()
+        raise RuntimeError(f"{self.binary}: every port tried was taken by another process")
+
+    def _start_once(self, timeout: float) -> RedisServer:
         with Path(self.dir, "server.log").open("ab") as log:
+            self._log_from = log.tell()
             self.proc = subprocess.Popen(self._args(), stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         client = self.client(socket_connect_timeout=0.5)
         try:
             while True:
                 try:
-                    client.ping()
-                    return self
+                    # The answer must come from our process: if another one holds the port,
+                    # ours exits, and a PING alone would be answered by theirs.
+                    pid = int(client.info("server")["process_id"])
                 except redis.ConnectionError as exc:
+                    if self.proc.poll() is not None and self._lost_the_port():
+                        self.proc = None
+                        raise _PortTaken(self.port) from exc
                     if self.proc.poll() is not None or time.monotonic() > deadline:
                         msg = f"{self.binary} on port {self.port} did not start"
                         raise RuntimeError(msg) from exc
                     time.sleep(0.02)  # the server is starting; there is no event to wait on
+                    continue
+                if pid == self.proc.pid:
+                    return self
+                stop_process(self.proc)
+                self.proc = None
+                raise _PortTaken(self.port)
         finally:
             client.close()
+
+    def _lost_the_port(self) -> bool:
+        """Our server exited because its port (or a cluster node's bus port) was taken."""
+        with Path(self.dir, "server.log").open("rb") as log:
+            log.seek(self._log_from)
+            return b"Address already in use" in log.read()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_process(self.proc, sig)
@@ -204,6 +243,7 @@ class ClusterServers:
         self.nodes: list[RedisServer] = []
         for _ in range(6):
             node = RedisServer(free_cluster_port(), tls=tls)
+            node.pick_port = free_cluster_port
             node.extra = [
                 "--cluster-enabled", "yes",
                 "--cluster-node-timeout", str(node_timeout),
@@ -347,7 +387,7 @@ class SentinelServers:
         self.master_name = master_name
         self.down_after = down_after
         self.master = RedisServer()
-        self.replica = RedisServer(extra=["--replicaof", "127.0.0.1", str(self.master.port)])
+        self.replica = RedisServer()
         self.sentinels: list[RedisServer] = []
 
     @property
@@ -357,7 +397,8 @@ class SentinelServers:
 
     def start(self, timeout: float = 60.0) -> SentinelServers:
         try:
-            self.master.start()
+            self.master.start()  # may move to another port: the replica follows where it is
+            self.replica.extra = ["--replicaof", "127.0.0.1", str(self.master.port)]
             self.replica.start()
             name, port = self.master_name, self.master.port
             for _ in range(3):
