@@ -32,8 +32,10 @@ from taskiq_abort.errors import (
     AbortPermissionError,
     InvalidTaskIdError,
     TaskAbortedError,
+    TaskExpired,
     TaskInterrupted,
     TaskiqAbortError,
+    TaskTimeLimitExceeded,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +66,9 @@ __all__ = [
     "RedisAbortBackend",
     "RunningEntry",
     "TaskAbortedError",
+    "TaskExpired",
     "TaskInterrupted",
+    "TaskTimeLimitExceeded",
     "TaskiqAbortError",
     "WorkerInfo",
     "__version__",

@@ -19,6 +19,13 @@ from taskiq_abort._aborter.calls import AbortCalls
 from taskiq_abort._wire.keys import DEFAULT_PREFIX
 from taskiq_abort._worker.attempt import MESSAGE_ATTR, CancelMode, RunningTask, current_run
 from taskiq_abort._worker.execution import release_frames, wrap_task_function
+from taskiq_abort._worker.limits import (
+    check_limits,
+    deadline_of,
+    limits_of,
+    optional_seconds,
+    stamp_deadline,
+)
 from taskiq_abort._worker.side import WorkerSide
 from taskiq_abort.backends.base import DEFAULT_LEASE, DEFAULT_REQUEST_TTL, AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
@@ -75,6 +82,11 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
     :param sentinels: ``[(host, port), ...]`` of Redis Sentinels, instead of ``url``, with
         ``master_name`` and ``sentinel_kwargs``: the arguments of taskiq-redis's sentinel
         brokers.
+    :param soft_time_limit: seconds from a task's start after which its token is set, for
+        tasks without a ``soft_time_limit`` label (``@broker.task(soft_time_limit=...)`` or
+        ``.kicker().with_labels(...)``); see README, "Time limits and expiry".
+    :param time_limit: seconds from a task's start after which it is cancelled (its thread
+        interrupted with ``interrupt_threads``), for tasks without a ``time_limit`` label.
     :param replicas: the most replicas that must acknowledge a task start or a revoke
         (``WAIT``) so that a failover cannot lose it; fewer when the master has fewer (none
         after its replica was promoted): default 1 on Cluster and Sentinel, 0 on one Redis.
@@ -99,6 +111,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         fail_closed: bool = False,
         cancel_mode: CancelMode = "edge",
         interrupt_threads: bool = False,
+        soft_time_limit: float | None = None,
+        time_limit: float | None = None,
         redis_timeout: float = 3.0,
         cluster: bool = False,
         sentinels: Sequence[tuple[str, int]] | None = None,
@@ -171,6 +185,11 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             raise ValueError(f"cancel_mode must be 'edge' or 'level', not {cancel_mode!r}")
         self.cancel_mode: CancelMode = cancel_mode
         self.interrupt_threads = interrupt_threads
+        self.time_limits = check_limits(
+            optional_seconds(soft_time_limit, "AbortMiddleware(soft_time_limit)"),
+            optional_seconds(time_limit, "AbortMiddleware(time_limit)"),
+            "AbortMiddleware",
+        )
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
         self._starting_loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +271,10 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             await asyncio.wait_for(self.backend.unregister(stale.worker_id), self.abort_timeout)
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        try:
+            stamp_deadline(message.labels, events.redis_now_ms() / 1000)
+        except ValueError as exc:
+            raise ValueError(f"task {message.task_id} ({message.task_name}): {exc}") from None
         delay = _delay_of(message)
         if delay is not None and delay > self.backend.request_ttl:
             # An abort request lives request_ttl: one made now would be gone before the task
@@ -273,7 +296,13 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             worker = await self._ensure_worker()
         if message.task_name not in self._wrapped:  # a task registered after start-up
             self._wrap(message.task_name)
-        run = worker.begin(message.task_id, message.task_name)
+        labels = message.labels
+        try:
+            limits = limits_of(labels, self.time_limits)
+        except ValueError as exc:  # kicked by a process without AbortMiddleware to check it
+            logger.warning("taskiq-abort: task %s: %s; the defaults apply", message.task_id, exc)
+            limits = self.time_limits
+        run = worker.begin(message.task_id, message.task_name, limits, deadline_of(labels))
         object.__setattr__(message, MESSAGE_ATTR, run)
         run.labels = message.labels
         run.context = current_run.set(run)
@@ -298,9 +327,12 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         if isinstance(exception, TaskAbortedError):
-            message.labels["retry_on_error"] = False  # never retry an aborted task (see no_retry)
             run: RunningTask | None = getattr(message, MESSAGE_ATTR, None)
-            phase = events.QUEUED if run is not None and run.revoked else events.RUNNING
+            if run is not None:
+                run.no_retry()  # never retry an aborted task (but see retry_on_time_limit)
+            else:
+                message.labels["retry_on_error"] = False
+            phase = events.phase_of(exception, run is not None and run.revoked)
             await events.abort_applied(
                 message.task_id, message.task_name, phase, exception.reason, message, self.broker
             )

@@ -66,20 +66,52 @@ class RunningEntry:
     run_id: str
     started: float
     worker: str = ""
+    soft_limit: float | None = None
+    """Its ``soft_time_limit``, seconds from its start (``None``: none)."""
+    time_limit: float | None = None
+    """Its ``time_limit`` (hard), seconds from its start (``None``: none)."""
+    expires_at: float | None = field(default=None, compare=False)
+    """Its ``expires`` deadline (seconds since the epoch), for the start check; not stored."""
+
+    @property
+    def token(self) -> str:
+        """The run id as stored: ``<run id>[;<soft>,<hard>]`` (limits in seconds, empty for
+        none). A reader that predates limits takes the whole token for an opaque run id."""
+        if self.soft_limit is None and self.time_limit is None:
+            return self.run_id
+        return f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
+
+    def time_left(self, now: float) -> float | None:
+        """Seconds until its hard time limit (never below 0), ``None`` without one."""
+        if self.time_limit is None:
+            return None
+        return max(0.0, self.started + self.time_limit - now)
 
     def encode(self) -> str:
-        # "<run id> <started> <task name>": the name goes last, so it may contain spaces.
+        # "<run token> <started> <task name>": the name goes last, so it may contain spaces.
         # Plain text, not JSON: this runs for every task start.
-        return f"{self.run_id} {self.started:.3f} {self.task_name}"
+        return f"{self.token} {self.started:.3f} {self.task_name}"
 
     @classmethod
     def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
-        run_id, _, rest = raw.partition(" ")
+        token, _, rest = raw.partition(" ")
         started, _, name = rest.partition(" ")
+        run_id, _, limits = token.partition(";")
+        soft, _, hard = limits.partition(",")
         try:
-            return cls(task_id, name or "?", run_id, float(started), worker)
+            return cls(
+                task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard)
+            )
         except ValueError:
             return cls(task_id, "?", run_id, 0.0, worker)
+
+
+def _seconds(limit: float | None) -> str:
+    return "" if limit is None else f"{limit:g}"
+
+
+def _limit(text: str) -> float | None:
+    return float(text) if text else None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import anyio
 from taskiq import Context, TaskiqDepends
 
 from taskiq_abort._worker.attempt import MESSAGE_ATTR, RunningTask, current_run
-from taskiq_abort.errors import TaskAbortedError
 
 
 class AbortToken:
@@ -60,9 +59,10 @@ class AbortToken:
         return self._run.reason if self._run is not None else None
 
     def raise_if_aborted(self) -> None:
-        """Raise :class:`TaskAbortedError` if the task has been aborted."""
-        if self.is_aborted:
-            raise TaskAbortedError(self.task_id, self.reason)
+        """Raise :class:`~taskiq_abort.TaskAbortedError` (or the subclass that says why: a time
+        limit) if the task has been aborted."""
+        if self._run is not None and self._run.aborted:
+            raise self._run.error()  # why it was stopped, by its class (a time limit...)
 
     def wait_sync(self, timeout: float | None = None) -> bool:
         """Block a sync task (thread) until aborted or ``timeout``; ``True`` if aborted.

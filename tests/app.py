@@ -365,7 +365,7 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
             "recent": len(side.recent) if side else None,
             "pending_starts": len(side._starts) if side else None,
             "pending_finishes": len(side._finishes) if side else None,
-            "confirms": len(side._confirms) if side else None,
+            "confirms": len(side._confirmations.tasks) if side else None,
             "run_objects": sum(isinstance(o, RunningTask) for o in gc.get_objects()),
             "asyncio_tasks": len(asyncio.all_tasks()),
             "rss": rss,

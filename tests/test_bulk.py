@@ -236,7 +236,7 @@ async def test_confirmations_batch_while_one_is_in_flight() -> None:
     assert backend.calls == [["t0"], ["t1", "t2", "t3", "t4", "t5"]]
     await asyncio.wait_for(side.confirm("t6", "finished", ["r"]), 5)
     assert backend.calls[-1] == ["t6"]
-    assert not side._confirms and not side._confirming
+    assert not side._confirmations.tasks and not side._confirmations._busy
 
 
 async def test_cluster_bulk_scripts_are_single_slot(

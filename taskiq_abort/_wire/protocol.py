@@ -308,3 +308,13 @@ def check_grace(grace: object) -> float:
     if not 0 <= grace <= MAX_GRACE:  # NaN fails this too
         raise ValueError(f"grace must be between 0 and {MAX_GRACE:.0f} seconds, not {grace}")
     return float(grace)
+
+
+def expired_reason(late: float) -> str:
+    """The reason stored with a task refused at its start because its ``expires`` deadline had
+    passed (``late``: by how many seconds, on the Redis clock).
+
+    >>> expired_reason(2.5)
+    'expired: not started by its deadline (2.500 s late)'
+    """
+    return f"expired: not started by its deadline ({late:.3f} s late)"

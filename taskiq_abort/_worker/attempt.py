@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import math
 import threading
 import time
 from contextvars import ContextVar, Token
 from typing import Any, Literal
 
+from taskiq_abort._worker import limits as lim
 from taskiq_abort._worker.body import Body
 from taskiq_abort._worker.threads import ThreadInterrupt
-from taskiq_abort.errors import TaskAbortedError
+from taskiq_abort.errors import TaskAbortedError, TaskExpired, TaskTimeLimitExceeded
 from taskiq_abort.outcome import RunningEntry
 
 CancelMode = Literal["edge", "level"]
@@ -22,6 +25,7 @@ MESSAGE_ATTR = "_taskiq_abort_run"
 
 current_run: ContextVar[RunningTask | None] = ContextVar("taskiq_abort_run", default=None)
 _run_ids = itertools.count(1)
+logger = logging.getLogger("taskiq_abort")
 
 
 class RunningTask:
@@ -31,7 +35,9 @@ class RunningTask:
         "_async_event",
         "_event",
         "_grace_timer",
+        "_limit_timer",
         "abort_requested",
+        "asked",
         "body",
         "callback",
         "context",
@@ -39,11 +45,16 @@ class RunningTask:
         "done",
         "entered",
         "entry",
+        "expired",
         "forced",
         "gate",
         "interrupt",
         "labels",
+        "limit",
+        "limits",
+        "loop",
         "mode",
+        "plain_sync",
         "reason",
         "refused",
         "registered",
@@ -56,11 +67,27 @@ class RunningTask:
     )
 
     def __init__(
-        self, task_id: str, task_name: str, worker_id: str, mode: CancelMode = "edge"
+        self,
+        task_id: str,
+        task_name: str,
+        worker_id: str,
+        mode: CancelMode = "edge",
+        limits: lim.TimeLimits | None = None,
+        expires_at: float | None = None,
     ) -> None:
         run_id = f"{next(_run_ids):x}"  # unique within this worker, which is all it needs
-        self.entry = RunningEntry(task_id, task_name, run_id, time.time(), worker_id)
+        soft, hard = (limits.soft, limits.hard) if limits is not None else (None, None)
+        self.entry = RunningEntry(
+            task_id, task_name, run_id, time.time(), worker_id, soft, hard, expires_at
+        )
         self.mode = mode
+        self.limits = limits
+        self.limit: tuple[float, bool] | None = None  # (seconds, soft) of the limit that hit
+        self._limit_timer: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the worker's, for the timers
+        self.expired = False  # refused at its start: past its ``expires`` deadline
+        self.plain_sync = False  # a sync body without interrupt_threads: only its token stops it
+        self.asked = False  # an aborter asked (not a time limit): it waits for our word
         self.body: Body | None = None  # the async body's driver, while it runs
         self.shields = 0  # open ``shield()`` sections: the cancel waits for them
         self.delivered = False  # the abort went to the body (or interrupted its thread)
@@ -105,11 +132,19 @@ class RunningTask:
         """Stop this attempt: now, or with ``grace``, once that many seconds have passed and
         the body has not stopped on its own (its token is set at once). ``True`` when this call
         is what aborted it; a later request can only bring the forced stop closer."""
+        if not (self.done or self.revoked):
+            self.asked = True
+        return self._stop(reason, grace)
+
+    def _stop(self, reason: str | None, grace: float) -> bool:
+        """``request_abort`` for an aborter or a time limit (``grace`` may be infinite: the
+        token only)."""
         if self.done or self.revoked or self.abort_requested:
             return False
         if self.stopping:  # already in its grace period: keep the nearer deadline
-            timer = self._grace_timer
-            if timer is not None and timer.when() > asyncio.get_running_loop().time() + grace:
+            # (no timer: a soft time limit without a hard one, which never forces it)
+            timer, due = self._grace_timer, asyncio.get_running_loop().time() + grace
+            if grace < math.inf and (timer is None or timer.when() > due):
                 self._start_grace(grace)
             return False
         self.reason = reason
@@ -129,8 +164,58 @@ class RunningTask:
         self.end_grace()
         if grace <= 0:
             self.force()
-        else:
+        elif grace < math.inf:
             self._grace_timer = asyncio.get_running_loop().call_later(grace, self.force)
+
+    # --- time limits -----------------------------------------------------------------
+    def start_limits(self) -> None:
+        """The body starts: arm its first time limit. On the worker's loop."""
+        limits = self.limits
+        if limits is None or self.done or self._limit_timer is not None:
+            return
+        first = limits.soft if limits.soft is not None else limits.hard
+        assert first is not None
+        loop = asyncio.get_running_loop()
+        self._limit_timer = loop.call_later(first, self._limit_reached)
+
+    def start_limits_threadsafe(self) -> None:
+        """``start_limits`` from a sync body's thread."""
+        if self.limits is not None and self.loop is not None:
+            self.loop.call_soon_threadsafe(self.start_limits)
+
+    def _limit_reached(self) -> None:
+        """The first limit: the soft one sets the token, and the grace period it starts runs
+        until the hard one (or forever); a hard limit alone stops the body at once."""
+        self._limit_timer = None
+        limits = self.limits
+        assert limits is not None
+        if limits.soft is not None:
+            grace = limits.hard - limits.soft if limits.hard is not None else math.inf
+            if self._stop(lim.soft_reason(limits.soft), grace):
+                self.limit = (limits.soft, True)
+        elif limits.hard is not None:
+            reason = lim.hard_reason(limits.hard)
+            if self.plain_sync:
+                reason += lim.TOKEN_ONLY
+            if self._stop(reason, 0.0):
+                self.limit = (limits.hard, False)
+
+    def end_timers(self) -> None:
+        """The attempt is over: no grace period or time limit may fire any more."""
+        self.end_grace()
+        if self._limit_timer is not None:
+            self._limit_timer.cancel()
+            self._limit_timer = None
+
+    def error(self) -> TaskAbortedError:
+        """What this attempt's abort is stored as: why it was stopped, by its class."""
+        if self.expired:
+            deadline = self.entry.expires_at or 0.0
+            return TaskExpired(self.task_id, self.reason, deadline)
+        if self.limit is not None:
+            seconds, soft = self.limit
+            return TaskTimeLimitExceeded(self.task_id, self.reason, seconds, soft)
+        return TaskAbortedError(self.task_id, self.reason)
 
     def end_grace(self) -> None:
         if self._grace_timer is not None:
@@ -147,6 +232,12 @@ class RunningTask:
         # it), or over (nothing reads the flag any more).
         self.forced = self.in_body
         self.abort_requested = True
+        hard = self.limits.hard if self.limits is not None else None
+        if self.limit is not None and self.limit[1] and hard is not None:  # soft, then hard
+            self.limit = (hard, False)
+            self.reason = f"{self.reason}; {lim.hard_reason(hard)}"
+            if self.plain_sync:
+                self.reason += lim.TOKEN_ONLY  # say why it may run on
         self.deliver()
 
     def deliver(self) -> None:
@@ -158,12 +249,23 @@ class RunningTask:
             self.body.request()
         elif self.thread is not None and not self.delivered:
             self.delivered = self.thread.interrupt()
+        elif self.plain_sync and self.limit is not None and not self.delivered:
+            self.delivered = True  # nothing to deliver to: say so, once
+            logger.warning(
+                "taskiq-abort: task %s (%s) passed its hard time limit but runs on: %s",
+                self.task_id,
+                self.entry.task_name,
+                lim.TOKEN_ONLY.removeprefix("; "),
+            )
 
     def no_retry(self) -> None:
-        """The attempt ends aborted: retry middlewares must not run it again. Their
-        ``on_error`` reads this label, which is set before any ``on_error`` runs, so their
-        place in ``broker.middlewares`` does not matter (nobody is moved)."""
+        """The attempt ends aborted: retry middlewares must not run it again (unless a time
+        limit stopped it and it opted in: ``retry_on_time_limit``). Their ``on_error`` reads
+        this label, which is set before any ``on_error`` runs, so their place in
+        ``broker.middlewares`` does not matter (nobody is moved)."""
         if self.labels is not None:
+            if self.limit is not None and not self.asked and lim.retry_allowed(self.labels):
+                return
             self.labels["retry_on_error"] = False
 
     async def take_turn(self) -> None:
@@ -183,8 +285,8 @@ class RunningTask:
             self.turn = False
             self.gate.release()
 
-    def revoke(self, reason: str | None) -> None:
-        self.revoked, self.reason = True, reason
+    def revoke(self, reason: str | None, expired: bool = False) -> None:
+        self.revoked, self.reason, self.expired = True, reason, expired
 
     def event(self) -> threading.Event:
         """Set once the task is aborted; a ``threading.Event`` so sync tasks can wait on it."""
@@ -205,6 +307,6 @@ class RunningTask:
     def check(self) -> None:
         """Raise if the body must not run (or run on)."""
         if self.aborted:
-            raise TaskAbortedError(self.task_id, self.reason)
+            raise self.error()
         if self.refused is not None:
             raise self.refused

@@ -48,7 +48,7 @@ def _aborted(run: RunningTask, exc: Exception) -> TaskAbortedError:
     """What an error raised after the abort (or in its grace period) becomes."""
     if isinstance(exc, TaskAbortedError) and exc.task_id == run.task_id:
         return exc  # raised through the token: keep it as it is
-    aborted = TaskAbortedError(run.task_id, run.reason)
+    aborted = run.error()
     aborted.__cause__ = exc  # as ``raise ... from exc``, without making exc its own cause
     return aborted
 
@@ -70,7 +70,7 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
                 guard.close()
             run.thread = None
     except TaskInterrupted:
-        raise TaskAbortedError(run.task_id, run.reason) from None
+        raise run.error() from None
     except Exception as exc:
         if run.abort_requested or run.stopping:
             raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
@@ -98,13 +98,14 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
                 # Inline, not a coroutine of its own: every await of the body resumes each
                 # frame between the task and the body.
                 body = run.body = Body(run, func(*args, **kwargs), level=run.mode == "level")
+                run.start_limits()
                 run.deliver()  # an abort that came between the start check and now
                 try:
                     return await body
                 except asyncio.CancelledError:
                     if not body.reached:
                         raise  # not ours (worker shutdown...): let it through
-                    raise TaskAbortedError(run.task_id, run.reason) from None
+                    raise run.error() from None
                 except Exception as exc:
                     # Raised while cleaning up after the abort, or while stopping on its own
                     # in a grace period (through the token): the abort's result.
@@ -128,9 +129,13 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             run = current_run.get()
             try:
-                if _enter(run) is not None and run is not None and run.interrupt:
-                    return _run_sync(run, func, args, kwargs)
-                # Without interrupt_threads: only the start check and the token apply.
+                body = _enter(run)
+                if body is not None:
+                    # Without interrupt_threads: only the start check and the token apply.
+                    body.plain_sync = not body.interrupt
+                    body.start_limits_threadsafe()
+                    if body.interrupt:
+                        return _run_sync(body, func, args, kwargs)
                 return func(*args, **kwargs)
             except TaskAbortedError:
                 if run is not None:

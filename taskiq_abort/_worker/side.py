@@ -17,9 +17,12 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
 
+from taskiq_abort._wire.protocol import expired_reason
 from taskiq_abort._worker.attempt import CancelMode, RunningTask
+from taskiq_abort._worker.confirmations import Confirmations
+from taskiq_abort._worker.limits import TimeLimits
 from taskiq_abort.backends.base import AbortBackend, AbortNotice, Confirmation, NotDurableError
-from taskiq_abort.errors import AbortPermissionError, TaskiqAbortError
+from taskiq_abort.errors import AbortPermissionError
 from taskiq_abort.observability import events
 from taskiq_abort.observability.outages import OUTAGES
 from taskiq_abort.outcome import RunningEntry
@@ -84,9 +87,7 @@ class WorkerSide:
         self._wake = asyncio.Event()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._confirms: set[asyncio.Task[None]] = set()
-        self._to_confirm: list[tuple[Confirmation, asyncio.Future[None]]] = []
-        self._confirming = False  # a confirmation call is in flight
+        self._confirmations = Confirmations(backend, self.worker_id)
         self._reports = asyncio.Semaphore(_REPORTS)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -108,7 +109,7 @@ class WorkerSide:
     async def stop(self, timeout: float = 2.0) -> None:
         if self._finish_timer is not None:
             self._finish_timer.cancel()
-        tasks = [*self._tasks, *self._confirms]
+        tasks = [*self._tasks, *self._confirmations.tasks]
         if self._flusher is not None:
             tasks.append(self._flusher)
         for task in self._tasks:
@@ -119,13 +120,19 @@ class WorkerSide:
             await asyncio.wait_for(self.backend.unregister(self.worker_id), timeout)
 
     # --- task path -------------------------------------------------------------------
-    def begin(self, task_id: str, task_name: str) -> RunningTask:
-        run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode)
+    def begin(
+        self,
+        task_id: str,
+        task_name: str,
+        limits: TimeLimits | None = None,
+        expires_at: float | None = None,
+    ) -> RunningTask:
+        run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode, limits, expires_at)
         run.interrupt = self.interrupt_threads
-        run.gate = self._reports
+        run.gate, run.loop = self._reports, self.loop
         runs = self.running.setdefault(task_id, [])
         if runs and runs[0].aborted:  # a copy of an aborted task: it must not run either
-            run.revoke(runs[0].reason)
+            run.revoke(runs[0].reason, runs[0].expired)
             run.replies.extend(runs[0].replies)
         runs.append(run)
         return run
@@ -147,8 +154,8 @@ class WorkerSide:
             return False
         run.done = True
         run.end_turn()
-        run.end_grace()
-        asked = run.abort_requested or run.stopping  # an aborter waits for our word
+        run.end_timers()
+        asked = run.asked  # an aborter waits for our word (a time limit waits for nothing)
         runs = self.running.get(run.task_id, [])
         if run not in runs:  # not ours (a worker side replaced meanwhile): nothing to undo
             return False
@@ -184,46 +191,8 @@ class WorkerSide:
     async def confirm(
         self, task_id: str, outcome: str, reply_to: Iterable[str], forced: bool = False
     ) -> None:
-        """Record how an abort ended and reply to its aborters. A lone confirmation goes at
-        once; those that come while one call is in flight (a bulk abort ending hundreds of
-        tasks) join the next call, one for all of them, as starts do in ``_flush``."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._to_confirm.append((Confirmation(task_id, outcome, tuple(reply_to), forced), done))
-        if not self._confirming:
-            self._confirming = True
-            try:
-                await self._confirm_round()
-            finally:
-                if self._to_confirm:  # came meanwhile: the next call, in a task of its own
-                    self._track(asyncio.get_running_loop().create_task(self._drain_confirms()))
-                else:
-                    self._confirming = False
-        await done
-
-    async def _confirm_round(self) -> None:
-        batch, self._to_confirm = self._to_confirm, []
-        try:
-            await self.backend.confirm_many(self.worker_id, [item for item, _ in batch])
-        except Exception as exc:  # never into the task's post_save
-            ids = ", ".join(item.task_id for item, _ in batch[:3])
-            more = f" and {len(batch) - 3} more" if len(batch) > 3 else ""
-            log = logger.warning if isinstance(exc, TaskiqAbortError) else logger.exception
-            log("taskiq-abort: could not confirm abort of task %s%s: %s", ids, more, exc)
-        finally:
-            for _, done in batch:
-                if not done.done():
-                    done.set_result(None)
-
-    async def _drain_confirms(self) -> None:
-        try:
-            while self._to_confirm:
-                await self._confirm_round()
-        finally:
-            self._confirming = False
-
-    def _track(self, task: asyncio.Task[None]) -> None:
-        self._confirms.add(task)
-        task.add_done_callback(self._confirms.discard)
+        """Record how an abort ended and reply to its aborters (``Confirmations``)."""
+        await self._confirmations.confirm(Confirmation(task_id, outcome, tuple(reply_to), forced))
 
     # --- abort requests --------------------------------------------------------------
     def on_abort(self, notice: AbortNotice) -> None:
@@ -239,7 +208,7 @@ class WorkerSide:
         # a result ("unknown": a retry of it may be running elsewhere, whose worker answers).
         if outcome and outcome != "unknown":
             confirm = self.confirm(notice.task_id, outcome, (notice.reply_to,), forced)
-            self._track(asyncio.get_running_loop().create_task(confirm))
+            self._confirmations.track(asyncio.get_running_loop().create_task(confirm))
 
     # --- registry --------------------------------------------------------------------
     def _flush_finishes(self) -> None:
@@ -292,7 +261,8 @@ class WorkerSide:
                     unchecked = []
                     for run, fut in starts:
                         if run.task_id in refused:
-                            run.revoke(refused[run.task_id].reason)
+                            notice = refused[run.task_id]
+                            run.revoke(notice.reason, notice.expired)
                             if not fut.done():
                                 fut.set_result(None)
                         else:
@@ -302,8 +272,13 @@ class WorkerSide:
                         pause = min(max(2 * pause, 0.05), 1.0)
                         continue
                     for run, fut in unchecked:
+                        deadline = run.entry.expires_at
                         if self.fail_closed:
                             run.refused = exc
+                        elif deadline is not None and events.redis_now_ms() > deadline * 1000:
+                            # Unchecked: its deadline on this worker's estimate of Redis's clock
+                            late = events.redis_now_ms() / 1000 - deadline
+                            run.revoke(expired_reason(late), expired=True)
                         if not fut.done():
                             fut.set_result(None)
                     continue
@@ -311,7 +286,7 @@ class WorkerSide:
                 revoked = {notice.task_id: notice for notice in aborted}
                 for run, fut in starts:
                     if run.task_id in revoked:
-                        run.revoke(revoked[run.task_id].reason)
+                        run.revoke(revoked[run.task_id].reason, revoked[run.task_id].expired)
                     else:
                         run.registered = True
                     if not fut.done():

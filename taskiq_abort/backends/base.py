@@ -69,6 +69,8 @@ class AbortNotice:
     """When the request was recorded, ms since the epoch on the control plane's clock."""
     grace: float = 0.0
     """Seconds the task may take to stop on its own before it is cancelled."""
+    expired: bool = False
+    """Not a request: the start was refused because it came after the task's deadline."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from taskiq_abort._wire.protocol import ReplyMessage
+from taskiq_abort._wire.protocol import ReplyMessage, expired_reason
 from taskiq_abort.backends.base import (
     DEFAULT_LEASE,
     DEFAULT_REQUEST_TTL,
@@ -98,10 +98,13 @@ class MemoryAbortBackend(AbortBackend):
         aborted = []
         for entry in starts:
             record = self._live_request(entry.task_id)
+            late = time.time() - entry.expires_at if entry.expires_at is not None else 0.0
             if record is not None:
                 if record.outcome is None:
                     await self.set_outcome(entry.task_id, "revoked", worker_id)
                 aborted.append(AbortNotice(entry.task_id, record.reason))
+            elif late > 0:  # past its deadline (one process: one clock)
+                aborted.append(AbortNotice(entry.task_id, expired_reason(late), expired=True))
             elif worker is not None:
                 worker.tasks[entry.task_id] = entry
         for entry in finishes:
@@ -247,10 +250,7 @@ class MemoryAbortBackend(AbortBackend):
             WorkerInfo.from_info(
                 wid,
                 state.info,
-                (
-                    RunningEntry(e.task_id, e.task_name, e.run_id, e.started, wid)
-                    for e in state.tasks.values()
-                ),
+                (replace(e, worker=wid) for e in state.tasks.values()),
             )
             for wid, state in self._live().items()
         ]

@@ -20,12 +20,15 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
+from taskiq_abort.errors import TaskAbortedError, TaskExpired, TaskTimeLimitExceeded
 from taskiq_abort.outcome import AbortOutcome
 
 logger = logging.getLogger("taskiq_abort")
 
 RUNNING = "running"
 QUEUED = "queued"
+TIME_LIMIT = "time_limit"
+EXPIRED = "expired"
 _SEEN_MAX = 4096  # abort broadcasts remembered per process (every worker hears every abort)
 
 
@@ -36,7 +39,9 @@ class AbortApplied:
     task_id: str
     task_name: str
     phase: str
-    """``running`` (its body was cancelled) or ``queued`` (revoked: refused at its start)."""
+    """``running`` (its body was cancelled), ``queued`` (revoked: refused at its start),
+    ``time_limit`` (stopped at its time limit) or ``expired`` (refused at its start: past its
+    ``expires`` deadline)."""
     reason: str | None
     requested_by: str | None
     """``host:pid`` of the aborter, when the broadcast said so."""
@@ -147,6 +152,16 @@ def _delivery(at: float | None, phase: str) -> float | None:
     return max(0.0, (redis_now_ms() - at) / 1000)
 
 
+def phase_of(error: TaskAbortedError, revoked: bool) -> str:
+    """The phase an aborted attempt is counted and logged under (``revoked``: refused at its
+    start)."""
+    if isinstance(error, TaskExpired):
+        return EXPIRED
+    if isinstance(error, TaskTimeLimitExceeded):
+        return TIME_LIMIT
+    return QUEUED if revoked else RUNNING
+
+
 def reason_text(reason: str | None) -> str:
     """The reason in a log line, or that none was given (never ``reason: None``).
 
@@ -160,9 +175,12 @@ def applied_line(task_id: str, task_name: str, phase: str, reason: str | None) -
     """The worker's one INFO line for an applied abort. It replaces taskiq's own error line
     for the task (``logs.AbortedTaskLogFilter``): one line per abort, written where taskiq
     writes its line, so an abort costs the worker no more logging than before."""
+    if phase == TIME_LIMIT:
+        return f"taskiq-abort: stopped task {task_id} ({task_name}): {reason}"
     if phase != RUNNING:
         where = f"{task_id} ({task_name}) at its start"
-        return f"taskiq-abort: skipped revoked task {where}, {reason_text(reason)}"
+        what = "expired" if phase == EXPIRED else "revoked"
+        return f"taskiq-abort: skipped {what} task {where}, {reason_text(reason)}"
     at, _ = _seen.get(task_id, (None, None))
     delivery = _delivery(at, phase)
     shown = "?" if delivery is None else f"{delivery * 1000:.1f} ms"

@@ -23,7 +23,7 @@ class AbortedTaskLogFilter(logging.Filter):
                 return False  # demoted to INFO below a WARNING level: not written at all
             run = current_run.get()  # taskiq logs from the attempt's own task: ours is set
             name = run.entry.task_name if run is not None else "?"
-            phase = events.QUEUED if run is not None and run.revoked else events.RUNNING
+            phase = events.phase_of(exc, run is not None and run.revoked)
             line = events.applied_line(exc.task_id, name, phase, exc.reason)
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg, record.args = "%s", (line,)

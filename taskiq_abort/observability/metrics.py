@@ -44,7 +44,8 @@ class AbortMetrics(events.Observer):
         self.aborted_tasks = Counter(
             "aborted_tasks",
             "Task attempts ended by an abort, by phase (running: body cancelled; queued: "
-            "revoked, skipped at its start)",
+            "revoked, skipped at its start; time_limit: stopped at its time limit; expired: "
+            "skipped at its start, past its deadline)",
             ["task_name", "phase"],
         )
         self.forced_aborts = Counter(

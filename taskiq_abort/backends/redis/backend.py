@@ -44,6 +44,7 @@ from taskiq_abort.backends.redis.clients import (
     REGISTER,
     SYNC,
     LoopClients,
+    expired_notices,
     notices,
     record_from_hash,
     request_result,
@@ -210,19 +211,25 @@ class RedisAbortBackend(AbortBackend):
             int(self.lease * 1000), self.keys.request_prefix, worker_id, len(starts)
         ]  # fmt: skip
         for entry in starts:
-            args += [entry.task_id, entry.encode()]
+            deadline = entry.expires_at
+            args += [
+                entry.task_id,
+                entry.encode(),
+                "" if deadline is None else int(deadline * 1000),
+            ]
         args.append(len(finishes))
         for entry in finishes:
-            args += [entry.task_id, entry.run_id]
+            args += [entry.task_id, entry.token]
         keys = self.keys
         script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
         op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
         try:
-            alive, aborted = await self._call("registering tasks", op)
+            alive, aborted, expired = await self._call("registering tasks", op)
         except NotDurableError as exc:
-            exc.notices = notices(exc.reply[1])  # refused on the master: they must not run
+            # Refused on the master: they must not run.
+            exc.notices = notices(exc.reply[1]) + expired_notices(exc.reply[2])
             raise
-        return bool(alive), notices(aborted)
+        return bool(alive), notices(aborted) + expired_notices(expired)
 
     async def register(
         self, worker_id: str, info: dict[str, str], running: list[RunningEntry]

@@ -12,6 +12,7 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
+from taskiq_abort._wire.protocol import expired_reason
 from taskiq_abort.backends.base import AbortNotice, RequestRecord, RequestResult
 from taskiq_abort.backends.redis import scripts
 from taskiq_abort.backends.redis.connect import Topology
@@ -137,4 +138,12 @@ def notices(flat: list[Any]) -> list[AbortNotice]:
             int(flat[i + 5] or 0) / 1000,
         )
         for i in range(0, len(flat), 6)
+    ]
+
+
+def expired_notices(flat: list[Any]) -> list[AbortNotice]:
+    """The starts a script found past their deadline, as flat ``[task_id, ms_late]*``."""
+    return [
+        AbortNotice(str(flat[i]), expired_reason(int(flat[i + 1]) / 1000), expired=True)
+        for i in range(0, len(flat), 2)
     ]

@@ -53,11 +53,12 @@ _NOTE_REQUEST = _lua("note_request")
 
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
 # KEYS: worker hash, tasks hash, holders index
-# ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value]*n, n_finishes,
-#       [task_id, run_id]*n
-# Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, grace_ms, ...}} for
-# starts that were already aborted; those are not registered (they must not run) and are
-# marked revoked in their request.
+# ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value, deadline_ms]*n,
+#       n_finishes, [task_id, run_token]*n   (deadline_ms: '' or the `expires` deadline)
+# Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, grace_ms, ...},
+# {task_id, ms_late, ...}}: the starts that were already aborted, not registered (they must not
+# run) and marked revoked in their request; then the starts past their deadline on the Redis
+# clock (TIME, read only when a start has one), not registered either and recorded nowhere.
 SYNC = HOLDERS + _NOTE_REQUEST + _lua("sync")
 
 # The master's replication id: a promoted replica takes a new one, so it names the master's

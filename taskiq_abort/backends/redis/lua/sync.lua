@@ -3,16 +3,26 @@ local lease = tonumber(ARGV[1])
 local req, wid = ARGV[2], ARGV[3]
 local i = 4
 local nstart = tonumber(ARGV[i]); i = i + 1
-local aborted = {}
+local aborted, expired = {}, {}
+local now = nil
 for _ = 1, nstart do
-  local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
+  local tid, value, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2]; i = i + 3
   if note_request(aborted, req, tid) then
     if redis.call('HSETNX', req .. tid, 'outcome', 'revoked') == 1 then
       redis.call('HSET', req .. tid, 'worker', wid)  -- who refused it
     end
   else
-    redis.call('HSET', KEYS[2], tid, value)
-    holders_add(KEYS[3], tid, wid)
+    if deadline ~= '' and not now then
+      local t = redis.call('TIME')  -- only for a start with a deadline
+      now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    if deadline ~= '' and now > tonumber(deadline) then
+      expired[#expired + 1] = tid
+      expired[#expired + 1] = now - tonumber(deadline)
+    else
+      redis.call('HSET', KEYS[2], tid, value)
+      holders_add(KEYS[3], tid, wid)
+    end
   end
 end
 local nfin = tonumber(ARGV[i]); i = i + 1
@@ -25,4 +35,4 @@ for _ = 1, nfin do
   end
 end
 if nstart > 0 then redis.call('PEXPIRE', KEYS[2], 3 * lease) end
-return {redis.call('EXISTS', KEYS[1]), aborted}
+return {redis.call('EXISTS', KEYS[1]), aborted, expired}

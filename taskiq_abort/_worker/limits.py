@@ -1,0 +1,134 @@
+"""Time limits and expiry, as labels: what a task carries, checked where it is kicked and read
+where it runs.
+
+- ``soft_time_limit`` / ``time_limit`` (seconds from the body's start): at the soft limit the
+  task's token is set, as ``abort(grace=...)`` does; at the hard limit the body is cancelled
+  (or its thread interrupted). ``AbortMiddleware(soft_time_limit=..., time_limit=...)`` sets
+  them for tasks without the labels. The timers live on the attempt (``attempt.RunningTask``).
+- ``expires`` (seconds from the kick): the kicking process turns it into ``expires_at`` (seconds
+  since the epoch, on its best estimate of the Redis clock) before the message is sent, so that
+  a retry or a redelivery keeps the first deadline. The start check judges it on the Redis
+  clock (``lua/sync.lua``), in the call it makes anyway.
+- ``retry_on_time_limit=True`` lets retry middlewares retry a task stopped by its time limit
+  (every other abort is never retried).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+SOFT_LABEL = "soft_time_limit"
+HARD_LABEL = "time_limit"
+EXPIRES_LABEL = "expires"
+EXPIRES_AT_LABEL = "expires_at"
+RETRY_LABEL = "retry_on_time_limit"
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """A task's limits, seconds from its body's start; at least one is set."""
+
+    soft: float | None = None
+    hard: float | None = None
+
+    def describe(self) -> str:
+        """
+        >>> TimeLimits(5, 10).describe(), TimeLimits(hard=2.5).describe()
+        ('soft 5 s, hard 10 s', 'hard 2.5 s')
+        """
+        parts = [] if self.soft is None else [f"soft {self.soft:g} s"]
+        return ", ".join(parts + ([] if self.hard is None else [f"hard {self.hard:g} s"]))
+
+
+def seconds(value: object, what: str) -> float:
+    """A positive, finite number of seconds (a label may arrive as a string), else ValueError
+    naming ``what``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}={value!r}: must be a positive number of seconds")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{what}={value!r}: must be a positive number of seconds") from None
+    if not (0 < number < math.inf):
+        raise ValueError(f"{what}={value!r}: must be a positive number of seconds")
+    return number
+
+
+def optional_seconds(value: object, what: str) -> float | None:
+    return None if value is None else seconds(value, what)
+
+
+def check_limits(soft: float | None, hard: float | None, where: str) -> TimeLimits | None:
+    """The limits, or ``None`` without any; a soft limit at or past the hard one is an error
+    (it would never come first)."""
+    if soft is None and hard is None:
+        return None
+    if soft is not None and hard is not None and soft >= hard:
+        raise ValueError(
+            f"{where}: soft_time_limit ({soft:g} s) must be below time_limit ({hard:g} s)"
+        )
+    return TimeLimits(soft, hard)
+
+
+def limits_of(labels: Mapping[str, Any], default: TimeLimits | None) -> TimeLimits | None:
+    """A task's limits: its labels, each one falling back to the middleware's default."""
+    soft_label, hard_label = labels.get(SOFT_LABEL), labels.get(HARD_LABEL)
+    if soft_label is None and hard_label is None:
+        return default  # the common case: no label, no parsing
+    soft = optional_seconds(soft_label, SOFT_LABEL)
+    hard = optional_seconds(hard_label, HARD_LABEL)
+    if default is not None:
+        soft = default.soft if soft_label is None else soft
+        hard = default.hard if hard_label is None else hard
+        if soft is not None and hard is not None and soft >= hard:
+            # A label below the default's other limit wins: the label is the task's own word.
+            soft, hard = (soft, None) if hard_label is None else (None, hard)
+    return check_limits(soft, hard, "labels")
+
+
+def deadline_of(labels: Mapping[str, Any]) -> float | None:
+    """The ``expires_at`` label (seconds since the epoch), if the task has a valid one."""
+    raw = labels.get(EXPIRES_AT_LABEL)
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        deadline = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return deadline if math.isfinite(deadline) else None
+
+
+def stamp_deadline(labels: dict[str, Any], now: float) -> None:
+    """At the kick: check the limit labels and turn ``expires`` into ``expires_at`` (``now`` on
+    the Redis clock, as the kicking process knows it). A message that has ``expires_at``
+    already (a retry, a re-kick of the same message) keeps it."""
+    limits_of(labels, None)  # a bad label is the kicker's error, raised before anything is sent
+    if labels.get(EXPIRES_LABEL) is not None and EXPIRES_AT_LABEL not in labels:
+        labels[EXPIRES_AT_LABEL] = round(now + seconds(labels[EXPIRES_LABEL], EXPIRES_LABEL), 3)
+    elif EXPIRES_AT_LABEL in labels and deadline_of(labels) is None:
+        raise ValueError(
+            f"{EXPIRES_AT_LABEL}={labels[EXPIRES_AT_LABEL]!r}: must be seconds since the epoch"
+        )
+
+
+def retry_allowed(labels: Mapping[str, Any] | None) -> bool:
+    """Whether the task opted in to retries after its time limit stopped it."""
+    raw = None if labels is None else labels.get(RETRY_LABEL)
+    return raw is True or (isinstance(raw, str) and raw.lower() == "true")
+
+
+def soft_reason(limit: float) -> str:
+    return f"soft time limit ({limit:g} s) exceeded"
+
+
+def hard_reason(limit: float) -> str:
+    return f"hard time limit ({limit:g} s) exceeded"
+
+
+TOKEN_ONLY = (
+    "; a sync task without AbortMiddleware(interrupt_threads=True) can only be stopped "
+    "through its token"
+)
