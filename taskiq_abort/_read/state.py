@@ -54,9 +54,16 @@ def running_row(
         "pid": worker.pid,
         "started": entry.started,
         "running_for_s": round(max(0.0, now - entry.started), 3),
+        "soft_time_limit_s": entry.soft_limit,
+        "time_limit_s": entry.time_limit,
+        "time_left_s": _rounded(entry.time_left(now)),
         "abort_requested": request is not None,
         "abort_reason": request.reason if request else None,
     }
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 3)
 
 
 def request_fields(request: RequestRecord) -> dict[str, Any]:

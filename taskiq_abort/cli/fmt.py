@@ -93,8 +93,12 @@ def ls_lines(
         by_worker[row.worker.worker_id].append(row)
     all_rows = [row for group in by_worker.values() for row in group]
     id_w = max([_ID_WIDTH, *(len(r.entry.task_id) for r in all_rows)])
-    # 2 indent + id + 2 + name + 2 + running (7) + 2 + abort (11) = 80 for 32-char ids
-    name_w = max(4, min(max((len(r.entry.task_name) for r in all_rows), default=4), 22))
+    # 2 indent + id + 2 + name + 2 + running (7) + 2 + abort (11) = 80 for 32-char ids; a
+    # column of time left before the hard limit (9) when a task has one, taken from the name
+    limited = any(r.entry.time_limit is not None for r in all_rows)
+    widest = 13 if limited else 22
+    name_w = max(4, min(max((len(r.entry.task_name) for r in all_rows), default=4), widest))
+    left_head = f"  {'LEFT':>7}" if limited else ""
     lines: list[str] = []
     for info in workers:
         group = by_worker[info.worker_id]
@@ -108,11 +112,15 @@ def ls_lines(
             f"up {duration(now - info.started)}  {count}"
         )
         if group:
-            lines.append(f"  {'TASK ID':<{id_w}}  {'NAME':<{name_w}}  {'RUNNING':>7}  ABORT")
+            lines.append(
+                f"  {'TASK ID':<{id_w}}  {'NAME':<{name_w}}  {'RUNNING':>7}{left_head}  ABORT"
+            )
         for row in group:
+            left = row.entry.time_left(now)
+            left_cell = f"  {'-' if left is None else duration(left):>7}" if limited else ""
             lines.append(
                 f"  {row.entry.task_id:<{id_w}}  {_fit(row.entry.task_name, name_w):<{name_w}}  "
-                f"{duration(now - row.entry.started):>7}  {row.abort_state()}"
+                f"{duration(now - row.entry.started):>7}{left_cell}  {row.abort_state()}"
             )
     return lines
 

@@ -35,6 +35,13 @@ class RunningTask(BaseModel):
     pid: int
     started: float = Field(description="Unix time the attempt started")
     running_for_s: float
+    soft_time_limit_s: float | None = Field(
+        default=None, description="its soft time limit, seconds from its start"
+    )
+    time_limit_s: float | None = Field(
+        default=None, description="its hard time limit, seconds from its start"
+    )
+    time_left_s: float | None = Field(default=None, description="seconds to its hard limit")
     abort_requested: bool
     abort_reason: str | None = None
 

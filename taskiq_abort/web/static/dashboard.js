@@ -98,7 +98,13 @@
       tr.dataset.taskId = t.task_id;
       const name = el("td", t.task_name, "name");
       name.title = t.task_name;  // the whole name, when the cell cuts it
-      tr.append(el("td", t.task_id, "id"), name, el("td", duration(t.running_for_s)));
+      const running = el("td", duration(t.running_for_s) +
+        (t.time_left_s === null || t.time_left_s === undefined ? "" : " (" + duration(t.time_left_s) + " left)"));
+      const limits = [];
+      if (t.soft_time_limit_s != null) limits.push("soft time limit " + t.soft_time_limit_s + " s");
+      if (t.time_limit_s != null) limits.push("time limit " + t.time_limit_s + " s");
+      if (limits.length) running.title = limits.join(", ");
+      tr.append(el("td", t.task_id, "id"), name, running);
       tr.append(t.abort_requested
         ? el("td", "requested" + (t.abort_reason ? ": " + t.abort_reason : ""), "status-requested")
         : el("td", "-"));
