@@ -374,6 +374,11 @@ def _define_fault_tasks(broker: AsyncBroker) -> None:
         }
 
 
+if os.environ.get("TASKIQ_ABORT_TEST_CLOCK_SKEW"):
+    # This worker's clock is wrong by that many seconds (tests/test_time_limits.py).
+    _skew, _true_time = float(os.environ["TASKIQ_ABORT_TEST_CLOCK_SKEW"]), time.time
+    time.time = lambda: _true_time() + _skew
+
 if "TASKIQ_ABORT_TEST_URL" in os.environ:
     broker = make_broker(
         os.environ["TASKIQ_ABORT_TEST_URL"],
@@ -386,5 +391,7 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         idle_timeout_ms=int(os.environ.get("TASKIQ_ABORT_TEST_IDLE_MS", "0")) or None,
         channel=os.environ.get("TASKIQ_ABORT_TEST_CHANNEL") or None,
         interrupt_threads=os.environ.get("TASKIQ_ABORT_TEST_INTERRUPT") == "1",
+        soft_time_limit=float(os.environ.get("TASKIQ_ABORT_TEST_SOFT_LIMIT", "0")) or None,
+        time_limit=float(os.environ.get("TASKIQ_ABORT_TEST_TIME_LIMIT", "0")) or None,
         queue=os.environ.get("TASKIQ_ABORT_TEST_QUEUE") or None,
     )

@@ -4,6 +4,7 @@ the test app's broker by ``tests.app``."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
@@ -38,6 +39,7 @@ def define_stop_tasks(broker: AsyncBroker) -> None:
     def spin(context: Context = TaskiqDepends()) -> int:
         """A pure-Python loop that never looks at a token."""
         emit_sync(context, "started")
+        emit_sync(context, f"thread {threading.get_ident()}")
         count = 0
         while True:
             count += 1
@@ -63,3 +65,37 @@ def define_stop_tasks(broker: AsyncBroker) -> None:
             total += step
         emit_sync(context, "ran on")
         return f"slept, then counted to {total}"
+
+    @broker.task(task_name="which_thread")
+    def which_thread() -> int:
+        return threading.get_ident()
+
+    @broker.task(task_name="limited", time_limit=0.5)
+    async def limited(context: Context = TaskiqDepends()) -> str:
+        """A time limit set by the decorator."""
+        try:
+            await emit(context, "started")
+            await asyncio.sleep(60)
+        finally:
+            await emit(context, "finally")
+        return "unreachable"
+
+    @broker.task(task_name="limited_retried", retry_on_error=True, max_retries=2, time_limit=0.3)
+    async def limited_retried(context: Context = TaskiqDepends()) -> str:
+        """Retried on errors, but not after its time limit."""
+        await emit(context, "started")
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    @broker.task(
+        task_name="limited_retried_opt_in",
+        retry_on_error=True,
+        max_retries=2,
+        time_limit=0.3,
+        retry_on_time_limit=True,
+    )
+    async def limited_retried_opt_in(context: Context = TaskiqDepends()) -> str:
+        """Opted in: retried after its time limit too."""
+        await emit(context, "started")
+        await asyncio.sleep(60)
+        return "unreachable"

@@ -189,16 +189,15 @@ class RunningTask:
         self._limit_timer = None
         limits = self.limits
         assert limits is not None
+        first = not (self.done or self.aborted)  # the limit, not an abort, stops it
         if limits.soft is not None:
             grace = limits.hard - limits.soft if limits.hard is not None else math.inf
-            if self._stop(lim.soft_reason(limits.soft), grace):
-                self.limit = (limits.soft, True)
+            self.limit = (limits.soft, True) if first else self.limit
+            self._stop(lim.soft_reason(limits.soft), grace)
         elif limits.hard is not None:
+            self.limit = (limits.hard, False) if first else self.limit
             reason = lim.hard_reason(limits.hard)
-            if self.plain_sync:
-                reason += lim.TOKEN_ONLY
-            if self._stop(reason, 0.0):
-                self.limit = (limits.hard, False)
+            self._stop(reason + lim.TOKEN_ONLY if self.plain_sync else reason, 0.0)
 
     def end_timers(self) -> None:
         """The attempt is over: no grace period or time limit may fire any more."""

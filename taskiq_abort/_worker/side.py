@@ -131,7 +131,9 @@ class WorkerSide:
         run.interrupt = self.interrupt_threads
         run.gate, run.loop = self._reports, self.loop
         runs = self.running.setdefault(task_id, [])
-        if runs and runs[0].aborted:  # a copy of an aborted task: it must not run either
+        # A copy of an aborted task must not run either; a time limit ends one attempt only
+        # (a retry it opted in to may start before that attempt has ended).
+        if runs and (runs[0].asked or runs[0].revoked):
             run.revoke(runs[0].reason, runs[0].expired)
             run.replies.extend(runs[0].replies)
         runs.append(run)

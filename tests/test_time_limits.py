@@ -1,0 +1,395 @@
+"""Time limits (``soft_time_limit``, ``time_limit``) and expiry (``expires``): in-process, and
+on real ``taskiq worker`` processes (async and sync bodies, retries, a parked queue, a worker
+whose clock is wrong)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
+from taskiq.middlewares import SimpleRetryMiddleware
+
+from taskiq_abort import (
+    AbortMiddleware,
+    AbortStatus,
+    AbortToken,
+    TaskAbortedError,
+    TaskExpired,
+    TaskTimeLimitExceeded,
+    abort,
+)
+from taskiq_abort.observability import events as hub
+from tests.app import make_broker
+from tests.conftest import Events, WorkerProcess
+
+pytestmark = pytest.mark.anyio
+
+
+class Phases(hub.Observer):
+    """The phases applied aborts are reported under (what the metrics count)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def abort_applied(self, event: hub.AbortApplied) -> None:
+        self.seen.append((event.task_id, event.phase))
+
+
+# --- in-process -----------------------------------------------------------------------
+@pytest.fixture
+async def local() -> AsyncIterator[tuple[AsyncBroker, dict[str, Any]]]:
+    broker = InMemoryBroker(sync_tasks_pool_size=2).with_middlewares(
+        SimpleRetryMiddleware(default_retry_count=2),
+        AbortMiddleware(interrupt_threads=True, time_limit=30),
+    )
+    seen: dict[str, Any] = {"log": [], "runs": 0, "started": asyncio.Event()}
+
+    @broker.task(task_name="sleeper")
+    async def sleeper(seconds: float = 60) -> str:
+        seen["runs"] += 1
+        seen["started"].set()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            seen["log"].append("finally")
+        return "slept"
+
+    @broker.task(task_name="polite")
+    async def polite(mode: str, token: AbortToken = TaskiqDepends()) -> str:
+        try:
+            await token.wait()
+        finally:
+            seen["log"].append(f"token: {token.reason}")
+        if mode == "raise":
+            token.raise_if_aborted()
+        return "stopped on its own"
+
+    @broker.task(task_name="spin")
+    def spin(seconds: float) -> str:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        return "spun"
+
+    @broker.task(task_name="retried", retry_on_error=True, max_retries=2)
+    async def retried() -> str:
+        seen["runs"] += 1
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    await broker.startup()
+    yield broker, seen
+    await broker.shutdown()
+
+
+async def _result(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
+    task = await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
+    return await task.wait_result(timeout=10)
+
+
+async def test_hard_limit_stops_an_async_body_and_runs_its_finally(local: Any) -> None:
+    broker, seen = local
+    result = await _result(broker, "sleeper", time_limit=0.2)
+    error = result.error
+    assert isinstance(error, TaskTimeLimitExceeded) and isinstance(error, TaskAbortedError)
+    assert (error.limit, error.soft) == (0.2, False)
+    assert "hard time limit (0.2 s) exceeded" in str(error)
+    assert seen["log"] == ["finally"]
+
+
+async def test_soft_then_hard(local: Any) -> None:
+    """Soft limit: the token is set; a body that stops through it is recorded as stopped at
+    its soft limit. A body that ignores it is cancelled at the hard one."""
+    broker, seen = local
+    own = await _result(broker, "polite", "raise", soft_time_limit=0.1, time_limit=30)
+    assert isinstance(own.error, TaskTimeLimitExceeded)
+    assert (own.error.limit, own.error.soft) == (0.1, True)
+    assert seen["log"] == ["token: soft time limit (0.1 s) exceeded"]
+    forced = await _result(broker, "sleeper", soft_time_limit=0.1, time_limit=0.3)
+    assert isinstance(forced.error, TaskTimeLimitExceeded)
+    assert (forced.error.limit, forced.error.soft) == (0.3, False)
+    assert forced.error.reason == (
+        "soft time limit (0.1 s) exceeded; hard time limit (0.3 s) exceeded"
+    )
+
+
+async def test_soft_limit_alone_sets_the_token_only(local: Any) -> None:
+    broker, _ = local
+    # The middleware's 30 s default is the hard limit: the soft label comes first.
+    result = await _result(broker, "polite", "return", soft_time_limit=0.1)
+    assert result.return_value == "stopped on its own", result
+    result = await _result(broker, "sleeper", 0.3, soft_time_limit=0.1)
+    assert result.return_value == "slept"  # ignored the token, ran to its end
+
+
+async def test_a_sync_body_is_interrupted_at_its_hard_limit(local: Any) -> None:
+    broker, _ = local
+    result = await _result(broker, "spin", 60, time_limit=0.2)
+    assert isinstance(result.error, TaskTimeLimitExceeded), result
+    after = await _result(broker, "spin", 0.0)  # its pool thread runs the next task
+    assert after.return_value == "spun"
+
+
+async def test_a_sync_body_without_interrupt_threads_is_told_and_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+
+    @broker.task(task_name="checker")
+    def checker(token: AbortToken = TaskiqDepends()) -> str:
+        token.wait_sync(30)
+        token.raise_if_aborted()
+        return "not aborted"
+
+    await broker.startup()
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskiq_abort"):
+            result = await _result(broker, "checker", time_limit=0.2)
+        assert isinstance(result.error, TaskTimeLimitExceeded), result
+        assert "only be stopped through its token" in str(result.error.reason)
+        assert any("passed its hard time limit" in r.getMessage() for r in caplog.records)
+    finally:
+        await broker.shutdown()
+
+
+async def test_middleware_default_and_labels(local: Any) -> None:
+    """The middleware's default applies to tasks without labels; a label wins."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware(time_limit=0.2))
+
+    @broker.task(task_name="plain")
+    async def plain() -> str:
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    @broker.task(task_name="decorated", time_limit=0.1)
+    async def decorated() -> str:
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    await broker.startup()
+    try:
+        by_default = await _result(broker, "plain")
+        assert by_default.error.limit == 0.2
+        by_decorator = await _result(broker, "decorated")
+        assert by_decorator.error.limit == 0.1
+        by_kicker = await _result(broker, "decorated", time_limit=0.15)
+        assert by_kicker.error.limit == 0.15
+    finally:
+        await broker.shutdown()
+
+
+async def test_a_time_limit_is_not_retried_unless_the_task_opts_in(local: Any) -> None:
+    broker, seen = local
+    result = await _result(broker, "retried", time_limit=0.1)
+    assert isinstance(result.error, TaskTimeLimitExceeded)
+    assert seen["runs"] == 1
+    seen["runs"] = 0
+    result = await _result(broker, "retried", time_limit=0.1, retry_on_time_limit=True)
+    assert isinstance(result.error, TaskTimeLimitExceeded)
+    assert seen["runs"] == 2  # max_retries=2: SimpleRetryMiddleware counts every attempt
+
+
+async def test_abort_past_the_soft_limit_forces_at_once(local: Any) -> None:
+    broker, seen = local
+    task = await broker.find_task("sleeper").kicker().with_labels(soft_time_limit=0.05).kiq()
+    await seen["started"].wait()
+    middleware = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
+    while not any(run.stopping for run in middleware.worker.attempts()):
+        await asyncio.sleep(0.01)  # until the soft limit has set its token
+    outcome = await abort(broker, task.task_id, timeout=5)
+    assert (outcome.status, outcome.forced) == (AbortStatus.ABORTED, True), outcome
+    result = await task.wait_result(timeout=5)
+    assert isinstance(result.error, TaskTimeLimitExceeded)
+
+
+async def test_expired_tasks_never_run_and_are_counted(local: Any) -> None:
+    broker, seen = local
+    phases = Phases()
+    hub.subscribe(phases)
+    try:
+        task = (
+            await broker.find_task("sleeper")
+            .kicker()
+            .with_labels(expires_at=time.time() - 1)
+            .kiq(0)
+        )
+        result = await task.wait_result(timeout=5)
+        assert isinstance(result.error, TaskExpired), result
+        assert result.error.reason.startswith("expired: not started by its deadline")
+        assert seen["runs"] == 0
+        limited = await broker.find_task("sleeper").kicker().with_labels(time_limit=0.05).kiq()
+        await limited.wait_result(timeout=5)
+    finally:
+        hub.unsubscribe(phases)
+    assert (task.task_id, "expired") in phases.seen
+    assert (limited.task_id, "time_limit") in phases.seen
+
+
+async def test_expires_becomes_a_deadline_at_the_kick_and_stays(local: Any) -> None:
+    """``expires`` counts from the kick, not from a ``delay``; a retry keeps the deadline."""
+    broker, _ = local
+    kicked = time.time()
+    task = await broker.find_task("sleeper").kicker().with_labels(expires=600, delay=5).kiq(0)
+    result = await task.wait_result(timeout=5)
+    deadline = float(result.labels["expires_at"])
+    assert kicked + 600 <= deadline + 0.001 and deadline <= time.time() + 600
+    again = await broker.find_task("sleeper").kicker().with_labels(**result.labels).kiq(0)
+    assert float((await again.wait_result(timeout=5)).labels["expires_at"]) == deadline
+
+
+@pytest.mark.parametrize(
+    ("labels", "words"),
+    [
+        ({"time_limit": -1}, "time_limit='-1': must be a positive number of seconds"),
+        ({"soft_time_limit": "soon"}, "soft_time_limit='soon'"),
+        ({"soft_time_limit": 5, "time_limit": 5}, "must be below time_limit"),
+        ({"expires": 0}, "expires='0'"),
+        ({"expires_at": "tomorrow"}, "expires_at='tomorrow'"),
+    ],
+)
+async def test_bad_labels_fail_the_kick(local: Any, labels: dict[str, Any], words: str) -> None:
+    broker, seen = local
+    with pytest.raises(ValueError, match="sleeper") as info:
+        await broker.find_task("sleeper").kicker().with_labels(**labels).kiq()
+    assert words in str(info.value)
+    assert seen["runs"] == 0
+
+
+def test_bad_defaults_fail_at_once() -> None:
+    with pytest.raises(ValueError, match="must be below time_limit"):
+        AbortMiddleware(soft_time_limit=10, time_limit=5)
+    with pytest.raises(ValueError, match="time_limit"):
+        AbortMiddleware(time_limit=0)
+
+
+# --- real workers -----------------------------------------------------------------------
+@pytest.fixture
+def limit_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
+    """One worker with one pool thread: a sync body that kept it would block the next."""
+    worker = WorkerProcess(
+        redis_url,
+        prefix,
+        broker="list",
+        env={"TASKIQ_ABORT_TEST_INTERRUPT": "1"},
+        extra_args=("--max-threadpool-threads", "1"),
+    )
+    with worker:
+        yield worker
+
+
+@pytest.fixture
+async def client_of(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
+    broker = make_broker(redis_url, prefix, "list")
+    await broker.startup()
+    yield broker
+    await broker.shutdown()
+
+
+async def _kick(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
+    return await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
+
+
+async def test_worker_stops_an_async_task_at_its_limits(
+    limit_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    hard = await _kick(client_of, "sleeper", 60, time_limit=0.3)
+    decorated = await _kick(client_of, "limited")
+    polite = await _kick(client_of, "graceful", "raise", soft_time_limit=0.2, time_limit=30)
+    ignorer = await _kick(client_of, "graceful", "ignore", soft_time_limit=0.2, time_limit=0.6)
+    for task, limit, soft in ((hard, 0.3, False), (decorated, 0.5, False), (ignorer, 0.6, False)):
+        result = await task.wait_result(timeout=15)
+        assert isinstance(result.error, TaskTimeLimitExceeded), result
+        assert (result.error.limit, result.error.soft) == (limit, soft)
+    assert "finally" in events.all(hard.task_id)
+    assert "finally" in events.all(decorated.task_id)
+    assert "cancelled, token set: True" in events.all(ignorer.task_id)
+    result = await polite.wait_result(timeout=15)
+    assert isinstance(result.error, TaskTimeLimitExceeded)
+    assert (result.error.limit, result.error.soft) == (0.2, True)  # stopped on its own
+    assert "token set" in events.all(polite.task_id)
+
+
+async def test_worker_interrupts_a_sync_loop_and_its_thread_runs_the_next_task(
+    limit_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    spin = await _kick(client_of, "spin", time_limit=0.3)
+    result = await spin.wait_result(timeout=15)
+    assert isinstance(result.error, TaskTimeLimitExceeded), result
+    thread = next(e for e in events.all(spin.task_id) if e.startswith("thread "))
+    after = await (await _kick(client_of, "which_thread")).wait_result(timeout=15)
+    assert f"thread {after.return_value}" == thread  # the one pool thread, free again
+
+
+async def test_worker_never_retries_a_time_limit_unless_opted_in(
+    limit_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    plain = await _kick(client_of, "limited_retried")
+    opted = await _kick(client_of, "limited_retried_opt_in")
+    for task in (plain, opted):
+        assert isinstance((await task.wait_result(timeout=30)).error, TaskTimeLimitExceeded)
+    # A retry is kicked before the result is stored: one task kicked now comes after any.
+    marker = await _kick(client_of, "quick", 1)
+    await marker.wait_result(timeout=15)
+    assert events.all(plain.task_id).count("started") == 1
+    assert events.all(opted.task_id).count("started") == 2  # max_retries=2 attempts
+
+
+def _redis_time(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + micros / 1e6
+
+
+def _wait_past(client: redis.Redis, deadline: float) -> None:
+    """Until the Redis clock, which judges expiry, is past ``deadline``."""
+    while _redis_time(client) <= deadline:
+        time.sleep(0.05)  # polling the judging clock itself; no event marks its passing
+
+
+@pytest.mark.parametrize("skew", [0, -60, 60], ids=["true-clock", "60s-slow", "60s-fast"])
+async def test_expired_tasks_parked_until_after_their_deadline_never_run(
+    redis_url: str, prefix: str, rclient: redis.Redis, events: Events, skew: int
+) -> None:
+    """Tasks wait on a queue no worker serves; then a worker comes, whose clock may be wrong
+    by a minute: the expired one never runs, the other runs; the judging is Redis's clock."""
+    queue = f"{prefix}:parked"
+    client = make_broker(redis_url, prefix, "list", queue=queue)
+    await client.startup()
+    try:
+        kicked = time.time()  # the client stamps the deadline on this machine's clock
+        expiring = await _kick(client, "quick", 1, expires=0.5)
+        lasting = await _kick(client, "quick", 2, expires=600)
+        await asyncio.to_thread(_wait_past, rclient, kicked + 0.5 + 0.01)
+        worker = WorkerProcess(
+            redis_url,
+            prefix,
+            broker="list",
+            env={"TASKIQ_ABORT_TEST_QUEUE": queue, "TASKIQ_ABORT_TEST_CLOCK_SKEW": str(skew)},
+        )
+        with worker:
+            assert (await lasting.wait_result(timeout=15)).return_value == 4
+            result = await expiring.wait_result(timeout=15)
+        assert isinstance(result.error, TaskExpired), result
+        assert "started" not in events.all(expiring.task_id)
+    finally:
+        await client.shutdown()
+
+
+async def test_worker_default_limit_applies_to_tasks_without_labels(
+    redis_url: str, prefix: str, client_of: AsyncBroker
+) -> None:
+    worker = WorkerProcess(
+        redis_url, prefix, broker="list", env={"TASKIQ_ABORT_TEST_TIME_LIMIT": "0.4"}
+    )
+    with worker:
+        task = await _kick(client_of, "sleeper", 60)
+        result = await task.wait_result(timeout=15)
+        labelled = await _kick(client_of, "sleeper", 60, time_limit=0.2)
+        by_label = await labelled.wait_result(timeout=15)
+    assert isinstance(result.error, TaskTimeLimitExceeded) and result.error.limit == 0.4
+    assert isinstance(by_label.error, TaskTimeLimitExceeded) and by_label.error.limit == 0.2
