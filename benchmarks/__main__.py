@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from benchmarks import bulk, fleet, idle, latency, memory, scale, throughput, trickle
+from benchmarks import bulk, fleet, idle, latency, limits, memory, scale, throughput, trickle
 from benchmarks.procs import Proc, raise_fd_limit
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.report import RESULTS, git_commit, load_snapshot, loadavg, machine, plot
@@ -49,6 +49,7 @@ STEPS: dict[str, Step] = {
     "trickle": Step("trickle", "2b. throughput and CPU per task, trickle...", trickle.run),
     "idle": Step("idle", "3. idle CPU...", idle.run),
     "fleet": Step("fleet", "7. fleet size: abort latency and Redis CPU...", fleet.run),
+    "limits": Step("limits", "8. time limits: overshoot and cost...", limits.run),
 }
 # The printed report, in this order.
 TABLES = (
@@ -59,6 +60,7 @@ TABLES = (
     bulk.table,
     memory.table,
     fleet.table,
+    limits.table,
 )
 
 

@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
 from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
@@ -57,7 +58,8 @@ def make_broker(
         raise ValueError(f"unknown broker kind {kind!r}")
     app = inner.with_result_backend(RedisAsyncResultBackend(url, prefix_str=result_prefix(prefix)))
     if abort:
-        app = app.with_middlewares(AbortMiddleware(url, prefix=prefix))
+        interrupt = os.environ.get("BENCH_INTERRUPT") == "1"  # sync bodies (benchmarks/limits.py)
+        app = app.with_middlewares(AbortMiddleware(url, prefix=prefix, interrupt_threads=interrupt))
     if floor:
         app = app.with_middlewares(CancelFloor(url, prefix, result_prefix(prefix)))
     if start_floor:
@@ -112,6 +114,31 @@ def _define_tasks(broker: AsyncBroker, url: str, prefix: str) -> None:
         await client().incr(f"{prefix}:running_named")
         await asyncio.sleep(3600)
         return "held"
+
+    @broker.task(task_name="limit_async")
+    async def limit_async(context: Context = TaskiqDepends()) -> str:
+        """Sleeps until its time limit stops it; reports its start and its stop."""
+        task_id = context.message.task_id
+        await client().rpush(events_key(prefix, task_id), f"started {now()!r}")
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            report_later(task_id, "stopped", now())  # first thing: when the body stopped
+        return "unreachable"
+
+    @broker.task(task_name="limit_sync")
+    def limit_sync(context: Context = TaskiqDepends()) -> str:
+        """A pure-Python loop until its time limit interrupts its thread."""
+        started, count = now(), 0
+        try:
+            while True:
+                count += 1
+        finally:
+            stopped = now()
+            sync = redis.Redis.from_url(url)
+            sync.rpush(events_key(prefix, context.message.task_id), f"started {started!r}")
+            sync.rpush(events_key(prefix, context.message.task_id), f"stopped {stopped!r}")
+            sync.close()
 
     @broker.task(task_name="noop")
     async def noop() -> list[float]:

@@ -132,6 +132,7 @@ class Worker(Proc):
         max_async: int | None = None,
         floor: bool = False,
         start_floor: bool = False,
+        interrupt: bool = False,
     ) -> None:
         self.url, self.prefix, self.workers, self.abort = url, prefix, workers, abort
         args = [
@@ -153,6 +154,7 @@ class Worker(Proc):
             "BENCH_URL": url,
             "BENCH_PREFIX": prefix,
             "BENCH_BROKER": kind,
+            "BENCH_INTERRUPT": "1" if interrupt else "0",
             "BENCH_ABORT": (
                 "floor" if floor else "start-floor" if start_floor else "1" if abort else "0"
             ),

@@ -26,6 +26,7 @@ class Profile:
     fleet_helpers: int = 4  # processes holding the simulated workers
     fleet_idle_seconds: float = 3.0  # Redis CPU of the idle fleet, measured before the aborts
     warmup: int = 5
+    limit_samples: int = 200  # 8. tasks stopped by their hard time limit, async and sync each
 
 
 PROFILES = {
@@ -46,6 +47,7 @@ PROFILES = {
         fleet_sizes=(1, 10, 100),
         fleet_probes=50,
         fleet_idle_seconds=1.0,
+        limit_samples=30,
     ),
     "smoke": Profile(
         "smoke",
@@ -65,5 +67,6 @@ PROFILES = {
         fleet_helpers=2,
         fleet_idle_seconds=0.2,
         warmup=1,
+        limit_samples=3,
     ),
 }

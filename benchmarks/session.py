@@ -159,14 +159,21 @@ class Bench:
         return ids
 
     async def kick_many(
-        self, broker: AsyncBroker, name: str, n: int, chunk: int = 200, **kwargs: Any
+        self,
+        broker: AsyncBroker,
+        name: str,
+        n: int,
+        chunk: int = 200,
+        labels: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> list[str]:
         task = broker.find_task(name)
         assert task is not None
+        kicker = task.kicker().with_labels(**(labels or {}))
         ids: list[str] = []
         for start in range(0, n, chunk):
             handles = await asyncio.gather(
-                *(task.kiq(**kwargs) for _ in range(min(chunk, n - start)))
+                *(kicker.kiq(**kwargs) for _ in range(min(chunk, n - start)))
             )
             ids += [h.task_id for h in handles]
         return ids

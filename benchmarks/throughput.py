@@ -106,8 +106,11 @@ def start_worker(bench: Bench, prefix: str, kind: str, variant: str) -> Worker:
     ).start()
 
 
-async def burst_run(bench: Bench, kind: str, variant: str) -> Run:
-    """``tp_tasks`` no-op tasks, queued first, through one fresh worker.
+async def burst_run(
+    bench: Bench, kind: str, variant: str, labels: dict[str, Any] | None = None
+) -> Run:
+    """``tp_tasks`` no-op tasks (kicked with ``labels``), queued first, through one fresh
+    worker.
 
     Wall-clock and CPU both span the first task's stamp to the last one's (so worker start-up
     is not counted): each ``noop`` returns its monotonic stamp and its process's CPU time.
@@ -117,7 +120,7 @@ async def burst_run(bench: Bench, kind: str, variant: str) -> Run:
     n = bench.p.tp_tasks
     broker = await bench.client(prefix, kind, abort=False)
     try:
-        ids = await bench.kick_many(broker, "noop", n)
+        ids = await bench.kick_many(broker, "noop", n, labels=labels)
     finally:
         await broker.shutdown()
     keys = [f"{result_prefix(prefix)}:{tid}" for tid in ids]

@@ -27,6 +27,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "trickle",
         "idle",
         "fleet",
+        "limits",
     }
     assert set(report["load_per_benchmark"]) == set(STEPS)
     assert results["latency"]["statuses"] == {"aborted": 4}
@@ -53,6 +54,9 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert fleet["3"]["helper_processes"] == 2
     assert fleet["3"]["statuses"] == {"aborted": 3}
     assert "redis_cpu_us_per_abort" in fleet["1"]
+    limits = results["limits"]
+    assert limits["overshoot_async_ms"]["n"] == limits["overshoot_sync_ms"]["n"] == 3
+    assert set(limits["stream"]["cpu_us_per_task"]) == {"none", "limits"}
     assert report["machine"]["nproc"] >= 1
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra; not in `dev`
         assert list(tmp_path.glob("*-smoke-latency-cdf.png"))
@@ -62,6 +66,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "Throughput" in out
     assert "| trickle | list |" in out
     assert "Fleet size" in out
+    assert "Time limits: overshoot" in out
     assert "`abort_many()` for the ids" in out and "no-op throughput, same run" in out
 
 
