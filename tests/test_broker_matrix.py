@@ -20,7 +20,7 @@ import pytest
 from taskiq import AsyncBroker, ScheduleSource
 from taskiq.scheduler.scheduled_task import ScheduledTask
 
-from taskiq_abort import AbortStatus, TaskAbortedError, abort
+from taskiq_abort import AbortStatus, TaskAbortedError, TaskExpired, abort
 from taskiq_abort._wire.keys import KeySpace
 from tests.broker_app import KINDS
 from tests.conftest import Events
@@ -91,10 +91,13 @@ def events(deployment: Deployment) -> Iterator[Events]:
     events.client.close()
 
 
-async def refused(deployment: Deployment, events: Events, task_id: str, runs: int = 0) -> None:
-    """Wait until every worker that got ``task_id`` refused it at its start; fail as soon as
-    its body runs instead (``runs``: how often it ran before it was aborted)."""
-    needle = f"skipped revoked task {task_id}"
+async def refused(
+    deployment: Deployment, events: Events, task_id: str, runs: int = 0, why: str = "revoked"
+) -> None:
+    """Wait until every worker that got ``task_id`` refused it at its start (``why``: revoked
+    or expired); fail as soon as its body runs instead (``runs``: how often it ran before it
+    was aborted)."""
+    needle = f"skipped {why} task {task_id}"
 
     async def settled() -> bool:
         ran = events.all(task_id).count("started") > runs
@@ -154,6 +157,24 @@ async def test_a_delayed_task_aborted_before_its_time_never_runs(
         await refused(deployment, events, late.task_id)  # 3 s after its kick: the request was kept
     for task in (soon, late):
         assert isinstance((await task.wait_result(timeout=10)).error, TaskAbortedError)
+
+
+async def test_an_expired_task_never_runs(
+    deployment: Deployment, client: AsyncBroker, events: Events
+) -> None:
+    """Past its deadline at its start: refused on every worker that gets it. Where the broker
+    honours ``delay``, ``expires`` counts from the kick: a delay beyond it means never."""
+    quick = client.find_task("quick")
+    late = await quick.kicker().with_labels(expires_at=time.time() - 1).kiq(1)
+    await refused(deployment, events, late.task_id, why="expired")
+    assert isinstance((await late.wait_result(timeout=10)).error, TaskExpired)
+    if deployment.kind not in DELAY_LABEL:
+        return
+    delayed = await quick.kicker().with_labels(delay=2, expires=1).kiq(2)
+    due = await quick.kicker().with_labels(delay=1, expires=30).kiq(3)
+    assert (await due.wait_result(timeout=15)).return_value == 6
+    await refused(deployment, events, delayed.task_id, why="expired")
+    assert isinstance((await delayed.wait_result(timeout=10)).error, TaskExpired)
 
 
 class _OneShotSource(ScheduleSource):
