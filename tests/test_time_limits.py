@@ -261,6 +261,43 @@ async def test_bad_labels_fail_the_kick(local: Any, labels: dict[str, Any], word
     assert seen["runs"] == 0
 
 
+async def test_metrics_count_both_phases() -> None:
+    """Prometheus, through AbortObservability: its own phases, and taskiq's ``timeout`` label
+    keeps its own meaning (a TimeoutError, not ours)."""
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import REGISTRY
+
+    from taskiq_abort import AbortObservability
+
+    broker = InMemoryBroker().with_middlewares(
+        AbortMiddleware(), AbortObservability(tracing=False, progress=False)
+    )
+
+    @broker.task(task_name="metered")
+    async def metered() -> str:
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    def count(phase: str) -> float:
+        sample = REGISTRY.get_sample_value(
+            "aborted_tasks_total", {"task_name": "metered", "phase": phase}
+        )
+        return sample or 0.0
+
+    await broker.startup()
+    try:
+        before = {phase: count(phase) for phase in ("time_limit", "expired", "running")}
+        await _result(broker, "metered", time_limit=0.05)
+        await _result(broker, "metered", expires_at=time.time() - 1)
+        timed_out = await _result(broker, "metered", timeout=0.05)  # taskiq's own
+        assert not isinstance(timed_out.error, TaskAbortedError), timed_out
+        assert count("time_limit") - before["time_limit"] == 1
+        assert count("expired") - before["expired"] == 1
+        assert count("running") == before["running"]
+    finally:
+        await broker.shutdown()
+
+
 def test_bad_defaults_fail_at_once() -> None:
     with pytest.raises(ValueError, match="must be below time_limit"):
         AbortMiddleware(soft_time_limit=10, time_limit=5)
@@ -393,3 +430,14 @@ async def test_worker_default_limit_applies_to_tasks_without_labels(
         by_label = await labelled.wait_result(timeout=15)
     assert isinstance(result.error, TaskTimeLimitExceeded) and result.error.limit == 0.4
     assert isinstance(by_label.error, TaskTimeLimitExceeded) and by_label.error.limit == 0.2
+
+
+async def test_a_retry_after_the_deadline_never_runs(
+    limit_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    """The first attempt starts in time and fails after the deadline; its retry (same labels,
+    same deadline) is refused at its start."""
+    task = await _kick(client_of, "chaos", 0.8, 1, expires=0.5)
+    result = await task.wait_result(timeout=15)
+    assert isinstance(result.error, TaskExpired), result
+    assert [e for e in events.all(task.task_id) if e.startswith("started")] == ["started-0"]
