@@ -9,13 +9,21 @@ the app itself runs on the Cluster or Sentinel.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from taskiq import AsyncBroker
 
-from taskiq_abort import AbortConfigError, AbortMiddleware, AbortStatus, TaskAbortedError
+from taskiq_abort import (
+    AbortConfigError,
+    AbortMiddleware,
+    AbortStatus,
+    TaskAbortedError,
+    TaskExpired,
+    TaskTimeLimitExceeded,
+)
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.support.redis_servers import ClusterServers, SentinelServers
@@ -85,6 +93,18 @@ async def test_queued_task_is_revoked_and_never_runs(tclient, tworkers, events: 
     assert (await after.wait_result(timeout=10)).return_value == 2
     assert "started" not in events.all(queued.task_id)
     assert isinstance((await queued.wait_result(timeout=10)).error, TaskAbortedError)
+
+
+async def test_time_limit_and_expiry(tclient, tworkers, events: Events) -> None:
+    """The start check reads the server's TIME inside the script (one slot, then WAIT)."""
+    tworkers().start()
+    quick = tclient.find_task("quick")
+    expired = await quick.kicker().with_labels(expires_at=time.time() - 1).kiq(1)
+    assert isinstance((await expired.wait_result(timeout=10)).error, TaskExpired)
+    limited = await tclient.find_task("sleeper").kicker().with_labels(time_limit=0.3).kiq(60)
+    assert isinstance((await limited.wait_result(timeout=10)).error, TaskTimeLimitExceeded)
+    assert "started" not in events.all(expired.task_id)
+    assert events.all(limited.task_id)[-1] == "finally"
 
 
 async def test_finished_task(tclient, tworkers) -> None:
