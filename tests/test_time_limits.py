@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 import redis
-from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
+from taskiq import AsyncBroker, Context, InMemoryBroker, TaskiqDepends
 from taskiq.middlewares import SimpleRetryMiddleware
 
 from taskiq_abort import (
@@ -296,6 +298,52 @@ async def test_metrics_count_both_phases() -> None:
         assert count("running") == before["running"]
     finally:
         await broker.shutdown()
+
+
+async def test_a_limit_racing_the_body_s_end_never_lies() -> None:
+    """The hard limit fires as the body ends, hundreds of times, async and sync: either the
+    body ran to its end and its own result is stored, or it stopped where it was and the
+    result is TaskTimeLimitExceeded; never both, never neither."""
+    broker = InMemoryBroker(sync_tasks_pool_size=1).with_middlewares(
+        AbortMiddleware(interrupt_threads=True)
+    )
+    ended: set[str] = set()
+
+    @broker.task(task_name="racer")
+    async def racer(seconds: float, context: Context = TaskiqDepends()) -> str:
+        await asyncio.sleep(seconds)
+        ended.add(context.message.task_id)
+        return "ended"
+
+    @broker.task(task_name="sync_racer")
+    def sync_racer(seconds: float, context: Context = TaskiqDepends()) -> str:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        ended.add(context.message.task_id)
+        return "ended"
+
+    rounds = 200
+    said: Counter[str] = Counter()
+    await broker.startup()
+    try:
+        # A sync body's limit lands later: the loop's thread must get the GIL to fire it.
+        for name, longest in (("racer", 0.012), ("sync_racer", 0.03)):
+            for i in range(rounds):
+                kicker = broker.find_task(name).kicker().with_labels(time_limit=0.01)  # type: ignore[union-attr]
+                task = await kicker.kiq(random.uniform(0.008, longest))
+                result = await task.wait_result(timeout=5, check_interval=0.001)
+                if isinstance(result.error, TaskTimeLimitExceeded):
+                    assert task.task_id not in ended, f"{name} round {i}: ran to its end"
+                    said[f"{name} stopped"] += 1
+                else:
+                    assert result.return_value == "ended" and task.task_id in ended, result
+                    said[f"{name} ended"] += 1
+    finally:
+        await broker.shutdown()
+    print(f"\n{dict(said)}")
+    assert sum(said.values()) == 2 * rounds
+    assert len(said) == 4, said  # both sides of the race happened, async and sync
 
 
 def test_bad_defaults_fail_at_once() -> None:

@@ -168,20 +168,23 @@ class RunningTask:
             self._grace_timer = asyncio.get_running_loop().call_later(grace, self.force)
 
     # --- time limits -----------------------------------------------------------------
-    def start_limits(self) -> None:
-        """The body starts: arm its first time limit. On the worker's loop."""
+    def start_limits(self, started: float | None = None) -> None:
+        """The body started (at ``started``, ``time.monotonic()``, else now): arm its first
+        time limit. On the worker's loop (whose clock may be another, as uvloop's is)."""
         limits = self.limits
         if limits is None or self.done or self._limit_timer is not None:
             return
         first = limits.soft if limits.soft is not None else limits.hard
         assert first is not None
-        loop = asyncio.get_running_loop()
-        self._limit_timer = loop.call_later(first, self._limit_reached)
+        if started is not None:
+            first = max(0.0, first - (time.monotonic() - started))
+        self._limit_timer = asyncio.get_running_loop().call_later(first, self._limit_reached)
 
     def start_limits_threadsafe(self) -> None:
-        """``start_limits`` from a sync body's thread."""
+        """``start_limits`` from a sync body's thread: counted from now, not from when the
+        loop's thread gets to it (it may wait for the GIL)."""
         if self.limits is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self.start_limits)
+            self.loop.call_soon_threadsafe(self.start_limits, time.monotonic())
 
     def _limit_reached(self) -> None:
         """The first limit: the soft one sets the token, and the grace period it starts runs
