@@ -115,6 +115,16 @@ async def client(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
 
 
 @pytest.fixture
+async def client_of(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
+    """A started client broker of the test app on a ListQueueBroker (workers with
+    ``broker="list"``)."""
+    broker = make_broker(redis_url, prefix, "list")
+    await broker.startup()
+    yield broker
+    await broker.shutdown()
+
+
+@pytest.fixture
 def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client

@@ -16,7 +16,6 @@ from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 
 from taskiq_abort import AbortMiddleware, AbortStatus, AbortToken, TaskAbortedError, abort
 from taskiq_abort._wire.keys import KeySpace
-from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
 from tests.test_cli import cli
 
@@ -168,14 +167,6 @@ def stop_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
     )
     with worker:
         yield worker
-
-
-@pytest.fixture
-async def client_of(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
-    broker = make_broker(redis_url, prefix, "list")
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
 
 
 async def test_worker_grace_then_forced(

@@ -368,14 +368,6 @@ def limit_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
         yield worker
 
 
-@pytest.fixture
-async def client_of(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
-    broker = make_broker(redis_url, prefix, "list")
-    await broker.startup()
-    yield broker
-    await broker.shutdown()
-
-
 async def _kick(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
     return await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
 
