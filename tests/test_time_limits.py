@@ -29,6 +29,7 @@ from taskiq_abort import (
 from taskiq_abort.observability import events as hub
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
 
@@ -481,3 +482,20 @@ async def test_a_retry_after_the_deadline_never_runs(
     result = await task.wait_result(timeout=15)
     assert isinstance(result.error, TaskExpired), result
     assert [e for e in events.all(task.task_id) if e.startswith("started")] == ["started-0"]
+
+
+async def test_ls_and_status_show_the_limits_and_the_time_left(
+    limit_worker: WorkerProcess, client_of: AsyncBroker, events: Events
+) -> None:
+    task = await _kick(client_of, "sleeper", 600, soft_time_limit=300, time_limit=600)
+    await asyncio.to_thread(events.wait, task.task_id, "started")
+    where = ("--redis-url", limit_worker.url, "--prefix", limit_worker.prefix)
+    listed = await asyncio.to_thread(cli, *where, "ls", "--json")
+    (row,) = [r for r in json_lines(listed.stdout) if r["task_id"] == task.task_id]
+    assert (row["soft_time_limit_s"], row["time_limit_s"]) == (300, 600)
+    assert 0 < row["time_left_s"] <= 600
+    table = await asyncio.to_thread(cli, *where, "ls")
+    assert "LEFT" in table.stdout, table.stdout
+    status = await asyncio.to_thread(cli, *where, "status", task.task_id)
+    assert "time limit 10m00s (soft 5m00s)" in status.stdout, status.stdout
+    assert (await abort(client_of, task, timeout=10)).status is AbortStatus.ABORTED

@@ -170,6 +170,15 @@ def status_lines(status: Mapping[str, Any], now: float, has_result_backend: bool
             "(queued, finished or never sent; --broker can tell finished tasks)"
         )
     lines = [f"task {task_id}", f"  {head}"]
+    if running is not None and running["time_limit_s"] is not None:
+        soft = running["soft_time_limit_s"]
+        lines.append(
+            f"  time limit {duration(running['time_limit_s'])}"
+            + (f" (soft {duration(soft)})" if soft is not None else "")
+            + f", {duration(running['time_left_s'])} left"
+        )
+    elif running is not None and running["soft_time_limit_s"] is not None:
+        lines.append(f"  soft time limit {duration(running['soft_time_limit_s'])}")
     if request is not None:
         reason = f", reason: {request['reason']!r}" if request["reason"] else ""
         pending = " (waiting for the worker)" if running is not None else ""
