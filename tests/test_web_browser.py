@@ -50,7 +50,14 @@ def in_thread(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def kick(url: str, prefix: str, name: str, *args: Any, count: int = 1) -> list[str]:
+def kick(
+    url: str,
+    prefix: str,
+    name: str,
+    *args: Any,
+    count: int = 1,
+    labels: dict[str, Any] | None = None,
+) -> list[str]:
     """Send ``count`` tasks from a client broker of the test app; their ids."""
 
     async def send() -> list[str]:
@@ -59,7 +66,8 @@ def kick(url: str, prefix: str, name: str, *args: Any, count: int = 1) -> list[s
         try:
             from taskiq.kicker import AsyncKicker
 
-            task = AsyncKicker(name, broker, labels={})  # by name: tests.web_app has more tasks
+            # By name: tests.web_app has more tasks.
+            task = AsyncKicker(name, broker, labels=dict(labels or {}))
             ids: list[str] = []
             for start in range(0, count, 1000):
                 handles = await asyncio.gather(
@@ -127,7 +135,9 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
     page.wait_for_url(f"{web.base}/")
     expect(page.locator("#live")).to_have_text("live · updated every second")
 
-    (target,) = kick(url, prefix, "sleeper", 3600)
+    (target,) = kick(
+        url, prefix, "sleeper", 3600, labels={"soft_time_limit": 1800, "time_limit": 3000}
+    )
     (hostile,) = kick(url, prefix, HOSTILE_NAME)
     others = kick(url, prefix, "sleeper", 3600, count=3) + kick(url, prefix, "swallower")
     for task_id in (target, hostile, *others):
@@ -143,6 +153,9 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
         )
         assert clipped == [], (width, clipped)
     expect(row.locator("td.name")).to_have_text("sleeper")
+    running = row.locator("td").nth(2)  # how long it runs, and the time left before its limit
+    expect(running).to_contain_text("left")
+    expect(running).to_have_attribute("title", "soft time limit 1800 s, time limit 3000 s")
     # A task named with HTML is shown as text, and none of it runs.
     hostile_row = page.locator(f'#tasks tr[data-task-id="{hostile}"]')
     expect(hostile_row.locator("td.name")).to_have_text(HOSTILE_NAME)
