@@ -274,7 +274,12 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         try:
             stamp_deadline(message.labels, events.redis_now_ms() / 1000)
         except ValueError as exc:
-            raise ValueError(f"task {message.task_id} ({message.task_name}): {exc}") from None
+            run = current_run.get()
+            if run is None or run.task_id != message.task_id:  # the kicker's own mistake
+                raise ValueError(f"task {message.task_id} ({message.task_name}): {exc}") from None
+            # A worker kicking again what it received (a retry middleware's kick, in on_error):
+            # its labels came from elsewhere, and raising here would lose the task's result.
+            logger.warning("taskiq-abort: task %s: %s; ignored", message.task_id, exc)
         delay = _delay_of(message)
         if delay is not None and delay > self.backend.request_ttl:
             # An abort request lives request_ttl: one made now would be gone before the task

@@ -91,6 +91,10 @@ async def local() -> AsyncIterator[tuple[AsyncBroker, dict[str, Any]]]:
     await broker.shutdown()
 
 
+async def _kick(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
+    return await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
+
+
 async def _result(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
     task = await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
     return await task.wait_result(timeout=10)
@@ -205,10 +209,11 @@ async def test_abort_past_the_soft_limit_forces_at_once(local: Any) -> None:
     middleware = next(m for m in broker.middlewares if isinstance(m, AbortMiddleware))
     while not any(run.stopping for run in middleware.worker.attempts()):
         await asyncio.sleep(0.01)  # until the soft limit has set its token
-    outcome = await abort(broker, task.task_id, timeout=5)
+    outcome = await abort(broker, task.task_id, reason="operator", timeout=5)
     assert (outcome.status, outcome.forced) == (AbortStatus.ABORTED, True), outcome
     result = await task.wait_result(timeout=5)
-    assert isinstance(result.error, TaskTimeLimitExceeded)
+    # The abort stopped it, not a limit: the abort's error and reason.
+    assert type(result.error) is TaskAbortedError and result.error.reason == "operator"
 
 
 async def test_expired_tasks_never_run_and_are_counted(local: Any) -> None:
@@ -354,6 +359,132 @@ def test_bad_defaults_fail_at_once() -> None:
         AbortMiddleware(time_limit=0)
 
 
+async def _foreign_kick(broker: Any, name: str, **labels: Any) -> str:
+    """As a client without AbortMiddleware would send it: no pre_send of ours."""
+    message = broker.find_task(name).kicker().with_labels(**labels)._prepare_message()
+    await broker.kick(broker.formatter.dumps(message))
+    return message.task_id
+
+
+async def test_an_error_long_after_the_soft_limit_is_the_body_s_own_and_is_retried() -> None:
+    """Past a soft limit alone a body may run on: an error of its own (not through its token)
+    is its result, and retry middlewares retry it."""
+    broker = InMemoryBroker().with_middlewares(
+        SimpleRetryMiddleware(default_retry_count=3), AbortMiddleware()
+    )
+    runs: list[int] = []
+
+    @broker.task(task_name="flaky", retry_on_error=True, max_retries=3)
+    async def flaky() -> str:
+        runs.append(1)
+        await asyncio.sleep(0.3)  # past its soft limit, ignoring the token (allowed)
+        if len(runs) == 1:
+            raise ConnectionError("transient")
+        return "ok on retry"
+
+    await broker.startup()
+    try:
+        task = await _kick(broker, "flaky", soft_time_limit=0.1)
+        result = await task.wait_result(timeout=5)
+    finally:
+        await broker.shutdown()
+    assert not isinstance(result.error, TaskTimeLimitExceeded), result.error
+    assert result.return_value == "ok on retry" and len(runs) == 2
+
+
+async def test_an_abort_past_the_soft_limit_is_the_abort_s() -> None:
+    """soft 0.1 s, hard 10 s, abort() at ~0.3 s: the abort stopped it, not the hard limit; the
+    stored error is the abort's, with its reason."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+
+    @broker.task(task_name="sleeper")
+    async def sleeper() -> str:
+        await asyncio.sleep(60)
+        return "unreachable"
+
+    await broker.startup()
+    try:
+        task = await _kick(broker, "sleeper", soft_time_limit=0.1, time_limit=10)
+        await asyncio.sleep(0.3)  # past its soft limit, long before its hard one
+        started = time.monotonic()
+        await abort(broker, task.task_id, reason="operator", timeout=5)
+        result = await task.wait_result(timeout=5)
+        assert time.monotonic() - started < 5
+    finally:
+        await broker.shutdown()
+    error = result.error
+    assert "hard time limit" not in str(error.reason), error.reason
+    assert not (isinstance(error, TaskTimeLimitExceeded) and error.limit == 10.0)
+
+
+@pytest.mark.parametrize("label", ["expires", "time_limit", "soft_time_limit"])
+async def test_a_none_label_does_not_fail_the_kick(label: str) -> None:
+    """``.with_labels(expires=None)`` / ``@broker.task(time_limit=None)`` mean "none" (taskiq
+    turns label values into strings: None arrives as 'None')."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+
+    @broker.task(task_name="quick")
+    async def quick() -> str:
+        return "ran"
+
+    await broker.startup()
+    try:
+        task = await _kick(broker, "quick", **{label: None})
+        assert (await task.wait_result(timeout=5)).return_value == "ran"
+    finally:
+        await broker.shutdown()
+
+
+async def test_a_label_the_worker_tolerated_does_not_break_the_retry_kick() -> None:
+    """A client without AbortMiddleware sends a label we would refuse; the worker runs the
+    task and its retry middleware kicks it again from the worker: that kick goes (a warning,
+    not an error in the middle of another middleware's on_error), and a result is stored."""
+    broker = InMemoryBroker().with_middlewares(
+        SimpleRetryMiddleware(default_retry_count=3), AbortMiddleware()
+    )
+    runs: list[int] = []
+
+    @broker.task(task_name="failing", retry_on_error=True)
+    async def failing() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ConnectionError("transient")
+        return "ok"
+
+    await broker.startup()
+    try:
+        task_id = await _foreign_kick(broker, "failing", time_limit="soon")
+        for _ in range(100):
+            if await broker.result_backend.is_result_ready(task_id):
+                break
+            await asyncio.sleep(0.02)
+        assert await broker.result_backend.is_result_ready(task_id), f"no result; runs={runs}"
+    finally:
+        await broker.shutdown()
+
+
+@pytest.mark.parametrize("label", ["time_limit", "expires_at"])
+async def test_a_huge_int_label_from_a_foreign_kicker_still_stores_a_result(label: str) -> None:
+    """An int label beyond a float's range (OverflowError, not ValueError) is a bad label like
+    any other: the task runs and its result is stored."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+
+    @broker.task(task_name="quick")
+    async def quick() -> str:
+        return "ran"
+
+    await broker.startup()
+    try:
+        task_id = await _foreign_kick(broker, "quick", **{label: 10**400})
+        for _ in range(50):
+            if await broker.result_backend.is_result_ready(task_id):
+                break
+            await asyncio.sleep(0.02)
+        assert await broker.result_backend.is_result_ready(task_id)
+    finally:
+        await broker.shutdown()
+
+
 # --- real workers -----------------------------------------------------------------------
 @pytest.fixture
 def limit_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
@@ -367,10 +498,6 @@ def limit_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
     )
     with worker:
         yield worker
-
-
-async def _kick(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
-    return await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
 
 
 async def test_worker_stops_an_async_task_at_its_limits(

@@ -124,6 +124,13 @@ class RunningTask:
         return self.abort_requested or self.revoked or self.stopping
 
     @property
+    def ending(self) -> bool:
+        """The body is to stop: cancelled, or in an aborter's grace period. An error it raises
+        now is how it stopped (its abort's result). Past a soft time limit it may run on: only
+        what it raises through its token is the limit's; its own errors stay its own."""
+        return self.abort_requested or (self.stopping and self.limit is None)
+
+    @property
     def in_body(self) -> bool:
         """The task body is running (and can be cancelled or interrupted)."""
         return self.body is not None or self.thread is not None
@@ -134,9 +141,9 @@ class RunningTask:
         is what aborted it; a later request can only bring the forced stop closer."""
         if not (self.done or self.revoked):
             self.asked = True
-        return self._stop(reason, grace)
+        return self._stop(reason, grace, by_limit=False)
 
-    def _stop(self, reason: str | None, grace: float) -> bool:
+    def _stop(self, reason: str | None, grace: float, by_limit: bool) -> bool:
         """``request_abort`` for an aborter or a time limit (``grace`` may be infinite: the
         token only)."""
         if self.done or self.revoked or self.abort_requested:
@@ -145,12 +152,15 @@ class RunningTask:
             # (no timer: a soft time limit without a hard one, which never forces it)
             timer, due = self._grace_timer, asyncio.get_running_loop().time() + grace
             if grace < math.inf and (timer is None or timer.when() > due):
-                self._start_grace(grace)
+                if not by_limit and self.limit is not None:
+                    # An aborter stops it before its hard limit would: the stop is theirs.
+                    self.limit, self.reason = None, reason
+                self._start_grace(grace, by_limit)
             return False
         self.reason = reason
         if grace > 0:
             self.stopping = True
-            self._start_grace(grace)
+            self._start_grace(grace, by_limit)
         else:
             self.abort_requested = True
             self.deliver()
@@ -160,12 +170,13 @@ class RunningTask:
             self._async_event.set()
         return True
 
-    def _start_grace(self, grace: float) -> None:
+    def _start_grace(self, grace: float, at_hard_limit: bool = False) -> None:
         self.end_grace()
         if grace <= 0:
-            self.force()
+            self.force(at_hard_limit)
         elif grace < math.inf:
-            self._grace_timer = asyncio.get_running_loop().call_later(grace, self.force)
+            loop = asyncio.get_running_loop()
+            self._grace_timer = loop.call_later(grace, self.force, at_hard_limit)
 
     # --- time limits -----------------------------------------------------------------
     def start_limits(self, started: float | None = None) -> None:
@@ -196,11 +207,11 @@ class RunningTask:
         if limits.soft is not None:
             grace = limits.hard - limits.soft if limits.hard is not None else math.inf
             self.limit = (limits.soft, True) if first else self.limit
-            self._stop(lim.soft_reason(limits.soft), grace)
+            self._stop(lim.soft_reason(limits.soft), grace, by_limit=True)
         elif limits.hard is not None:
             self.limit = (limits.hard, False) if first else self.limit
             reason = lim.hard_reason(limits.hard)
-            self._stop(reason + lim.TOKEN_ONLY if self.plain_sync else reason, 0.0)
+            self._stop(reason + lim.TOKEN_ONLY if self.plain_sync else reason, 0.0, by_limit=True)
 
     def end_timers(self) -> None:
         """The attempt is over: no grace period or time limit may fire any more."""
@@ -224,8 +235,9 @@ class RunningTask:
             self._grace_timer.cancel()
             self._grace_timer = None
 
-    def force(self) -> None:
-        """The grace period is over: cancel the body if it is still running."""
+    def force(self, at_hard_limit: bool = False) -> None:
+        """The grace period is over (``at_hard_limit``: the one a soft time limit started):
+        cancel the body if it is still running."""
         self._grace_timer = None
         if self.done or self.abort_requested:
             return
@@ -235,7 +247,7 @@ class RunningTask:
         self.forced = self.in_body
         self.abort_requested = True
         hard = self.limits.hard if self.limits is not None else None
-        if self.limit is not None and self.limit[1] and hard is not None:  # soft, then hard
+        if at_hard_limit and self.limit is not None and hard is not None:  # soft, then hard
             self.limit = (hard, False)
             self.reason = f"{self.reason}; {lim.hard_reason(hard)}"
             if self.plain_sync:

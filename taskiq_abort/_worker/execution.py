@@ -72,7 +72,7 @@ def _run_sync(run: RunningTask, func: Callable[..., Any], args: Any, kwargs: Any
     except TaskInterrupted:
         raise run.error() from None
     except Exception as exc:
-        if run.abort_requested or run.stopping:
+        if run.ending:
             raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
         raise
     # It returned: it finished before the interrupt landed (``close`` took that back), or
@@ -109,7 +109,7 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
                 except Exception as exc:
                     # Raised while cleaning up after the abort, or while stopping on its own
                     # in a grace period (through the token): the abort's result.
-                    if run.abort_requested or run.stopping:
+                    if run.ending:
                         raise _aborted(run, exc)  # noqa: B904 (_aborted sets its cause)
                     raise
                 finally:
@@ -130,13 +130,17 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
             run = current_run.get()
             try:
                 body = _enter(run)
-                if body is not None:
-                    # Without interrupt_threads: only the start check and the token apply.
-                    body.plain_sync = not body.interrupt
-                    body.start_limits_threadsafe()
-                    if body.interrupt:
-                        return _run_sync(body, func, args, kwargs)
-                return func(*args, **kwargs)
+                if body is None:
+                    return func(*args, **kwargs)
+                # Without interrupt_threads: only the start check and the token apply.
+                body.plain_sync = not body.interrupt
+                body.start_limits_threadsafe()
+                if body.interrupt:
+                    return _run_sync(body, func, args, kwargs)
+                try:
+                    return func(*args, **kwargs)
+                finally:
+                    body.plain_sync = False  # over: no warning that it runs on
             except TaskAbortedError:
                 if run is not None:
                     run.no_retry()

@@ -43,6 +43,12 @@ class TimeLimits:
         return ", ".join(parts + ([] if self.hard is None else [f"hard {self.hard:g} s"]))
 
 
+def given(value: object) -> object:
+    """A label's value, or ``None`` for none: taskiq turns label values into strings, so
+    ``with_labels(expires=None)`` arrives as ``"None"``."""
+    return None if value is None or value == "None" or value == "" else value
+
+
 def seconds(value: object, what: str) -> float:
     """A positive, finite number of seconds (a label may arrive as a string), else ValueError
     naming ``what``."""
@@ -50,7 +56,7 @@ def seconds(value: object, what: str) -> float:
         raise ValueError(f"{what}={value!r}: must be a positive number of seconds")
     try:
         number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{what}={value!r}: must be a positive number of seconds") from None
     if not (0 < number < math.inf):
         raise ValueError(f"{what}={value!r}: must be a positive number of seconds")
@@ -58,6 +64,7 @@ def seconds(value: object, what: str) -> float:
 
 
 def optional_seconds(value: object, what: str) -> float | None:
+    value = given(value)
     return None if value is None else seconds(value, what)
 
 
@@ -81,22 +88,24 @@ def limits_of(labels: Mapping[str, Any], default: TimeLimits | None) -> TimeLimi
     soft = optional_seconds(soft_label, SOFT_LABEL)
     hard = optional_seconds(hard_label, HARD_LABEL)
     if default is not None:
-        soft = default.soft if soft_label is None else soft
-        hard = default.hard if hard_label is None else hard
+        soft_given, hard_given = soft is not None, hard is not None
+        soft = soft if soft_given else default.soft
+        hard = hard if hard_given else default.hard
         if soft is not None and hard is not None and soft >= hard:
-            # A label below the default's other limit wins: the label is the task's own word.
-            soft, hard = (soft, None) if hard_label is None else (None, hard)
+            # A label and the default's other limit disagree: the hard limit stands (as in
+            # Celery, a soft limit past the hard one never comes first), the soft one goes.
+            soft = soft if soft_given and hard_given else None
     return check_limits(soft, hard, "labels")
 
 
 def deadline_of(labels: Mapping[str, Any]) -> float | None:
     """The ``expires_at`` label (seconds since the epoch), if the task has a valid one."""
-    raw = labels.get(EXPIRES_AT_LABEL)
+    raw = given(labels.get(EXPIRES_AT_LABEL))
     if raw is None or isinstance(raw, bool):
         return None
     try:
-        deadline = float(raw)
-    except (TypeError, ValueError):
+        deadline = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
         return None
     return deadline if math.isfinite(deadline) else None
 
@@ -106,9 +115,10 @@ def stamp_deadline(labels: dict[str, Any], now: float) -> None:
     the Redis clock, as the kicking process knows it). A message that has ``expires_at``
     already (a retry, a re-kick of the same message) keeps it."""
     limits_of(labels, None)  # a bad label is the kicker's error, raised before anything is sent
-    if labels.get(EXPIRES_LABEL) is not None and EXPIRES_AT_LABEL not in labels:
-        labels[EXPIRES_AT_LABEL] = round(now + seconds(labels[EXPIRES_LABEL], EXPIRES_LABEL), 3)
-    elif EXPIRES_AT_LABEL in labels and deadline_of(labels) is None:
+    expires = given(labels.get(EXPIRES_LABEL))
+    if expires is not None and given(labels.get(EXPIRES_AT_LABEL)) is None:
+        labels[EXPIRES_AT_LABEL] = round(now + seconds(expires, EXPIRES_LABEL), 3)
+    elif given(labels.get(EXPIRES_AT_LABEL)) is not None and deadline_of(labels) is None:
         raise ValueError(
             f"{EXPIRES_AT_LABEL}={labels[EXPIRES_AT_LABEL]!r}: must be seconds since the epoch"
         )
