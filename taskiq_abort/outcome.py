@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 
 class AbortStatus(str, enum.Enum):
@@ -72,14 +73,26 @@ class RunningEntry:
     """Its ``time_limit`` (hard), seconds from its start (``None``: none)."""
     expires_at: float | None = field(default=None, compare=False)
     """Its ``expires`` deadline (seconds since the epoch), for the start check; not stored."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Its indexed labels (``AbortMiddleware(index_labels=...)``), as ``(name, text)`` pairs."""
 
     @property
     def token(self) -> str:
-        """The run id as stored: ``<run id>[;<soft>,<hard>]`` (limits in seconds, empty for
-        none). A reader that predates limits takes the whole token for an opaque run id."""
-        if self.soft_limit is None and self.time_limit is None:
+        """The run id as stored: ``<run id>[;<soft>,<hard>[;<labels>]]`` (limits in seconds,
+        empty for none; labels ``name=value&...``, percent-encoded, so never a space). A reader
+        that predates limits takes the whole token for an opaque run id."""
+        if not self.labels and self.soft_limit is None and self.time_limit is None:
             return self.run_id
-        return f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
+        token = f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
+        if self.labels:
+            token += ";" + "&".join(
+                f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.labels
+            )
+        return token
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
     def time_left(self, now: float) -> float | None:
         """Seconds until its hard time limit (never below 0), ``None`` without one."""
@@ -96,12 +109,14 @@ class RunningEntry:
     def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
         token, _, rest = raw.partition(" ")
         started, _, name = rest.partition(" ")
-        run_id, _, limits = token.partition(";")
+        run_id, _, extra = token.partition(";")
+        limits, _, labels = extra.partition(";")
         soft, _, hard = limits.partition(",")
         try:
             return cls(
-                task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard)
-            )
+                task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard),
+                labels=_labels(labels),
+            )  # fmt: skip
         except ValueError:
             return cls(task_id, "?", run_id, 0.0, worker)
 
@@ -112,6 +127,11 @@ def _seconds(limit: float | None) -> str:
 
 def _limit(text: str) -> float | None:
     return float(text) if text else None
+
+
+def _labels(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = (item.partition("=") for item in text.split("&") if item)
+    return tuple((unquote(k), unquote(v)) for k, _, v in pairs)
 
 
 @dataclass(frozen=True)
@@ -136,3 +156,61 @@ class WorkerInfo:
             started=float(info.get("started", 0) or 0),
             tasks=sorted(tasks, key=lambda entry: entry.started),
         )
+
+
+@dataclass(frozen=True)
+class AbortRule:
+    """A stored abort rule (:func:`taskiq_abort.abort_where`): until ``expires_at``, every task
+    whose indexed labels include all of ``labels`` (and named ``task_name``, when given) is
+    refused at its start, its result ``TaskAbortedError`` with ``reason``."""
+
+    rule_id: str
+    labels: dict[str, str]
+    task_name: str | None
+    reason: str
+    """The text stored in each refused or aborted task's ``TaskAbortedError``; names the rule."""
+    created_at: float
+    """Seconds since the epoch (the control plane's clock)."""
+    expires_at: float
+    """Seconds since the epoch (the control plane's clock)."""
+    requested_by: str = ""
+
+    def matches(self, entry: RunningEntry) -> bool:
+        """Whether a task with this registry entry falls under the rule."""
+        if self.task_name is not None and entry.task_name != self.task_name:
+            return False
+        have = entry.label_map
+        return all(have.get(name) == value for name, value in self.labels.items())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rule_id": self.rule_id,
+            "labels": dict(self.labels),
+            "task_name": self.task_name,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "requested_by": self.requested_by,
+        }
+
+
+@dataclass(frozen=True)
+class WhereOutcome:
+    """The answer of :func:`taskiq_abort.abort_where`: the rule recorded, and the outcome of
+    each matching task that was running when it was (one per task, as ``abort_many`` gives)."""
+
+    rule: AbortRule
+    running: list[AbortOutcome] = field(default_factory=list)
+
+    @property
+    def aborted(self) -> list[AbortOutcome]:
+        """The running tasks stopped (``aborted``, or ``revoked`` if one ended meanwhile)."""
+        return [outcome for outcome in self.running if outcome.ok]
+
+    @property
+    def unconfirmed(self) -> list[AbortOutcome]:
+        """The running tasks whose worker did not confirm in time (the rule still stands)."""
+        return [o for o in self.running if o.status is AbortStatus.UNCONFIRMED]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rule": self.rule.to_dict(), "running": [o.to_dict() for o in self.running]}

@@ -7,14 +7,16 @@ A mixin, so that the middleware's module keeps to the taskiq hooks; it needs the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
+from taskiq_abort._aborter.where import matching, new_rule, rule_ttl
+from taskiq_abort._wire.protocol import check_grace
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
 from taskiq_abort.observability import events
-from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.outcome import AbortOutcome, AbortRule, WhereOutcome
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncResultBackend
@@ -39,6 +41,7 @@ class AbortCalls:
     backend: AbortBackend
     broker: AsyncBroker
     abort_timeout: float
+    index_labels: tuple[str, ...]
 
     def _attached(self, what: str) -> AsyncBroker:
         """The broker, or :class:`AbortConfigError` for a middleware not added to one."""
@@ -92,6 +95,48 @@ class AbortCalls:
             task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
         )
         return raise_first(answers)
+
+    async def abort_where(
+        self,
+        labels: Mapping[str, Any],
+        *,
+        task_name: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> WhereOutcome:
+        """Abort by labels and keep refusing matching starts; see
+        :func:`taskiq_abort.abort_where`."""
+        rule = new_rule(labels, self.index_labels, task_name, reason)
+        life = rule_ttl(ttl, self.backend)
+        check_grace(grace)  # every argument checked before the rule is recorded
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout}")
+        broker = self._attached(f"tasks labelled {rule.labels}")
+        rule = await self.backend.add_rule(rule, life)  # first: see _aborter/where.py
+        ids = matching(await self.backend.workers(), rule)
+        answers = await abort_reported(
+            self.backend,
+            broker.result_backend,
+            ids,
+            reason=rule.reason,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+            grace=grace,
+            invalid_in_place=False,
+            broker=broker,
+        )
+        return WhereOutcome(rule, raise_first(answers))
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        """Remove an abort rule early; see :func:`taskiq_abort.cancel_rule`."""
+        return await self.backend.cancel_rule(rule_id)
+
+    async def abort_rules(self) -> list[AbortRule]:
+        """The abort rules in force; see :func:`taskiq_abort.abort_rules`."""
+        return await self.backend.rules()
 
     async def abort_each(
         self,

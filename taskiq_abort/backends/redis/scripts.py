@@ -51,15 +51,37 @@ LIVE_HOLDERS = _lua("live_holders")
 # attempt with that id (a retry, a re-kick) runs.
 _NOTE_REQUEST = _lua("note_request")
 
+# The abort rules (abort_where): load_rules(set, rule_prefix) reads the live ones (dropping the
+# ids of expired ones from the set), rule_matching(rules, task_name, labels) finds one a start
+# falls under, refuse_by_rule(...) records the refused start as a revoked request (naming the
+# rule, living the rule's ttl) and notes it as note_request does.
+_RULES = _lua("rules")
+
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
-# KEYS: worker hash, tasks hash, holders index
-# ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value, deadline_ms]*n,
+# KEYS: worker hash, tasks hash, holders index, rules set
+# ARGV: lease_ms, request_prefix, worker_id, rule_prefix, n_starts,
+#       [task_id, value, deadline_ms, n_labels, [name, text]*n_labels]*n,
 #       n_finishes, [task_id, run_token]*n   (deadline_ms: '' or the `expires` deadline)
+# The rules are read only when a start carries indexed labels (a worker without index_labels
+# never reads them), once per call. A stored request comes first, then a rule, then the deadline.
 # Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, grace_ms, ...},
-# {task_id, ms_late, ...}}: the starts that were already aborted, not registered (they must not
-# run) and marked revoked in their request; then the starts past their deadline on the Redis
-# clock (TIME, read only when a start has one), not registered either and recorded nowhere.
-SYNC = HOLDERS + _NOTE_REQUEST + _lua("sync")
+# {task_id, ms_late, ...}}: the starts that were already aborted (by id or by a rule), not
+# registered (they must not run) and marked revoked in their request; then the starts past
+# their deadline on the Redis clock (TIME, read only when a start has one), not registered
+# either and recorded nowhere.
+SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
+
+# Record an abort rule: its hash (labels as `l:<name>` fields) lives ttl_ms, its id joins the
+# rules set (which lives as long as its longest rule). Durable (WAIT) like a request.
+# KEYS: rules set, rule hash; ARGV: rule_id, ttl_ms, requested_by, reason, has_name, name,
+# [label name, text]*. Returns the Redis time (ms) it was recorded at.
+RULE_ADD = NOW + _lua("rule_add")
+
+# Remove a rule early. KEYS: rules set, rule hash; ARGV: rule_id. Returns 1 if it existed.
+RULE_CANCEL = _lua("rule_cancel")
+
+# The live rules. KEYS: rules set; ARGV: rule_prefix. Returns {rule_id, {field, value, ...}}*.
+RULE_LIST = _lua("rule_list")
 
 # The master's replication id: a promoted replica takes a new one, so it names the master's
 # history (a worker registered under another id has not re-registered since a failover).
