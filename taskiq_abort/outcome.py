@@ -85,9 +85,7 @@ class RunningEntry:
             return self.run_id
         token = f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
         if self.labels:
-            token += ";" + "&".join(
-                f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in self.labels
-            )
+            token += ";" + encode_labels(self.labels)
         return token
 
     @property
@@ -115,7 +113,7 @@ class RunningEntry:
         try:
             return cls(
                 task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard),
-                labels=_labels(labels),
+                labels=decode_labels(labels),
             )  # fmt: skip
         except ValueError:
             return cls(task_id, "?", run_id, 0.0, worker)
@@ -129,9 +127,20 @@ def _limit(text: str) -> float | None:
     return float(text) if text else None
 
 
-def _labels(text: str) -> tuple[tuple[str, str], ...]:
+def label_pairs(labels: Iterable[tuple[str, str]]) -> list[str]:
+    """``name=value`` per label, both percent-encoded (no space, ``;``, ``&`` or ``=``
+    inside): how the registry token, the start check and a rule's hash all write labels, so
+    that the start check matches a rule by comparing these strings."""
+    return [f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in labels]
+
+
+def encode_labels(labels: Iterable[tuple[str, str]]) -> str:
+    return "&".join(label_pairs(labels))
+
+
+def decode_labels(text: str) -> tuple[tuple[str, str], ...]:
     pairs = (item.partition("=") for item in text.split("&") if item)
-    return tuple((unquote(k), unquote(v)) for k, _, v in pairs)
+    return tuple((unquote(name), unquote(value)) for name, _, value in pairs)
 
 
 @dataclass(frozen=True)

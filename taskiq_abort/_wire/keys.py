@@ -94,8 +94,8 @@ class KeySpace:
         return f"{self.tag}:rule:"
 
     def rule(self, rule_id: str) -> str:
-        """HASH: one abort rule (labels ``l:<name>``, ``name``, ``reason``, ``at``, ``by``,
-        ``ttl``); it expires with the rule."""
+        """HASH: one abort rule (``labels``, ``name``, ``reason``, ``at``, ``by``, ``ttl``); it
+        expires with the rule."""
         return self.rule_prefix + rule_id
 
     # --- channels --------------------------------------------------------------------

@@ -59,7 +59,7 @@ from taskiq_abort.backends.redis.connect import (
 from taskiq_abort.backends.redis.rules import RedisRules
 from taskiq_abort.backends.redis.settle import Settling
 from taskiq_abort.observability import events
-from taskiq_abort.outcome import RunningEntry, WorkerInfo
+from taskiq_abort.outcome import RunningEntry, WorkerInfo, label_pairs
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
@@ -219,9 +219,8 @@ class RedisAbortBackend(RedisRules, AbortBackend):
                 entry.encode(),
                 "" if deadline is None else int(deadline * 1000),
                 len(entry.labels),
+                *label_pairs(entry.labels),  # matched against the abort rules (abort_where)
             ]
-            for pair in entry.labels:  # matched against the abort rules (abort_where)
-                args += pair
         args.append(len(finishes))
         for entry in finishes:
             args += [entry.task_id, entry.token]

@@ -10,7 +10,7 @@ from typing import Any
 from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.redis import scripts
 from taskiq_abort.backends.redis.lane import LuaScript
-from taskiq_abort.outcome import AbortRule
+from taskiq_abort.outcome import AbortRule, decode_labels, encode_labels
 
 RULE_ADD, RULE_CANCEL, RULE_LIST = (
     LuaScript(src) for src in (scripts.RULE_ADD, scripts.RULE_CANCEL, scripts.RULE_LIST)
@@ -30,8 +30,7 @@ class RedisRules:
         keys, ttl_ms = self.keys, max(1, round(ttl * 1000))
         args: list[str | int] = [rule.rule_id, ttl_ms, rule.requested_by, rule.reason]
         args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
-        for name, value in rule.labels.items():
-            args += [name, value]
+        args.append(encode_labels(rule.labels.items()))
         op = self._c.fence(RULE_ADD, [keys.rules, keys.rule(rule.rule_id)], args, durable=True)
         at_ms = int(await self._call("recording an abort rule", op))
         return replace(rule, created_at=at_ms / 1000, expires_at=(at_ms + ttl_ms) / 1000)
@@ -55,7 +54,7 @@ def rule_from_hash(rule_id: str, data: dict[str, Any]) -> AbortRule:
     at, ttl = int(data.get("at", 0)), int(data.get("ttl", 0))
     return AbortRule(
         rule_id,
-        {str(k)[2:]: str(v) for k, v in data.items() if str(k).startswith("l:")},
+        dict(decode_labels(str(data.get("labels", "")))),
         str(data["name"]) if "name" in data else None,
         str(data.get("reason", "")),
         at / 1000,

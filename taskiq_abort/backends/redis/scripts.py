@@ -53,14 +53,16 @@ _NOTE_REQUEST = _lua("note_request")
 
 # The abort rules (abort_where): load_rules(set, rule_prefix) reads the live ones (dropping the
 # ids of expired ones from the set), rule_matching(rules, task_name, labels) finds one a start
-# falls under, refuse_by_rule(...) records the refused start as a revoked request (naming the
-# rule, living the rule's ttl) and notes it as note_request does.
+# falls under (labels: the set of the start's label pairs, `name=value` percent-encoded as in
+# outcome.label_pairs: a rule matches a start that has each of its pairs, compared as text);
+# refuse_by_rule(...) records the refused start as a revoked request (naming the rule, living the
+# rule's ttl) and notes it as note_request does.
 _RULES = _lua("rules")
 
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
 # KEYS: worker hash, tasks hash, holders index, rules set
 # ARGV: lease_ms, request_prefix, worker_id, rule_prefix, n_starts,
-#       [task_id, value, deadline_ms, n_labels, [name, text]*n_labels]*n,
+#       [task_id, value, deadline_ms, n_labels, label_pair*n_labels]*n,
 #       n_finishes, [task_id, run_token]*n   (deadline_ms: '' or the `expires` deadline)
 # The rules are read only when a start carries indexed labels (a worker without index_labels
 # never reads them), once per call. A stored request comes first, then a rule, then the deadline.
@@ -71,10 +73,11 @@ _RULES = _lua("rules")
 # either and recorded nowhere.
 SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 
-# Record an abort rule: its hash (labels as `l:<name>` fields) lives ttl_ms, its id joins the
-# rules set (which lives as long as its longest rule). Durable (WAIT) like a request.
+# Record an abort rule: its hash lives ttl_ms, its id joins the rules set (which lives as long
+# as its longest rule). Durable (WAIT) like a request.
 # KEYS: rules set, rule hash; ARGV: rule_id, ttl_ms, requested_by, reason, has_name, name,
-# [label name, text]*. Returns the Redis time (ms) it was recorded at.
+# labels ("name=value&...": the label pairs a start must all carry). Returns the Redis time
+# (ms) it was recorded at.
 RULE_ADD = NOW + _lua("rule_add")
 
 # Remove a rule early. KEYS: rules set, rule hash; ARGV: rule_id. Returns 1 if it existed.

@@ -1,11 +1,7 @@
 
 local ttl = tonumber(ARGV[2])
-local fields = {'at', now, 'by', ARGV[3], 'reason', ARGV[4], 'ttl', ttl}
+local fields = {'at', now, 'by', ARGV[3], 'reason', ARGV[4], 'ttl', ttl, 'labels', ARGV[7]}
 if ARGV[5] == '1' then fields[#fields + 1] = 'name'; fields[#fields + 1] = ARGV[6] end
-for j = 7, #ARGV, 2 do
-  fields[#fields + 1] = 'l:' .. ARGV[j]
-  fields[#fields + 1] = ARGV[j + 1]
-end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], unpack(fields))
 redis.call('PEXPIRE', KEYS[2], ttl)

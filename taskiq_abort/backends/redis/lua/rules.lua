@@ -6,11 +6,9 @@ local function load_rules(set, prefix)
     if #flat == 0 then
       redis.call('SREM', set, id)  -- expired
     else
-      local rule = {id = id, labels = {}}
-      for j = 1, #flat, 2 do
-        local f, v = flat[j], flat[j + 1]
-        if string.sub(f, 1, 2) == 'l:' then rule.labels[string.sub(f, 3)] = v else rule[f] = v end
-      end
+      local rule = {id = id, pairs = {}}
+      for j = 1, #flat, 2 do rule[flat[j]] = flat[j + 1] end
+      for pair in string.gmatch(rule.labels or '', '[^&]+') do rule.pairs[#rule.pairs + 1] = pair end
       rules[#rules + 1] = rule
     end
   end
@@ -21,8 +19,8 @@ local function rule_matching(rules, name, labels)
   for _, rule in ipairs(rules) do
     local ok = rule.name == nil or rule.name == name
     if ok then
-      for k, v in pairs(rule.labels) do
-        if labels[k] ~= v then ok = false; break end
+      for _, pair in ipairs(rule.pairs) do
+        if not labels[pair] then ok = false; break end
       end
     end
     if ok then return rule end

@@ -12,7 +12,7 @@ for _ = 1, nstart do
   local rule = nil
   if nl > 0 then  -- only a start with indexed labels can match a rule
     local labels = {}
-    for _ = 1, nl do labels[ARGV[i]] = ARGV[i + 1]; i = i + 2 end
+    for _ = 1, nl do labels[ARGV[i]] = true; i = i + 1 end
     rules = rules or load_rules(KEYS[4], rule_prefix)
     if #rules > 0 then rule = rule_matching(rules, string.match(value, '^%S+ %S+ (.*)$'), labels) end
   end
