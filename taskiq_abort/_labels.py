@@ -50,3 +50,17 @@ def wanted(labels: Mapping[str, Any], names: Iterable[str]) -> dict[str, str]:
             raise ValueError(f"label {name!r}: {value!r} is not a label value (text or number)")
         out[name] = str(value)
     return out
+
+
+PARENT = "abort_parent"
+"""Set on a task kicked from inside a running task: the id of the task that kicked it."""
+ROOT = "abort_root"
+"""Set with :data:`PARENT`: the id of the tree's first task (the parent's root, or the parent)."""
+CASCADE = (PARENT, ROOT)
+"""Always indexed (``abort(..., cascade=True)`` matches them); only child tasks carry them."""
+
+
+def stamp_parent(labels: dict[str, Any], parent_id: str, parent: Mapping[str, Any] | None) -> None:
+    """Label a task kicked by the running task ``parent_id`` (whose labels are ``parent``)."""
+    labels[PARENT] = parent_id
+    labels[ROOT] = str((parent or {}).get(ROOT) or parent_id)

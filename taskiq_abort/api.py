@@ -30,6 +30,7 @@ async def abort(
     wait: bool = True,
     timeout: float | None = None,
     grace: float | None = None,
+    cascade: bool = False,
 ) -> AbortOutcome:
     """Abort a task, queued or running, on whichever worker holds it.
 
@@ -46,6 +47,11 @@ async def abort(
         ``outcome.forced`` is true). A task that stops by raising (through the token, say) is
         ``aborted``; one that returns its result within the grace period is ``finished``. The
         worker enforces the grace period even after ``timeout`` has run out here.
+    :param cascade: also abort every task it fanned out (kicked from inside it, and so on):
+        the running ones wherever they run, the queued ones (and any its body kicks while it
+        cleans up) refused at their start by abort rules on its id (which live
+        ``request_ttl``). ``outcome.descendants`` counts the running ones stopped. Off by
+        default. See README, "Abort by labels".
     :returns: an :class:`AbortOutcome` whose ``status`` is ``aborted`` (it was running and
         stopped), ``revoked`` (it had not started and never will), ``finished`` (it already had
         a result; nothing changed) or ``unconfirmed`` (its worker did not confirm in time).
@@ -55,7 +61,7 @@ async def abort(
     """
     task_id = task.task_id if isinstance(task, AsyncTaskiqTask) else task
     return await find_middleware(broker).abort(
-        task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+        task_id, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
     )
 
 
@@ -67,6 +73,7 @@ async def abort_many(
     wait: bool = True,
     timeout: float | None = None,
     grace: float | None = None,
+    cascade: bool = False,
 ) -> list[AbortOutcome]:
     """Abort many tasks at once: what :func:`abort` does for each, at a fraction of the cost.
 
@@ -79,6 +86,7 @@ async def abort_many(
     :param reason: as for :func:`abort`, the same for every task.
     :param wait: as for :func:`abort`.
     :param grace: as for :func:`abort`, the same for every task.
+    :param cascade: as for :func:`abort`, for every task.
     :param timeout: seconds to wait for each task's confirmation, from when its request was
         sent (default: the middleware's ``abort_timeout``, 5 s).
     :returns: one :class:`AbortOutcome` per item of ``tasks``, in the same order.
@@ -89,7 +97,7 @@ async def abort_many(
     """
     ids = [task.task_id if isinstance(task, AsyncTaskiqTask) else task for task in tasks]
     return await find_middleware(broker).abort_many(
-        ids, reason=reason, wait=wait, timeout=timeout, grace=grace
+        ids, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
     )
 
 

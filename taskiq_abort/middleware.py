@@ -16,7 +16,7 @@ from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware,
 from taskiq.exceptions import NoResultError
 
 from taskiq_abort._aborter.calls import AbortCalls
-from taskiq_abort._labels import index_names
+from taskiq_abort._labels import CASCADE, index_names, stamp_parent
 from taskiq_abort._labels import indexed as index_of
 from taskiq_abort._wire.keys import DEFAULT_PREFIX
 from taskiq_abort._worker.attempt import MESSAGE_ATTR, CancelMode, RunningTask, current_run
@@ -198,6 +198,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             "AbortMiddleware",
         )
         self.index_labels = index_names(index_labels)
+        self._indexed = (*self.index_labels, *CASCADE)
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
         self._starting_loop: asyncio.AbstractEventLoop | None = None
@@ -279,11 +280,13 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             await asyncio.wait_for(self.backend.unregister(stale.worker_id), self.abort_timeout)
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        parent = current_run.get()
+        if parent is not None and parent.task_id != message.task_id:  # a child task
+            stamp_parent(message.labels, parent.task_id, parent.labels)
         try:
             stamp_deadline(message.labels, events.redis_now_ms() / 1000)
         except ValueError as exc:
-            run = current_run.get()
-            if run is None or run.task_id != message.task_id:  # the kicker's own mistake
+            if parent is None or parent.task_id != message.task_id:  # the kicker's own mistake
                 raise ValueError(f"task {message.task_id} ({message.task_name}): {exc}") from None
             # A worker kicking again what it received (a retry middleware's kick, in on_error):
             # its labels came from elsewhere, and raising here would lose the task's result.
@@ -315,7 +318,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         except ValueError as exc:  # kicked by a process without AbortMiddleware to check it
             logger.warning("taskiq-abort: task %s: %s; the defaults apply", message.task_id, exc)
             limits = self.time_limits
-        indexed = index_of(labels, self.index_labels) if self.index_labels else ()
+        indexed = index_of(labels, self._indexed)
         run = worker.begin(message.task_id, message.task_name, limits, deadline_of(labels), indexed)
         object.__setattr__(message, MESSAGE_ATTR, run)
         run.labels = message.labels

@@ -40,6 +40,10 @@ class AbortOutcome:
     forced: bool = False
     """``aborted`` with a grace period that ran out: the task did not stop on its own and was
     cancelled (``abort(..., grace=...)``)."""
+    descendants: int = 0
+    """With ``abort(..., cascade=True)``: how many of its running descendants were stopped
+    (``aborted``, or ``revoked`` if one ended meanwhile); queued ones are refused at their
+    start, uncounted."""
 
     @property
     def ok(self) -> bool:
@@ -55,6 +59,7 @@ class AbortOutcome:
             "reason": self.reason,
             "elapsed_ms": round(self.elapsed * 1000, 3),
             "forced": self.forced,
+            "descendants": self.descendants,
         }
 
 

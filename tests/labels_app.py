@@ -15,7 +15,7 @@ from typing import Any
 
 from taskiq import AsyncBroker, Context, TaskiqDepends
 from taskiq_aio_pika import AioPikaBroker, Exchange, Queue
-from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
+from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend, RedisStreamBroker
 
 from taskiq_abort import AbortMiddleware
 from tests.app import emit, marks
@@ -25,9 +25,13 @@ AMQP_URL = os.environ.get("TASKIQ_ABORT_TEST_AMQP_URL", DEFAULT_AMQP)
 INDEX = ("tenant",)
 
 
-def env(kind: str, url: str, prefix: str, queue: str = "main") -> dict[str, str]:
+def env(kind: str, url: str, prefix: str, queue: str = "main", slots: int = 10) -> dict[str, str]:
+    """``slots``: RabbitMQ's prefetch (``qos``), to match ``--max-async-tasks``: a worker then
+    holds no more tasks than it runs (the others stay queued where another worker can take
+    them)."""
     return {
         "TASKIQ_ABORT_LABELS_KIND": kind,
+        "TASKIQ_ABORT_LABELS_SLOTS": str(slots),
         "TASKIQ_ABORT_LABELS_QUEUE": queue,
         "TASKIQ_ABORT_TEST_URL": url,
         "TASKIQ_ABORT_TEST_PREFIX": prefix,
@@ -38,9 +42,13 @@ def rabbit_names(prefix: str, queue: str) -> RabbitNames:
     return RabbitNames.of(f"{prefix}.{queue}")
 
 
-def make_labels_broker(kind: str, url: str, prefix: str, queue: str = "main") -> AsyncBroker:
+def make_labels_broker(
+    kind: str, url: str, prefix: str, queue: str = "main", slots: int = 10
+) -> AsyncBroker:
     inner: AsyncBroker
-    if kind == "stream":
+    if kind == "list":  # BRPOP: one message at a time, never more than the worker runs
+        inner = ListQueueBroker(url, queue_name=f"{prefix}:{queue}", socket_timeout=None)
+    elif kind == "stream":
         inner = RedisStreamBroker(
             url, queue_name=f"{prefix}:{queue}", consumer_group_name=f"{prefix}:{queue}:group"
         )
@@ -48,6 +56,7 @@ def make_labels_broker(kind: str, url: str, prefix: str, queue: str = "main") ->
         names = rabbit_names(prefix, queue)
         inner = AioPikaBroker(
             AMQP_URL,
+            qos=slots,
             exchange=Exchange(name=names.exchange),
             task_queues=[Queue(name=names.tasks)],
             delay_queue=Queue(name=names.delay),
@@ -95,12 +104,14 @@ def _define(broker: AsyncBroker) -> None:
     @broker.task(task_name="fan")
     async def fan(widths: list[int], context: Context = TaskiqDepends()) -> str:
         """A node of a fan-out tree: kicks ``widths[0]`` children (each with ``widths[1:]``),
-        reports their ids, then holds until released."""
+        lists their ids under the tree's root (``<prefix>:tree:<root id>``), then holds until
+        released."""
         prefix = os.environ["TASKIQ_ABORT_TEST_PREFIX"]
+        root = context.message.labels.get("abort_root") or context.message.task_id
         await emit(context, "started")
         for _ in range(widths[0] if widths else 0):
             child = await fan.kiq(widths[1:])
-            await marks().rpush(f"{prefix}:tree", child.task_id)
+            await marks().rpush(f"{prefix}:tree:{root}", child.task_id)
         await _hold(context)
         await emit(context, "ended")
         return "done"
@@ -112,6 +123,7 @@ def _from_env() -> AsyncBroker:
         os.environ["TASKIQ_ABORT_TEST_URL"],
         os.environ["TASKIQ_ABORT_TEST_PREFIX"],
         os.environ["TASKIQ_ABORT_LABELS_QUEUE"],
+        int(os.environ["TASKIQ_ABORT_LABELS_SLOTS"]),
     )
 
 

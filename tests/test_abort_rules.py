@@ -10,14 +10,17 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from taskiq import InMemoryBroker
+from taskiq import Context, InMemoryBroker, TaskiqDepends
+from taskiq.task import AsyncTaskiqTask
 
 from taskiq_abort import (
     AbortConfigError,
     AbortMiddleware,
     AbortRule,
+    AbortStatus,
     RunningEntry,
     TaskAbortedError,
+    abort,
     abort_rules,
     abort_where,
     cancel_rule,
@@ -192,5 +195,43 @@ async def test_abort_where_on_an_in_memory_broker() -> None:
         assert await cancel_rule(broker, summary) is True
         again = await quick.kicker().with_labels(tenant="acme").kiq()
         assert (await again.wait_result(timeout=5)).return_value == "ran"
+    finally:
+        await broker.shutdown()
+
+
+async def test_cascade_in_process_from_a_middle_node_stops_its_subtree_only() -> None:
+    """Cascading from a task that is not a tree's root: its own descendants carry another root,
+    so each running child gets a ``parent`` rule of its own; its siblings' subtrees run on."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+    kicked: dict[str, list[str]] = {}
+    ready = asyncio.Event()
+
+    @broker.task(task_name="node")
+    async def node(depth: int, context: Context = TaskiqDepends()) -> str:
+        mine = kicked.setdefault(context.message.task_id, [])
+        for _ in range(3 if depth < 2 else 0):
+            mine.append((await node.kiq(depth + 1)).task_id)
+        if sum(map(len, kicked.values())) == 12 and len(kicked) == 13:
+            ready.set()
+        await asyncio.sleep(60)
+        return "end"
+
+    await broker.startup()
+    try:
+        root = await node.kiq(0)
+        await ready.wait()
+        middle, *others = kicked[root.task_id]
+        outcome = await abort(broker, middle, cascade=True, reason="that branch")
+        assert (outcome.status, outcome.descendants) == (AbortStatus.ABORTED, 3)
+        results = broker.result_backend
+        for stopped in (middle, *kicked[middle]):
+            result = await AsyncTaskiqTask(stopped, results).wait_result(timeout=5)
+            assert isinstance(result.error, TaskAbortedError)
+        untouched = [*others, *kicked[others[0]], *kicked[others[1]]]
+        assert not any([await results.is_result_ready(t) for t in untouched])
+        # Off by default: the root alone.
+        assert (await abort(broker, root)).descendants == 0
+        assert not any([await results.is_result_ready(t) for t in untouched])
+        assert (await abort(broker, others[0], cascade=True)).descendants == 3
     finally:
         await broker.shutdown()

@@ -11,8 +11,9 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
+from taskiq_abort._aborter.cascade import abort_cascade
 from taskiq_abort._aborter.where import matching, new_rule, rule_ttl
-from taskiq_abort._wire.protocol import check_grace
+from taskiq_abort._wire.protocol import check_grace, clean_reason
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
 from taskiq_abort.observability import events
@@ -60,8 +61,12 @@ class AbortCalls:
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
+        if cascade:
+            return raise_first(await self.abort_each([task_id], reason=reason, wait=wait,
+                timeout=timeout, grace=grace, cascade=True))[0]  # fmt: skip
         broker = self._attached(f"task {task_id}")
         started = time.perf_counter()
         try:
@@ -89,10 +94,11 @@ class AbortCalls:
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> list[AbortOutcome]:
         """Abort many tasks at once; see :func:`taskiq_abort.abort_many`."""
         answers = await self.abort_each(
-            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
+            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
         )
         return raise_first(answers)
 
@@ -147,22 +153,34 @@ class AbortCalls:
         timeout: float | None = None,
         grace: float | None = None,
         invalid_in_place: bool = False,
+        cascade: bool = False,
     ) -> list[AbortOutcome | TaskiqAbortError]:
         """:meth:`abort_many` with each id's error in its place instead of raised (with
-        ``invalid_in_place``, an invalid id's too)."""
+        ``invalid_in_place``, an invalid id's too); with ``cascade``, their descendants too
+        (``_aborter/cascade.py``)."""
         ids = list(task_ids)
         broker = self._attached(f"{len(ids)} task(s)")
-        return await abort_reported(
-            self.backend,
-            broker.result_backend,
-            ids,
-            reason=reason,
-            wait=wait,
-            timeout=self.abort_timeout if timeout is None else timeout,
-            grace=grace,
-            invalid_in_place=invalid_in_place,
-            broker=broker,
-        )
+
+        async def abort_ids(every: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
+            return await abort_reported(
+                self.backend,
+                broker.result_backend,
+                every,
+                reason=reason,
+                wait=wait,
+                timeout=self.abort_timeout if timeout is None else timeout,
+                grace=grace,
+                invalid_in_place=invalid_in_place,
+                broker=broker,
+            )
+
+        if not cascade:
+            return await abort_ids(ids)
+        check_grace(grace)  # every argument checked before a rule is recorded
+        clean_reason(reason)
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout}")
+        return await abort_cascade(self.backend, ids, reason, abort_ids)
 
 
 async def abort_reported(
