@@ -26,6 +26,7 @@ from taskiq_abort import (
     TaskTimeLimitExceeded,
     abort,
 )
+from taskiq_abort._worker.limits import TimeLimits, limits_of
 from taskiq_abort.observability import events as hub
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
@@ -350,6 +351,18 @@ async def test_a_limit_racing_the_body_s_end_never_lies() -> None:
     print(f"\n{dict(said)}")
     assert sum(said.values()) == 2 * rounds
     assert len(said) == 4, said  # both sides of the race happened, async and sync
+
+
+def test_labels_and_defaults() -> None:
+    """A label beats the default for that limit; when it disagrees with the default's other
+    limit, the hard limit stands; None means none."""
+    default = TimeLimits(10, 60)
+    assert limits_of({}, default) == default
+    assert limits_of({"time_limit": "30"}, default) == TimeLimits(10, 30)
+    assert limits_of({"soft_time_limit": "100"}, default) == TimeLimits(None, 60)
+    assert limits_of({"time_limit": "5"}, default) == TimeLimits(None, 5)
+    assert limits_of({"time_limit": "None", "soft_time_limit": "None"}, default) == default
+    assert limits_of({"soft_time_limit": "100"}, None) == TimeLimits(100, None)
 
 
 def test_bad_defaults_fail_at_once() -> None:
