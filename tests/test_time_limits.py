@@ -30,6 +30,7 @@ from taskiq_abort._worker.limits import TimeLimits, limits_of
 from taskiq_abort.observability import events as hub
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.faultkit import wait_log
 from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
@@ -526,6 +527,10 @@ async def test_worker_stops_an_async_task_at_its_limits(
         assert (result.error.limit, result.error.soft) == (limit, soft)
     assert "finally" in events.all(hard.task_id)
     assert "finally" in events.all(decorated.task_id)
+    # One INFO line, in place of taskiq's error line and traceback.
+    line = f"taskiq-abort: stopped task {hard.task_id} (sleeper): hard time limit (0.3 s) exceeded"
+    log = await asyncio.to_thread(wait_log, limit_worker, line)
+    assert "TaskTimeLimitExceeded" not in log  # no traceback of it
     assert "cancelled, token set: True" in events.all(ignorer.task_id)
     result = await polite.wait_result(timeout=15)
     assert isinstance(result.error, TaskTimeLimitExceeded)
