@@ -47,8 +47,10 @@ def define_stop_tasks(broker: AsyncBroker) -> None:
     @broker.task(task_name="catches_interrupt")
     def catches_interrupt(context: Context = TaskiqDepends()) -> str:
         """Catches the thread interrupt and returns a result of its own."""
-        emit_sync(context, "started")
         try:
+            # Inside the try: the test aborts once it sees this, and the interrupt may land
+            # while the report is still reading its reply.
+            emit_sync(context, "started")
             while True:
                 pass
         except TaskInterrupted:

@@ -26,9 +26,11 @@ from taskiq_abort import (
     TaskTimeLimitExceeded,
     abort,
 )
+from taskiq_abort._worker.limits import TimeLimits, limits_of
 from taskiq_abort.observability import events as hub
 from tests.app import make_broker
 from tests.conftest import Events, WorkerProcess
+from tests.faultkit import wait_log
 from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
@@ -308,8 +310,11 @@ async def test_metrics_count_both_phases() -> None:
 
 async def test_a_limit_racing_the_body_s_end_never_lies() -> None:
     """The hard limit fires as the body ends, hundreds of times, async and sync: either the
-    body ran to its end and its own result is stored, or it stopped where it was and the
-    result is TaskTimeLimitExceeded; never both, never neither."""
+    body returned and its own result is stored, or it stopped where it was and the result is
+    TaskTimeLimitExceeded; never both, never neither. An async body stops only at an await,
+    so one that stopped never reached its last line; a sync body's thread is interrupted at any
+    bytecode, so it may be stopped on its way out, past its last line but before it returned
+    (as asyncio's ``Task.cancel()`` stops a body at its last await)."""
     broker = InMemoryBroker(sync_tasks_pool_size=1).with_middlewares(
         AbortMiddleware(interrupt_threads=True)
     )
@@ -340,16 +345,32 @@ async def test_a_limit_racing_the_body_s_end_never_lies() -> None:
                 task = await kicker.kiq(random.uniform(0.008, longest))
                 result = await task.wait_result(timeout=5, check_interval=0.001)
                 if isinstance(result.error, TaskTimeLimitExceeded):
-                    assert task.task_id not in ended, f"{name} round {i}: ran to its end"
+                    if name == "racer":
+                        assert task.task_id not in ended, f"{name} round {i}: ran to its end"
                     said[f"{name} stopped"] += 1
+                    said[f"{name} stopped on its way out"] += task.task_id in ended
                 else:
                     assert result.return_value == "ended" and task.task_id in ended, result
                     said[f"{name} ended"] += 1
     finally:
         await broker.shutdown()
     print(f"\n{dict(said)}")
-    assert sum(said.values()) == 2 * rounds
-    assert len(said) == 4, said  # both sides of the race happened, async and sync
+    assert sum(n for k, n in said.items() if "way out" not in k) == 2 * rounds
+    assert all(
+        said[f"{name} {end}"] for name in ("racer", "sync_racer") for end in ("stopped", "ended")
+    ), said  # both sides of the race, async and sync
+
+
+def test_labels_and_defaults() -> None:
+    """A label beats the default for that limit; when it disagrees with the default's other
+    limit, the hard limit stands; None means none."""
+    default = TimeLimits(10, 60)
+    assert limits_of({}, default) == default
+    assert limits_of({"time_limit": "30"}, default) == TimeLimits(10, 30)
+    assert limits_of({"soft_time_limit": "100"}, default) == TimeLimits(None, 60)
+    assert limits_of({"time_limit": "5"}, default) == TimeLimits(None, 5)
+    assert limits_of({"time_limit": "None", "soft_time_limit": "None"}, default) == default
+    assert limits_of({"soft_time_limit": "100"}, None) == TimeLimits(100, None)
 
 
 def test_bad_defaults_fail_at_once() -> None:
@@ -513,6 +534,10 @@ async def test_worker_stops_an_async_task_at_its_limits(
         assert (result.error.limit, result.error.soft) == (limit, soft)
     assert "finally" in events.all(hard.task_id)
     assert "finally" in events.all(decorated.task_id)
+    # One INFO line, in place of taskiq's error line and traceback.
+    line = f"taskiq-abort: stopped task {hard.task_id} (sleeper): hard time limit (0.3 s) exceeded"
+    log = await asyncio.to_thread(wait_log, limit_worker, line)
+    assert "TaskTimeLimitExceeded" not in log  # no traceback of it
     assert "cancelled, token set: True" in events.all(ignorer.task_id)
     result = await polite.wait_result(timeout=15)
     assert isinstance(result.error, TaskTimeLimitExceeded)
