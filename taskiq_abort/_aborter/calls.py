@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
@@ -121,20 +122,17 @@ class AbortCalls:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0, not {timeout}")
         broker = self._attached(f"tasks labelled {rule.labels}")
-        rule = await self.backend.add_rule(rule, life)  # first: see _aborter/where.py
-        ids = matching(await self.backend.workers(), rule)
-        answers = await abort_reported(
+        answers = await where_reported(
             self.backend,
             broker.result_backend,
-            ids,
-            reason=rule.reason,
+            rule,
+            life,
             wait=wait,
             timeout=self.abort_timeout if timeout is None else timeout,
             grace=grace,
-            invalid_in_place=False,
             broker=broker,
         )
-        return WhereOutcome(rule, raise_first(answers))
+        return WhereOutcome(answers.rule, raise_first(answers.answers))
 
     async def cancel_rule(self, rule_id: str) -> bool:
         """Remove an abort rule early; see :func:`taskiq_abort.cancel_rule`."""
@@ -181,6 +179,41 @@ class AbortCalls:
         if timeout is not None and timeout < 0:
             raise ValueError(f"timeout must be >= 0, not {timeout}")
         return await abort_cascade(self.backend, ids, reason, abort_ids)
+
+
+@dataclass(frozen=True)
+class WhereAnswers:
+    rule: AbortRule
+    answers: list[AbortOutcome | TaskiqAbortError]
+
+
+async def where_reported(
+    backend: AbortBackend,
+    result_backend: AsyncResultBackend[Any] | None,
+    rule: AbortRule,
+    ttl: float,
+    *,
+    wait: bool,
+    timeout: float,
+    grace: float | None,
+    broker: AsyncBroker | None = None,
+) -> WhereAnswers:
+    """Record ``rule`` (first: see ``_aborter/where.py``), then abort the running tasks it
+    matches, by id (the middleware's ``abort_where``, the CLI's ``--label``)."""
+    rule = await backend.add_rule(rule, ttl)
+    ids = matching(await backend.workers(), rule)
+    answers = await abort_reported(
+        backend,
+        result_backend,
+        ids,
+        reason=rule.reason,
+        wait=wait,
+        timeout=timeout,
+        grace=grace,
+        invalid_in_place=False,
+        broker=broker,
+    )
+    return WhereAnswers(rule, answers)
 
 
 async def abort_reported(
