@@ -235,3 +235,18 @@ async def test_cascade_in_process_from_a_middle_node_stops_its_subtree_only() ->
         assert (await abort(broker, others[0], cascade=True)).descendants == 3
     finally:
         await broker.shutdown()
+
+
+async def test_a_rule_recorded_while_a_worker_was_away_applies_when_it_registers_again(
+    backend: AbortBackend,
+) -> None:
+    """The aborter could not see the worker's task (its lease had lapsed): when the worker
+    re-registers what it runs, the rule gives the matching task a pending request, which the
+    worker applies as it applies requests made while it was away."""
+    held = [entry("match", tenant="acme"), entry("other", tenant="zeta"), entry("plain")]
+    await backend.add_rule(rule({"tenant": "acme"}, rid="away"), 60)
+    notices = await backend.register("w1", {"host": "h"}, held)
+    assert [(n.task_id, n.reason) for n in notices] == [("match", "gone (abort rule away)")]
+    record = await backend.get_request("match")
+    assert record is not None and record.outcome is None  # pending: the worker aborts it
+    await backend.unregister("w1")

@@ -129,6 +129,13 @@ class MemoryAbortBackend(AbortBackend):
         worker = _Worker(dict(info), time.monotonic() + self.lease)
         worker.tasks = {entry.task_id: entry for entry in running}
         self._workers[worker_id] = worker
+        for entry in running:  # a rule recorded while this worker was away applies too
+            rule = self._rule_for(entry) if entry.labels else None
+            if rule is not None and self._live_request(entry.task_id) is None:
+                pending = RequestRecord(
+                    entry.task_id, rule.reason, rule.created_at, rule.requested_by, None, None
+                )
+                self._requests[entry.task_id] = (self._rules[rule.rule_id][0], pending)
         return [
             AbortNotice(entry.task_id, record.reason, grace=self._graces.get(entry.task_id, 0.0))
             for entry in running

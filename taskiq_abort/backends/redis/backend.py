@@ -244,7 +244,9 @@ class RedisAbortBackend(RedisRules, AbortBackend):
         for entry in running:
             args += [entry.task_id, entry.encode()]
         args.append("1" if self.replicas > 0 else "0")  # note the master's history (REVOKE)
-        op = self._c.lane(REGISTER, self._worker_keys(worker_id), args, durable=True)
+        args.append(self.keys.rule_prefix)
+        keys = [*self._worker_keys(worker_id), self.keys.rules]
+        op = self._c.lane(REGISTER, keys, args, durable=True)
         try:
             return notices(await self._call("registering a worker", op))
         except NotDurableError as exc:

@@ -92,12 +92,16 @@ REPLICATION_ID = _lua("replication_id")
 
 # (Re)register a worker and everything it runs, e.g. at start-up, after a reconnect or after
 # Redis lost its data. Also answers which of those tasks have an abort request pending.
-# KEYS: worker hash, tasks hash, workers zset, holders index
+# A held task with indexed labels that an abort rule matches (one recorded while the worker was
+# away, whose aborter could not see the task) gets a pending request naming the rule, and is
+# answered like one with a request.
+# KEYS: worker hash, tasks hash, workers zset, holders index, rules set
 # ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n,
-#       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE)
+#       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE),
+#       rule_prefix
 # The tasks hash outlives the lease (3x): a crashed worker's entries stay readable for a while
 # after its lease lapsed, so that a live worker's heartbeat can take them out of the index.
-REGISTER = NOW + HOLDERS + _NOTE_REQUEST + REPLICATION_ID + _lua("register")
+REGISTER = NOW + HOLDERS + _NOTE_REQUEST + _RULES + REPLICATION_ID + _lua("register")
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
 # ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix, epoch check

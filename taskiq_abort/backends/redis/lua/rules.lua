@@ -41,3 +41,29 @@ local function refuse_by_rule(list, req, tid, wid, rule)
   list[#list + 1] = rule.at
   list[#list + 1] = '0'
 end
+
+-- The labels and name of a registry entry ("<run token> <started> <name>"): the token's third
+-- ';'-separated field holds the label pairs.
+local function entry_match(value)
+  local token, name = string.match(value, '^(%S+) %S+ (.*)$')
+  local labels = {}
+  local pairs_ = string.match(token or '', '^[^;]*;[^;]*;(.*)$')
+  for pair in string.gmatch(pairs_ or '', '[^&]+') do labels[pair] = true end
+  return name, labels, pairs_ ~= nil and pairs_ ~= ''
+end
+
+-- A held task that a rule matches: record a pending request naming the rule (as an abort by
+-- id would), and note it as note_request does, for the worker to abort it.
+local function request_by_rule(list, req, tid, rule)
+  local key = req .. tid
+  redis.call('DEL', key)  -- none, or one settled 'finished' (moot)
+  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason, 'rc', '',
+             'grace', 0, 'rule', rule.id)
+  redis.call('PEXPIRE', key, tonumber(rule.ttl))
+  list[#list + 1] = tid
+  list[#list + 1] = 1
+  list[#list + 1] = rule.reason
+  list[#list + 1] = ''
+  list[#list + 1] = rule.at
+  list[#list + 1] = '0'
+end
