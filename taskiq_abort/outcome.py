@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import quote, unquote
 
 
@@ -81,7 +83,7 @@ class RunningEntry:
     labels: tuple[tuple[str, str], ...] = ()
     """Its indexed labels (``AbortMiddleware(index_labels=...)``), as ``(name, text)`` pairs."""
 
-    @property
+    @cached_property
     def token(self) -> str:
         """The run id as stored: ``<run id>[;<soft>,<hard>[;<labels>]]`` (limits in seconds,
         empty for none; labels ``name=value&...``, percent-encoded, so never a space). A reader
@@ -90,8 +92,13 @@ class RunningEntry:
             return self.run_id
         token = f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
         if self.labels:
-            token += ";" + encode_labels(self.labels)
+            token += ";" + "&".join(self.pairs)
         return token
+
+    @cached_property
+    def pairs(self) -> list[str]:
+        """Its labels as the start check compares them (:func:`label_pairs`)."""
+        return label_pairs(self.labels)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -136,7 +143,14 @@ def label_pairs(labels: Iterable[tuple[str, str]]) -> list[str]:
     """``name=value`` per label, both percent-encoded (no space, ``;``, ``&`` or ``=``
     inside): how the registry token, the start check and a rule's hash all write labels, so
     that the start check matches a rule by comparing these strings."""
-    return [f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in labels]
+    return [f"{_encoded(name)}={_encoded(value)}" for name, value in labels]
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
+
+
+def _encoded(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
 
 
 def encode_labels(labels: Iterable[tuple[str, str]]) -> str:

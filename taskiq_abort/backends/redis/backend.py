@@ -59,7 +59,7 @@ from taskiq_abort.backends.redis.connect import (
 from taskiq_abort.backends.redis.rules import RedisRules
 from taskiq_abort.backends.redis.settle import Settling
 from taskiq_abort.observability import events
-from taskiq_abort.outcome import RunningEntry, WorkerInfo, label_pairs
+from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
@@ -219,7 +219,7 @@ class RedisAbortBackend(RedisRules, AbortBackend):
                 entry.encode(),
                 "" if deadline is None else int(deadline * 1000),
                 len(entry.labels),
-                *label_pairs(entry.labels),  # matched against the abort rules (abort_where)
+                *entry.pairs,  # matched against the abort rules (abort_where)
             ]
         args.append(len(finishes))
         for entry in finishes:
