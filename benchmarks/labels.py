@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
+import redis
 from taskiq import AsyncBroker
 
 from benchmarks.app import make_broker, now
@@ -35,14 +37,14 @@ async def _client(bench: Bench, prefix: str) -> AsyncBroker:
     return broker
 
 
-async def _trickle(bench: Bench, indexed: bool) -> Run:
+async def _trickle(bench: Bench, indexed: bool, notify: bool) -> Run:
     await bench.r.flushdb()
     prefix = f"lb{uuid.uuid4().hex[:6]}"
     broker = await _client(bench, prefix)
     worker = Worker(bench.url, prefix, index=INDEX if indexed else "").start()
     try:
         noop = broker.find_task("noop").kicker().with_labels(**LABELS)  # type: ignore[union-attr]
-        async with ResultWatch(bench, prefix, worker, notify=False) as watch:
+        async with ResultWatch(bench, prefix, worker, notify) as watch:
             for _ in range(bench.p.warmup):
                 await watch.kick_and_wait(noop)
             pids = worker.children()
@@ -59,9 +61,19 @@ async def _trickle(bench: Bench, indexed: bool) -> Run:
 
 async def start_cost(bench: Bench) -> dict[str, Any]:
     runs: dict[str, list[Run]] = {"none": [], "index": []}
-    for rnd in range(bench.p.trickle_rounds):
-        for variant in ("none", "index") if rnd % 2 == 0 else ("index", "none"):
-            runs[variant].append(await _trickle(bench, variant == "index"))
+    # Results are waited for as benchmarks/trickle.py does: a keyspace notification (polling
+    # would round each task's time up to the poll interval, and the worker's idle CPU with it).
+    old: str | None = None
+    with contextlib.suppress(redis.ResponseError):
+        old = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+        await bench.r.config_set("notify-keyspace-events", "K$")
+    try:
+        for rnd in range(bench.p.trickle_rounds):
+            for variant in ("none", "index") if rnd % 2 == 0 else ("index", "none"):
+                runs[variant].append(await _trickle(bench, variant == "index", old is not None))
+    finally:
+        if old is not None:
+            await bench.r.config_set("notify-keyspace-events", old)
     n = bench.p.trickle_tasks
     cpu = {k: [r.cpu_s / n * 1e6 for r in vs] for k, vs in runs.items()}
     paired = [ratio(a, b) for a, b in zip(cpu["index"], cpu["none"], strict=True)]
