@@ -250,3 +250,35 @@ async def test_a_rule_recorded_while_a_worker_was_away_applies_when_it_registers
     record = await backend.get_request("match")
     assert record is not None and record.outcome is None  # pending: the worker aborts it
     await backend.unregister("w1")
+
+
+async def test_a_child_kicked_while_the_aborted_parent_cleans_up_never_runs() -> None:
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+    ran: list[str] = []
+    kicked: list[AsyncTaskiqTask[str]] = []
+    parent_running = asyncio.Event()
+
+    @broker.task(task_name="child")
+    async def child() -> str:
+        ran.append("child")
+        return "ran"
+
+    @broker.task(task_name="parent")
+    async def parent() -> str:
+        try:
+            parent_running.set()
+            await asyncio.sleep(60)
+        finally:  # clean-up that fans out once more (edge mode lets it await)
+            kicked.append(await child.kiq())
+        return "never"
+
+    await broker.startup()
+    try:
+        task = await parent.kiq()
+        await parent_running.wait()
+        assert (await abort(broker, task, cascade=True)).status is AbortStatus.ABORTED
+        (late,) = kicked
+        result = await late.wait_result(timeout=5)
+        assert isinstance(result.error, TaskAbortedError) and ran == []
+    finally:
+        await broker.shutdown()
