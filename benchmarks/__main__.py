@@ -21,7 +21,18 @@ from typing import Any
 
 import redis
 
-from benchmarks import bulk, fleet, idle, latency, limits, memory, scale, throughput, trickle
+from benchmarks import (
+    bulk,
+    fleet,
+    idle,
+    labels,
+    latency,
+    limits,
+    memory,
+    scale,
+    throughput,
+    trickle,
+)
 from benchmarks.procs import Proc, raise_fd_limit
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.report import RESULTS, git_commit, load_snapshot, loadavg, machine, plot
@@ -50,6 +61,9 @@ STEPS: dict[str, Step] = {
     "idle": Step("idle", "3. idle CPU...", idle.run),
     "fleet": Step("fleet", "7. fleet size: abort latency and Redis CPU...", fleet.run),
     "limits": Step("limits", "8. time limits: overshoot and cost...", limits.run),
+    "labels": Step(
+        "labels", "9. abort by labels: start-check cost, abort_where in bulk...", labels.run
+    ),
 }
 # The printed report, in this order.
 TABLES = (
@@ -61,6 +75,7 @@ TABLES = (
     memory.table,
     fleet.table,
     limits.table,
+    labels.table,
 )
 
 

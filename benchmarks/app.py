@@ -47,6 +47,7 @@ def make_broker(
     abort: bool = True,
     floor: bool = False,
     start_floor: bool = False,
+    index: tuple[str, ...] = (),
 ) -> AsyncBroker:
     queue = f"{prefix}:queue"
     inner: AsyncBroker
@@ -59,7 +60,9 @@ def make_broker(
     app = inner.with_result_backend(RedisAsyncResultBackend(url, prefix_str=result_prefix(prefix)))
     if abort:
         interrupt = os.environ.get("BENCH_INTERRUPT") == "1"  # sync bodies (benchmarks/limits.py)
-        app = app.with_middlewares(AbortMiddleware(url, prefix=prefix, interrupt_threads=interrupt))
+        app = app.with_middlewares(
+            AbortMiddleware(url, prefix=prefix, interrupt_threads=interrupt, index_labels=index)
+        )
     if floor:
         app = app.with_middlewares(CancelFloor(url, prefix, result_prefix(prefix)))
     if start_floor:
@@ -159,4 +162,5 @@ if "BENCH_URL" in os.environ:
         os.environ.get("BENCH_ABORT", "1") == "1",
         os.environ.get("BENCH_ABORT") == "floor",
         os.environ.get("BENCH_ABORT") == "start-floor",
+        tuple(filter(None, os.environ.get("BENCH_INDEX", "").split(","))),
     )

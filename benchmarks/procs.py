@@ -133,6 +133,7 @@ class Worker(Proc):
         floor: bool = False,
         start_floor: bool = False,
         interrupt: bool = False,
+        index: str = "",
     ) -> None:
         self.url, self.prefix, self.workers, self.abort = url, prefix, workers, abort
         args = [
@@ -155,6 +156,7 @@ class Worker(Proc):
             "BENCH_PREFIX": prefix,
             "BENCH_BROKER": kind,
             "BENCH_INTERRUPT": "1" if interrupt else "0",
+            "BENCH_INDEX": index,  # AbortMiddleware(index_labels=...), comma-separated
             "BENCH_ABORT": (
                 "floor" if floor else "start-floor" if start_floor else "1" if abort else "0"
             ),

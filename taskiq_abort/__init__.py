@@ -39,12 +39,26 @@ from taskiq_abort.errors import (
 )
 
 if TYPE_CHECKING:
-    from taskiq_abort.api import abort, abort_many, find_middleware
+    from taskiq_abort.api import (
+        abort,
+        abort_many,
+        abort_rules,
+        abort_where,
+        cancel_rule,
+        find_middleware,
+    )
     from taskiq_abort.backends import AbortBackend, MemoryAbortBackend, RedisAbortBackend
     from taskiq_abort.handle import AbortableTask, abortable_task
     from taskiq_abort.middleware import AbortMiddleware
     from taskiq_abort.observability.middleware import AbortObservability
-    from taskiq_abort.outcome import AbortOutcome, AbortStatus, RunningEntry, WorkerInfo
+    from taskiq_abort.outcome import (
+        AbortOutcome,
+        AbortRule,
+        AbortStatus,
+        RunningEntry,
+        WhereOutcome,
+        WorkerInfo,
+    )
     from taskiq_abort.token import AbortToken, shield
 
 __version__ = "0.2.0"
@@ -58,6 +72,7 @@ __all__ = [
     "AbortObservability",
     "AbortOutcome",
     "AbortPermissionError",
+    "AbortRule",
     "AbortStatus",
     "AbortToken",
     "AbortableTask",
@@ -70,22 +85,40 @@ __all__ = [
     "TaskInterrupted",
     "TaskTimeLimitExceeded",
     "TaskiqAbortError",
+    "WhereOutcome",
     "WorkerInfo",
     "__version__",
     "abort",
     "abort_many",
+    "abort_rules",
+    "abort_where",
     "abortable_task",
+    "cancel_rule",
     "find_middleware",
     "shield",
 ]
 
 _LAZY = {
-    "taskiq_abort.api": ("abort", "abort_many", "find_middleware"),
+    "taskiq_abort.api": (
+        "abort",
+        "abort_many",
+        "abort_rules",
+        "abort_where",
+        "cancel_rule",
+        "find_middleware",
+    ),
     "taskiq_abort.backends": ("AbortBackend", "MemoryAbortBackend", "RedisAbortBackend"),
     "taskiq_abort.handle": ("AbortableTask", "abortable_task"),
     "taskiq_abort.middleware": ("AbortMiddleware",),
     "taskiq_abort.observability.middleware": ("AbortObservability",),
-    "taskiq_abort.outcome": ("AbortOutcome", "AbortStatus", "RunningEntry", "WorkerInfo"),
+    "taskiq_abort.outcome": (
+        "AbortOutcome",
+        "AbortRule",
+        "AbortStatus",
+        "RunningEntry",
+        "WhereOutcome",
+        "WorkerInfo",
+    ),
     "taskiq_abort.token": ("AbortToken", "shield"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}

@@ -74,10 +74,11 @@ class AbortableTask(AsyncTaskiqTask[_R]):
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> AbortOutcome:
         """Abort this task; see :func:`taskiq_abort.abort`."""
         return await find_aborter(self.broker).abort(
-            self.task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+            self.task_id, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
         )
 
     def __repr__(self) -> str:

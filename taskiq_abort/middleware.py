@@ -16,6 +16,8 @@ from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware,
 from taskiq.exceptions import NoResultError
 
 from taskiq_abort._aborter.calls import AbortCalls
+from taskiq_abort._labels import CASCADE, index_names, stamp_parent
+from taskiq_abort._labels import indexed as index_of
 from taskiq_abort._wire.keys import DEFAULT_PREFIX
 from taskiq_abort._worker.attempt import MESSAGE_ATTR, CancelMode, RunningTask, current_run
 from taskiq_abort._worker.execution import release_frames, wrap_task_function
@@ -76,6 +78,10 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         (not inside a blocking C call such as ``time.sleep()``, which it waits out); the stored
         result is ``TaskAbortedError``. It can land inside library code: see docs/usage.md for
         what that risks. Off by default.
+    :param index_labels: names of the message labels that ``abort_where`` can match (e.g.
+        ``("tenant",)``): written into the registry entry of each running task that carries
+        them, and checked against the abort rules at its start. Declare the same on workers
+        and aborters; tasks without them, and workers that declare none, pay nothing.
     :param redis_timeout: seconds a Redis call may take before Redis counts as unreachable
         (default 3).
     :param cluster: ``url`` is a node of a Redis Cluster (redis-py's ``RedisCluster``).
@@ -113,6 +119,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         interrupt_threads: bool = False,
         soft_time_limit: float | None = None,
         time_limit: float | None = None,
+        index_labels: Sequence[str] = (),
         redis_timeout: float = 3.0,
         cluster: bool = False,
         sentinels: Sequence[tuple[str, int]] | None = None,
@@ -190,6 +197,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             optional_seconds(time_limit, "AbortMiddleware(time_limit)"),
             "AbortMiddleware",
         )
+        self.index_labels = index_names(index_labels)
+        self._indexed = (*self.index_labels, *CASCADE)
         self.worker: WorkerSide | None = None
         self._worker_starting: asyncio.Lock | None = None
         self._starting_loop: asyncio.AbstractEventLoop | None = None
@@ -271,11 +280,13 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             await asyncio.wait_for(self.backend.unregister(stale.worker_id), self.abort_timeout)
 
     async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+        parent = current_run.get()
+        if parent is not None and parent.task_id != message.task_id:  # a child task
+            stamp_parent(message.labels, parent.task_id, parent.labels)
         try:
             stamp_deadline(message.labels, events.redis_now_ms() / 1000)
         except ValueError as exc:
-            run = current_run.get()
-            if run is None or run.task_id != message.task_id:  # the kicker's own mistake
+            if parent is None or parent.task_id != message.task_id:  # the kicker's own mistake
                 raise ValueError(f"task {message.task_id} ({message.task_name}): {exc}") from None
             # A worker kicking again what it received (a retry middleware's kick, in on_error):
             # its labels came from elsewhere, and raising here would lose the task's result.
@@ -307,7 +318,8 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
         except ValueError as exc:  # kicked by a process without AbortMiddleware to check it
             logger.warning("taskiq-abort: task %s: %s; the defaults apply", message.task_id, exc)
             limits = self.time_limits
-        run = worker.begin(message.task_id, message.task_name, limits, deadline_of(labels))
+        indexed = index_of(labels, self._indexed)
+        run = worker.begin(message.task_id, message.task_name, limits, deadline_of(labels), indexed)
         object.__setattr__(message, MESSAGE_ATTR, run)
         run.labels = message.labels
         run.context = current_run.set(run)

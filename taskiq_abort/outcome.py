@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
+from urllib.parse import quote, unquote
 
 
 class AbortStatus(str, enum.Enum):
@@ -39,6 +42,10 @@ class AbortOutcome:
     forced: bool = False
     """``aborted`` with a grace period that ran out: the task did not stop on its own and was
     cancelled (``abort(..., grace=...)``)."""
+    descendants: int = 0
+    """With ``abort(..., cascade=True)``: how many of its running descendants were stopped
+    (``aborted``, or ``revoked`` if one ended meanwhile); queued ones are refused at their
+    start, uncounted."""
 
     @property
     def ok(self) -> bool:
@@ -54,6 +61,7 @@ class AbortOutcome:
             "reason": self.reason,
             "elapsed_ms": round(self.elapsed * 1000, 3),
             "forced": self.forced,
+            "descendants": self.descendants,
         }
 
 
@@ -72,14 +80,29 @@ class RunningEntry:
     """Its ``time_limit`` (hard), seconds from its start (``None``: none)."""
     expires_at: float | None = field(default=None, compare=False)
     """Its ``expires`` deadline (seconds since the epoch), for the start check; not stored."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """Its indexed labels (``AbortMiddleware(index_labels=...)``), as ``(name, text)`` pairs."""
+
+    @cached_property
+    def token(self) -> str:
+        """The run id as stored: ``<run id>[;<soft>,<hard>[;<labels>]]`` (limits in seconds,
+        empty for none; labels ``name=value&...``, percent-encoded, so never a space). A reader
+        that predates limits takes the whole token for an opaque run id."""
+        if not self.labels and self.soft_limit is None and self.time_limit is None:
+            return self.run_id
+        token = f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
+        if self.labels:
+            token += ";" + "&".join(self.pairs)
+        return token
+
+    @cached_property
+    def pairs(self) -> list[str]:
+        """Its labels as the start check compares them (:func:`label_pairs`)."""
+        return label_pairs(self.labels)
 
     @property
-    def token(self) -> str:
-        """The run id as stored: ``<run id>[;<soft>,<hard>]`` (limits in seconds, empty for
-        none). A reader that predates limits takes the whole token for an opaque run id."""
-        if self.soft_limit is None and self.time_limit is None:
-            return self.run_id
-        return f"{self.run_id};{_seconds(self.soft_limit)},{_seconds(self.time_limit)}"
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
 
     def time_left(self, now: float) -> float | None:
         """Seconds until its hard time limit (never below 0), ``None`` without one."""
@@ -96,12 +119,14 @@ class RunningEntry:
     def decode(cls, task_id: str, raw: str, worker: str = "") -> RunningEntry:
         token, _, rest = raw.partition(" ")
         started, _, name = rest.partition(" ")
-        run_id, _, limits = token.partition(";")
+        run_id, _, extra = token.partition(";")
+        limits, _, labels = extra.partition(";")
         soft, _, hard = limits.partition(",")
         try:
             return cls(
-                task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard)
-            )
+                task_id, name or "?", run_id, float(started), worker, _limit(soft), _limit(hard),
+                labels=decode_labels(labels),
+            )  # fmt: skip
         except ValueError:
             return cls(task_id, "?", run_id, 0.0, worker)
 
@@ -112,6 +137,29 @@ def _seconds(limit: float | None) -> str:
 
 def _limit(text: str) -> float | None:
     return float(text) if text else None
+
+
+def label_pairs(labels: Iterable[tuple[str, str]]) -> list[str]:
+    """``name=value`` per label, both percent-encoded (no space, ``;``, ``&`` or ``=``
+    inside): how the registry token, the start check and a rule's hash all write labels, so
+    that the start check matches a rule by comparing these strings."""
+    return [f"{_encoded(name)}={_encoded(value)}" for name, value in labels]
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote() leaves as it is
+
+
+def _encoded(text: str) -> str:
+    return text if _PLAIN.fullmatch(text) else quote(text, safe="")
+
+
+def encode_labels(labels: Iterable[tuple[str, str]]) -> str:
+    return "&".join(label_pairs(labels))
+
+
+def decode_labels(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = (item.partition("=") for item in text.split("&") if item)
+    return tuple((unquote(name), unquote(value)) for name, _, value in pairs)
 
 
 @dataclass(frozen=True)
@@ -136,3 +184,61 @@ class WorkerInfo:
             started=float(info.get("started", 0) or 0),
             tasks=sorted(tasks, key=lambda entry: entry.started),
         )
+
+
+@dataclass(frozen=True)
+class AbortRule:
+    """A stored abort rule (:func:`taskiq_abort.abort_where`): until ``expires_at``, every task
+    whose indexed labels include all of ``labels`` (and named ``task_name``, when given) is
+    refused at its start, its result ``TaskAbortedError`` with ``reason``."""
+
+    rule_id: str
+    labels: dict[str, str]
+    task_name: str | None
+    reason: str
+    """The text stored in each refused or aborted task's ``TaskAbortedError``; names the rule."""
+    created_at: float
+    """Seconds since the epoch (the control plane's clock)."""
+    expires_at: float
+    """Seconds since the epoch (the control plane's clock)."""
+    requested_by: str = ""
+
+    def matches(self, entry: RunningEntry) -> bool:
+        """Whether a task with this registry entry falls under the rule."""
+        if self.task_name is not None and entry.task_name != self.task_name:
+            return False
+        have = entry.label_map
+        return all(have.get(name) == value for name, value in self.labels.items())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "rule_id": self.rule_id,
+            "labels": dict(self.labels),
+            "task_name": self.task_name,
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "requested_by": self.requested_by,
+        }
+
+
+@dataclass(frozen=True)
+class WhereOutcome:
+    """The answer of :func:`taskiq_abort.abort_where`: the rule recorded, and the outcome of
+    each matching task that was running when it was (one per task, as ``abort_many`` gives)."""
+
+    rule: AbortRule
+    running: list[AbortOutcome] = field(default_factory=list)
+
+    @property
+    def aborted(self) -> list[AbortOutcome]:
+        """The running tasks stopped (``aborted``, or ``revoked`` if one ended meanwhile)."""
+        return [outcome for outcome in self.running if outcome.ok]
+
+    @property
+    def unconfirmed(self) -> list[AbortOutcome]:
+        """The running tasks whose worker did not confirm in time (the rule still stands)."""
+        return [o for o in self.running if o.status is AbortStatus.UNCONFIRMED]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"rule": self.rule.to_dict(), "running": [o.to_dict() for o in self.running]}

@@ -28,6 +28,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "idle",
         "fleet",
         "limits",
+        "labels",
     }
     assert set(report["load_per_benchmark"]) == set(STEPS)
     assert results["latency"]["statuses"] == {"aborted": 4}
@@ -57,6 +58,10 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     limits = results["limits"]
     assert limits["overshoot_async_ms"]["n"] == limits["overshoot_sync_ms"]["n"] == 3
     assert set(limits["stream"]["cpu_us_per_task"]) == {"none", "limits"}
+    labels = results["labels"]
+    assert set(labels["start_cost"]["cpu_us_per_task"]) == {"none", "index"}
+    for how in ("where", "many"):
+        assert [r["statuses"] for r in labels["bulk"][how]["runs"]] == [{"aborted": 20}] * 2
     assert report["machine"]["nproc"] >= 1
     if importlib.util.find_spec("matplotlib") is not None:  # the `bench` extra; not in `dev`
         assert list(tmp_path.glob("*-smoke-latency-cdf.png"))
@@ -67,6 +72,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "| trickle | list |" in out
     assert "Fleet size" in out
     assert "Time limits: overshoot" in out
+    assert "Abort by labels" in out
     assert "`abort_many()` for the ids" in out and "no-op throughput, same run" in out
 
 

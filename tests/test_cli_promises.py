@@ -69,7 +69,9 @@ async def test_json_no_wait_reports_the_first_stored_reason(
         assert second.returncode == 1, second.stderr
         (row,) = json_lines(second.stdout)
         assert (row["status"], row["reason"]) == ("unconfirmed", "stuck in C code")
-        assert sorted(row) == ["elapsed_ms", "forced", "reason", "status", "task_id", "worker"]
+        assert sorted(row) == [
+            "descendants", "elapsed_ms", "forced", "reason", "status", "task_id", "worker"
+        ]  # fmt: skip
     finally:
         rclient.rpush(release, "go")
     events.wait(task_id, "finished")

@@ -46,9 +46,11 @@ import pytest
 import redis
 from taskiq import AsyncBroker
 
-from taskiq_abort import AbortStatus, abort, abort_many, find_middleware
+from taskiq_abort import AbortStatus, abort, abort_many, abort_where, find_middleware
 from taskiq_abort._wire.protocol import parse_aborts, parse_replies
+from tests.app import make_broker
 from tests.conftest import ROOT, Events, WorkerProcess
+from tests.faultkit import started
 
 pytestmark = pytest.mark.anyio
 
@@ -228,6 +230,7 @@ async def live(
     events: Events,
     rclient: redis.Redis,
     prefix: str,
+    redis_url: str,
 ) -> Live:
     """A worker runs a task (keys read while it runs), the task is aborted with a reason, an id
     nobody sent is revoked without one, two more running tasks are aborted in bulk
@@ -253,7 +256,10 @@ async def live(
         assert (await abort(client, never_sent)).status is AbortStatus.REVOKED
         outcomes = await abort_many(client, bulk, reason="contract test")
         assert {o.status for o in outcomes} == {AbortStatus.ABORTED}
-        state.snapshot(rclient)  # the requests
+        # An abort rule (abort_where), from a client that indexes a label: its keys.
+        async with started(make_broker(redis_url, prefix, index_labels=("tenant",))) as by_label:
+            await abort_where(by_label, {"tenant": "contract"}, reason="contract test")
+        state.snapshot(rclient)  # the requests and the rule
         # No message about never_sent: nobody holds it (the start check would refuse it).
         until = {("abort", running.task_id), ("reply", running.task_id)}
         until |= {(kind, t.task_id) for t in bulk for kind in ("abort_many", "reply")}

@@ -33,14 +33,14 @@ WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +pttl +time +set "
-    "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe"
+    "+zadd +zrem +zscore +zrangebyscore +smembers +srem +publish +subscribe +unsubscribe"
 )
 ABORTER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:req:* ~{{{p}}}:eta:* ~{{{p}}}:workers "
-    "~{{{p}}}:holders %R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* &{{{p}}}:ctl:* -@all "
-    "+hello +auth +ping +evalsha +eval +script|load "
+    "~{{{p}}}:holders ~{{{p}}}:rules ~{{{p}}}:rule:* %R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* "
+    "&{{{p}}}:ctl:* -@all +hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +pttl +set +time "
-    "+zscore +zrangebyscore +publish +subscribe +unsubscribe"
+    "+zscore +zrangebyscore +sadd +srem +smembers +publish +subscribe +unsubscribe"
 )
 
 

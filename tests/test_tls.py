@@ -90,7 +90,7 @@ CLUSTER_WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +time +set +pttl "
-    "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe "
+    "+zadd +zrem +zscore +zrangebyscore +smembers +srem +publish +subscribe +unsubscribe "
     "+wait +info +spublish +ssubscribe +sunsubscribe +cluster|slots +cluster|nodes +command"
 )
 

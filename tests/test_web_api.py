@@ -167,7 +167,9 @@ async def test_list_look_up_and_abort_a_running_task(
     outcome = answer.json()
     assert outcome["task_id"] == task_id and outcome["status"] == "aborted"
     assert outcome["worker"] == worker_id and outcome["reason"] == "from the API"
-    assert set(outcome) == {"task_id", "status", "worker", "reason", "elapsed_ms", "forced"}
+    assert set(outcome) == {
+        "task_id", "status", "worker", "reason", "elapsed_ms", "forced", "descendants"
+    }  # fmt: skip
     assert outcome["forced"] is False
     web_events.wait(task_id, "finally")
     result = await AsyncTaskiqTask(task_id, kicker.result_backend).wait_result(timeout=10)
@@ -302,7 +304,7 @@ async def test_openapi_schema_has_the_response_models(http: httpx.AsyncClient) -
     schema = (await http.get("/openapi.json")).json()
     assert set(schema["paths"]) == {
         "/tasks", "/tasks/{task_id}", "/tasks/abort", "/tasks/{task_id}/abort",
-        "/workers", "/outcomes",
+        "/tasks/abort-where", "/workers", "/outcomes",
     }  # fmt: skip
     models = set(schema["components"]["schemas"])
     assert {"TaskPage", "RunningTask", "TaskState", "Outcome", "BulkAbortResult"} <= models

@@ -115,7 +115,7 @@ async def _nobody_runs_it(
     return AbortStatus.REVOKED, None
 
 
-def _requested_by() -> str:
+def requested_by() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -263,7 +263,7 @@ async def abort_task(
     # Listen before we publish, or a fast reply could slip past us.
     run.waiter = waiter = await backend.prepare_reply(task_id) if wait else None
     try:
-        found = await backend.request(task_id, reason, _requested_by(), grace_s)
+        found = await backend.request(task_id, reason, requested_by(), grace_s)
         run.recorded([task_id], (found,), run.started + timeout)
         await run.settle()
     finally:
@@ -317,7 +317,7 @@ async def abort_tasks_each(
         for start in range(0, len(unique), BATCH):  # each batch waits `timeout` from its send
             batch = unique[start : start + BATCH]
             try:
-                results = await backend.request_many(batch, reason, _requested_by(), grace_s)
+                results = await backend.request_many(batch, reason, requested_by(), grace_s)
             except TaskiqAbortError as exc:  # this batch and the rest: not (all) recorded
                 answers.update(dict.fromkeys(unique[start:], exc))
                 break

@@ -7,14 +7,18 @@ A mixin, so that the middleware's module keeps to the taskiq hooks; it needs the
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
+from taskiq_abort._aborter.cascade import abort_cascade
+from taskiq_abort._aborter.where import matching, new_rule, rule_ttl
+from taskiq_abort._wire.protocol import check_grace, clean_reason
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
 from taskiq_abort.observability import events
-from taskiq_abort.outcome import AbortOutcome
+from taskiq_abort.outcome import AbortOutcome, AbortRule, WhereOutcome
 
 if TYPE_CHECKING:
     from taskiq import AsyncBroker, AsyncResultBackend
@@ -39,6 +43,7 @@ class AbortCalls:
     backend: AbortBackend
     broker: AsyncBroker
     abort_timeout: float
+    index_labels: tuple[str, ...]
 
     def _attached(self, what: str) -> AsyncBroker:
         """The broker, or :class:`AbortConfigError` for a middleware not added to one."""
@@ -57,8 +62,12 @@ class AbortCalls:
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> AbortOutcome:
         """Abort ``task_id``; see :func:`taskiq_abort.abort`."""
+        if cascade:
+            return raise_first(await self.abort_each([task_id], reason=reason, wait=wait,
+                timeout=timeout, grace=grace, cascade=True))[0]  # fmt: skip
         broker = self._attached(f"task {task_id}")
         started = time.perf_counter()
         try:
@@ -86,12 +95,52 @@ class AbortCalls:
         wait: bool = True,
         timeout: float | None = None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> list[AbortOutcome]:
         """Abort many tasks at once; see :func:`taskiq_abort.abort_many`."""
         answers = await self.abort_each(
-            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace
+            task_ids, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
         )
         return raise_first(answers)
+
+    async def abort_where(
+        self,
+        labels: Mapping[str, Any],
+        *,
+        task_name: str | None = None,
+        reason: str | None = None,
+        ttl: float | None = None,
+        wait: bool = True,
+        timeout: float | None = None,
+        grace: float | None = None,
+    ) -> WhereOutcome:
+        """Abort by labels and keep refusing matching starts; see
+        :func:`taskiq_abort.abort_where`."""
+        rule = new_rule(labels, self.index_labels, task_name, reason)
+        life = rule_ttl(ttl, self.backend)
+        check_grace(grace)  # every argument checked before the rule is recorded
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout}")
+        broker = self._attached(f"tasks labelled {rule.labels}")
+        answers = await where_reported(
+            self.backend,
+            broker.result_backend,
+            rule,
+            life,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+            grace=grace,
+            broker=broker,
+        )
+        return WhereOutcome(answers.rule, raise_first(answers.answers))
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        """Remove an abort rule early; see :func:`taskiq_abort.cancel_rule`."""
+        return await self.backend.cancel_rule(rule_id)
+
+    async def abort_rules(self) -> list[AbortRule]:
+        """The abort rules in force; see :func:`taskiq_abort.abort_rules`."""
+        return await self.backend.rules()
 
     async def abort_each(
         self,
@@ -102,22 +151,69 @@ class AbortCalls:
         timeout: float | None = None,
         grace: float | None = None,
         invalid_in_place: bool = False,
+        cascade: bool = False,
     ) -> list[AbortOutcome | TaskiqAbortError]:
         """:meth:`abort_many` with each id's error in its place instead of raised (with
-        ``invalid_in_place``, an invalid id's too)."""
+        ``invalid_in_place``, an invalid id's too); with ``cascade``, their descendants too
+        (``_aborter/cascade.py``)."""
         ids = list(task_ids)
         broker = self._attached(f"{len(ids)} task(s)")
-        return await abort_reported(
-            self.backend,
-            broker.result_backend,
-            ids,
-            reason=reason,
-            wait=wait,
-            timeout=self.abort_timeout if timeout is None else timeout,
-            grace=grace,
-            invalid_in_place=invalid_in_place,
-            broker=broker,
-        )
+
+        async def abort_ids(every: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
+            return await abort_reported(
+                self.backend,
+                broker.result_backend,
+                every,
+                reason=reason,
+                wait=wait,
+                timeout=self.abort_timeout if timeout is None else timeout,
+                grace=grace,
+                invalid_in_place=invalid_in_place,
+                broker=broker,
+            )
+
+        if not cascade:
+            return await abort_ids(ids)
+        check_grace(grace)  # every argument checked before a rule is recorded
+        clean_reason(reason)
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be >= 0, not {timeout}")
+        return await abort_cascade(self.backend, ids, reason, abort_ids)
+
+
+@dataclass(frozen=True)
+class WhereAnswers:
+    rule: AbortRule
+    answers: list[AbortOutcome | TaskiqAbortError]
+
+
+async def where_reported(
+    backend: AbortBackend,
+    result_backend: AsyncResultBackend[Any] | None,
+    rule: AbortRule,
+    ttl: float,
+    *,
+    wait: bool,
+    timeout: float,
+    grace: float | None,
+    broker: AsyncBroker | None = None,
+) -> WhereAnswers:
+    """Record ``rule`` (first: see ``_aborter/where.py``), then abort the running tasks it
+    matches, by id (the middleware's ``abort_where``, the CLI's ``--label``)."""
+    rule = await backend.add_rule(rule, ttl)
+    ids = matching(await backend.workers(), rule)
+    answers = await abort_reported(
+        backend,
+        result_backend,
+        ids,
+        reason=rule.reason,
+        wait=wait,
+        timeout=timeout,
+        grace=grace,
+        invalid_in_place=False,
+        broker=broker,
+    )
+    return WhereAnswers(rule, answers)
 
 
 async def abort_reported(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast, get_args
 
+from taskiq_abort._labels import PARENT
 from taskiq_abort.backends.base import RequestRecord
 from taskiq_abort.outcome import RunningEntry, WorkerInfo
 
@@ -59,6 +60,8 @@ def running_row(
         "time_left_s": _rounded(entry.time_left(now)),
         "abort_requested": request is not None,
         "abort_reason": request.reason if request else None,
+        "labels": dict(entry.labels),
+        "parent": entry.label_map.get(PARENT),
     }
 
 

@@ -83,6 +83,21 @@ class KeySpace:
         that finds a task's holder without a scan)."""
         return f"{self.tag}:holders"
 
+    @property
+    def rules(self) -> str:
+        """SET: the ids of the abort rules (``abort_where``); an id whose rule hash expired is
+        dropped by the next start check that reads the set."""
+        return f"{self.tag}:rules"
+
+    @property
+    def rule_prefix(self) -> str:
+        return f"{self.tag}:rule:"
+
+    def rule(self, rule_id: str) -> str:
+        """HASH: one abort rule (``labels``, ``name``, ``reason``, ``at``, ``by``, ``ttl``); it
+        expires with the rule."""
+        return self.rule_prefix + rule_id
+
     # --- channels --------------------------------------------------------------------
     @property
     def channel_prefix(self) -> str:

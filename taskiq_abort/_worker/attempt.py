@@ -74,11 +74,12 @@ class RunningTask:
         mode: CancelMode = "edge",
         limits: lim.TimeLimits | None = None,
         expires_at: float | None = None,
+        labels: tuple[tuple[str, str], ...] = (),
     ) -> None:
         run_id = f"{next(_run_ids):x}"  # unique within this worker, which is all it needs
         soft, hard = (limits.soft, limits.hard) if limits is not None else (None, None)
         self.entry = RunningEntry(
-            task_id, task_name, run_id, time.time(), worker_id, soft, hard, expires_at
+            task_id, task_name, run_id, time.time(), worker_id, soft, hard, expires_at, labels
         )
         self.mode = mode
         self.limits = limits

@@ -126,8 +126,11 @@ class WorkerSide:
         task_name: str,
         limits: TimeLimits | None = None,
         expires_at: float | None = None,
+        labels: tuple[tuple[str, str], ...] = (),
     ) -> RunningTask:
-        run = RunningTask(task_id, task_name, self.worker_id, self.cancel_mode, limits, expires_at)
+        run = RunningTask(
+            task_id, task_name, self.worker_id, self.cancel_mode, limits, expires_at, labels
+        )
         run.interrupt = self.interrupt_threads
         run.gate, run.loop = self._reports, self.loop
         runs = self.running.setdefault(task_id, [])

@@ -10,8 +10,8 @@ from typing import Any
 
 from taskiq_abort._wire.keys import DEFAULT_PREFIX
 from taskiq_abort._wire.protocol import ReplyMessage
-from taskiq_abort.errors import AbortBackendUnavailableError
-from taskiq_abort.outcome import RunningEntry, WorkerInfo
+from taskiq_abort.errors import AbortBackendUnavailableError, AbortConfigError
+from taskiq_abort.outcome import AbortRule, RunningEntry, WorkerInfo
 
 DEFAULT_REQUEST_TTL = 86_400.0
 """Seconds an abort request is kept: a queued task revoked now may be picked up hours later."""
@@ -281,6 +281,20 @@ class AbortBackend(abc.ABC):
         """The stored requests of several ids at once; ids without one are left out."""
         records = await asyncio.gather(*(self.get_request(tid) for tid in task_ids))
         return {record.task_id: record for record in records if record is not None}
+
+    # --- abort rules (abort_where); a backend without them says so ------------------
+    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+        """Record ``rule`` durably for ``ttl`` seconds; from then on every start check refuses
+        the tasks it matches. Returns it with the control plane's times."""
+        raise AbortConfigError(f"{type(self).__name__} does not support abort rules")
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        """Remove a rule early; ``False`` when there was none (expired, or never)."""
+        raise AbortConfigError(f"{type(self).__name__} does not support abort rules")
+
+    async def rules(self) -> list[AbortRule]:
+        """The rules in force."""
+        return []
 
     @abc.abstractmethod
     async def workers(self) -> list[WorkerInfo]:

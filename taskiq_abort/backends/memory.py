@@ -25,7 +25,7 @@ from taskiq_abort.backends.base import (
 )
 from taskiq_abort.errors import AbortBackendUnavailableError
 from taskiq_abort.observability import events
-from taskiq_abort.outcome import RunningEntry, WorkerInfo
+from taskiq_abort.outcome import AbortRule, RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 
@@ -58,6 +58,7 @@ class MemoryAbortBackend(AbortBackend):
         self._graces: dict[str, float] = {}
         self._etas: dict[str, float] = {}  # task id -> when its ETA marker expires (monotonic)
         self._workers: dict[str, _Worker] = {}
+        self._rules: dict[str, tuple[float, AbortRule]] = {}  # id -> (expiry, monotonic)
         # Each worker's handler, with the loop it was registered from: a worker of an event
         # loop that has ended (``asyncio.run`` per test) must not be called from the next one.
         self._handlers: dict[str, tuple[asyncio.AbstractEventLoop, AbortHandler]] = {}
@@ -99,10 +100,18 @@ class MemoryAbortBackend(AbortBackend):
         for entry in starts:
             record = self._live_request(entry.task_id)
             late = time.time() - entry.expires_at if entry.expires_at is not None else 0.0
+            rule = self._rule_for(entry) if entry.labels else None
             if record is not None:
                 if record.outcome is None:
                     await self.set_outcome(entry.task_id, "revoked", worker_id)
                 aborted.append(AbortNotice(entry.task_id, record.reason))
+            elif rule is not None:  # recorded as a revoked request, as SYNC does
+                refused = RequestRecord(
+                    entry.task_id, rule.reason, rule.created_at, rule.requested_by, "revoked",
+                    worker_id,
+                )  # fmt: skip
+                self._requests[entry.task_id] = (self._rules[rule.rule_id][0], refused)
+                aborted.append(AbortNotice(entry.task_id, rule.reason))
             elif late > 0:  # past its deadline (one process: one clock)
                 aborted.append(AbortNotice(entry.task_id, expired_reason(late), expired=True))
             elif worker is not None:
@@ -120,6 +129,13 @@ class MemoryAbortBackend(AbortBackend):
         worker = _Worker(dict(info), time.monotonic() + self.lease)
         worker.tasks = {entry.task_id: entry for entry in running}
         self._workers[worker_id] = worker
+        for entry in running:  # a rule recorded while this worker was away applies too
+            rule = self._rule_for(entry) if entry.labels else None
+            if rule is not None and self._live_request(entry.task_id) is None:
+                pending = RequestRecord(
+                    entry.task_id, rule.reason, rule.created_at, rule.requested_by, None, None
+                )
+                self._requests[entry.task_id] = (self._rules[rule.rule_id][0], pending)
         return [
             AbortNotice(entry.task_id, record.reason, grace=self._graces.get(entry.task_id, 0.0))
             for entry in running
@@ -244,6 +260,27 @@ class MemoryAbortBackend(AbortBackend):
 
     async def get_request(self, task_id: str) -> RequestRecord | None:
         return self._record(task_id)
+
+    def _rule_for(self, entry: RunningEntry) -> AbortRule | None:
+        return next((rule for rule in self._live_rules() if rule.matches(entry)), None)
+
+    def _live_rules(self) -> list[AbortRule]:
+        now = time.monotonic()
+        self._rules = {rid: item for rid, item in self._rules.items() if item[0] > now}
+        return [rule for _, rule in self._rules.values()]
+
+    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+        now = time.time()
+        rule = replace(rule, created_at=now, expires_at=now + ttl)
+        self._rules[rule.rule_id] = (time.monotonic() + ttl, rule)
+        return rule
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        self._live_rules()
+        return self._rules.pop(rule_id, None) is not None
+
+    async def rules(self) -> list[AbortRule]:
+        return self._live_rules()
 
     async def workers(self) -> list[WorkerInfo]:
         return [

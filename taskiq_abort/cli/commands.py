@@ -1,4 +1,5 @@
-"""The CLI's commands: abort ids, bulk abort by name, ``ls``, ``status``."""
+"""The CLI's commands: abort ids (with ``--cascade``), bulk abort by name or by ``--label``,
+``ls``, ``status``."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from taskiq_abort._aborter.calls import abort_reported
+from taskiq_abort._aborter.calls import abort_reported, where_reported
+from taskiq_abort._aborter.cascade import abort_cascade
+from taskiq_abort._aborter.where import new_rule, rule_ttl
 from taskiq_abort._read.names import resolve_task_name
 from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
+from taskiq_abort.cli.labels import describe, has_labels, parse_labels
 from taskiq_abort.errors import TaskiqAbortError
 from taskiq_abort.observability import events
 from taskiq_abort.outcome import AbortOutcome, AbortStatus, WorkerInfo
@@ -66,16 +70,20 @@ async def run(args: argparse.Namespace) -> int:
     )
     try:
         if args.command == "ls":
-            return await list_running(conn, args.name, args.worker, args.json)
+            labels = parse_labels(args.label)
+            return await list_running(conn, args.name, args.worker, args.json, labels)
         if args.command == "status":
             return await show_status(conn, args.task_id, args.json)
         timeout = conn.timeout if args.timeout is None else args.timeout
+        if args.label:
+            return await abort_by_labels(conn, args, timeout)
         if args.name is not None:
             return await abort_by_name(conn, args, timeout)
         await conn.backend.get_requests(task_ids)  # fail fast when Redis is unreachable
         outcomes = await abort_ids(
-            conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace
-        )
+            conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace,
+            cascade=args.cascade,
+        )  # fmt: skip
         revoked = sum(1 for o in outcomes if o.status is AbortStatus.REVOKED)
         if revoked:
             err(
@@ -97,19 +105,35 @@ async def abort_ids(
     as_json: bool,
     grace: float | None = None,
     from_registry: bool = False,
+    cascade: bool = False,
 ) -> list[AbortOutcome]:
     """Abort the ids in one bulk abort (one Redis call per 1,000 ids, one message per holding
-    worker) and print one line per id; errors are raised after."""
-    answers = await abort_reported(
-        conn.backend,
-        conn.result_backend,
-        list(task_ids),
-        reason=reason,
-        wait=wait,
-        timeout=timeout,
-        grace=grace,
-        invalid_in_place=from_registry,  # given ids were checked before connecting
-    )
+    worker), with their descendants if ``cascade``, and print one line per id; errors are
+    raised after."""
+
+    async def abort_these(ids: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
+        return await abort_reported(
+            conn.backend,
+            conn.result_backend,
+            ids,
+            reason=reason,
+            wait=wait,
+            timeout=timeout,
+            grace=grace,
+            invalid_in_place=from_registry,  # given ids were checked before connecting
+        )
+
+    if cascade:
+        answers = await abort_cascade(conn.backend, list(task_ids), reason, abort_these)
+    else:
+        answers = await abort_these(list(task_ids))
+    return print_answers(answers, as_json, cascade)
+
+
+def print_answers(
+    answers: Sequence[AbortOutcome | TaskiqAbortError], as_json: bool, cascade: bool = False
+) -> list[AbortOutcome]:
+    """One line per outcome (JSON or text); the first error raised after."""
     outcomes = [a for a in answers if isinstance(a, AbortOutcome)]
     # One error may stand for many ids (a batch Redis refused): say it once.
     failures = list({id(a): a for a in answers if isinstance(a, TaskiqAbortError)}.values())
@@ -119,6 +143,8 @@ async def abort_ids(
     else:
         for line in fmt.outcome_lines(outcomes):
             out(line)
+        for outcome in outcomes if cascade else ():
+            out(f"{outcome.task_id}: {outcome.descendants} running descendant(s) stopped")
     if failures:
         if len(failures) > 1:  # main() reports the first; say what else went wrong
             for failure in failures[1:]:
@@ -176,7 +202,11 @@ async def _running_rows(conn: Connection) -> tuple[list[fmt.Row], list[WorkerInf
 
 
 async def list_running(
-    conn: Connection, name: str | None, worker: str | None, as_json: bool
+    conn: Connection,
+    name: str | None,
+    worker: str | None,
+    as_json: bool,
+    labels: dict[str, str] | None = None,
 ) -> int:
     rows, every_worker = await _running_rows(conn)
     now = time.time()
@@ -188,7 +218,9 @@ async def list_running(
     rows = [
         r
         for r in rows
-        if r.worker.worker_id in wanted and (name is None or r.entry.task_name == name)
+        if r.worker.worker_id in wanted
+        and (name is None or r.entry.task_name == name)
+        and has_labels(r.entry, labels)
     ]
     if as_json:
         for row in rows:
@@ -241,3 +273,48 @@ async def show_status(conn: Connection, task_id: str, as_json: bool) -> int:
         for line in fmt.status_lines(status, now, conn.result_backend is not None):
             out(line)
     return 1 if status["state"] == "unknown" else 0
+
+
+async def abort_by_labels(conn: Connection, args: argparse.Namespace, timeout: float) -> int:
+    """Record an abort rule for ``--label`` (and ``--name``), after a confirmation, and abort
+    the running tasks it matches (``abort_where``)."""
+    labels = parse_labels(args.label)
+    workers = await conn.backend.workers()
+    name = None
+    if args.name is not None:
+        name = resolve_task_name(args.name, {e.task_name for w in workers for e in w.tasks})
+        name = name or args.name
+    # The workers decide what they index: any label may be asked for here.
+    rule = new_rule(labels, labels, name, args.reason)
+    ttl = rule_ttl(args.ttl, conn.backend)
+    running = sum(1 for w in workers for e in w.tasks if rule.matches(e))
+    what = (
+        f"{running} running task{'s' if running != 1 else ''} labelled {describe(labels)}"
+        f"{'' if name is None else f' named {name!r}'}, and refuse the matching tasks that "
+        f"start in the next {ttl:g} s"
+    )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CLIError(f"not aborting {what} without confirmation: pass --yes")
+        err(f"Abort {what}? [y/N] ")
+        answer = await asyncio.to_thread(sys.stdin.readline)
+        if answer.strip().lower() not in ("y", "yes"):
+            err("nothing aborted")
+            return 1
+    found = await where_reported(
+        conn.backend,
+        conn.result_backend,
+        rule,
+        ttl,
+        wait=not args.no_wait,
+        timeout=timeout,
+        grace=args.grace,
+    )
+    outcomes = print_answers(found.answers, args.json)
+    stopped = sum(1 for o in outcomes if o.ok)
+    expires = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found.rule.expires_at))
+    (err if args.json else out)(
+        f"aborted {stopped} of {len(outcomes)} running; rule {found.rule.rule_id} refuses "
+        f"tasks labelled {describe(labels)} until {expires}"
+    )
+    return exit_status(outcomes)

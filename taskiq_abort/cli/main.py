@@ -28,6 +28,7 @@ list the running tasks; show what became of one task.
 
   %(prog)s TASK_ID [TASK_ID ...]       abort these tasks
   %(prog)s --name TASK_NAME [--yes]    abort every running task named TASK_NAME
+  %(prog)s --label NAME=VALUE [--yes]  abort by indexed label, and refuse later starts
   %(prog)s ls [--name N] [--worker W]  list running tasks (%(prog)s ls --help)
   %(prog)s status TASK_ID              running where / abort requested / not known
   %(prog)s web --broker M:B --token T  the operator API and dashboard (extra `web`)
@@ -142,6 +143,25 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         help="abort every running task with this name: module:function as taskiq names it, "
         "or the bare function name if one module has it (queued tasks cannot be listed)",
     )
+    opts.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VALUE",
+        help="abort every running task with this indexed label (repeat: all of them; with "
+        "--name, of that name only) and record an abort rule that refuses the matching tasks "
+        "at their start until it expires (AbortMiddleware(index_labels=...) on the workers)",
+    )
+    opts.add_argument(
+        "--ttl",
+        type=float,
+        metavar="SECONDS",
+        help="with --label: how long the rule refuses matching starts (default: request_ttl)",
+    )
+    opts.add_argument(
+        "--cascade",
+        action="store_true",
+        help="with task ids: also abort every task they fanned out (running or queued)",
+    )
     opts.add_argument("-y", "--yes", action="store_true", help="do not ask before a bulk abort")
     opts.add_argument(
         "--metrics",
@@ -163,6 +183,12 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         "--name", metavar="TASK_NAME", help="only tasks with this name (full or bare, as --name)"
     )
     ls.add_argument("--worker", metavar="ID", help="only this worker (its id, or a prefix of it)")
+    ls.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME=VALUE",
+        help="only tasks with this indexed label (repeat: all of them)",
+    )
 
     status = argparse.ArgumentParser(
         prog=f"{prog} status",
@@ -215,10 +241,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
     _setup_logging(args.debug)
     url = getattr(args, "redis_url", None) or os.environ.get(ENV_URL)
     try:
-        if command == "" and not args.task_ids and args.name is None:
-            parser.error("give task ids to abort, --name TASK_NAME, or a command (ls, status)")
-        if command == "" and args.task_ids and args.name is not None:
-            parser.error("give task ids or --name, not both")
+        if command == "" and not args.task_ids and args.name is None and not args.label:
+            parser.error(
+                "give task ids to abort, --name TASK_NAME, --label NAME=VALUE, or a command "
+                "(ls, status)"
+            )
+        if command == "" and args.task_ids and (args.name is not None or args.label):
+            parser.error("give task ids or --name/--label, not both")
+        if command == "" and args.cascade and not args.task_ids:
+            parser.error("--cascade goes with task ids")
         if command == "web":
             return web.run(args, prog)
         return asyncio.run(run(args))

@@ -44,6 +44,14 @@ class RunningTask(BaseModel):
     time_left_s: float | None = Field(default=None, description="seconds to its hard limit")
     abort_requested: bool
     abort_reason: str | None = None
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="its indexed labels (AbortMiddleware(index_labels=...), and abort_parent, "
+        "abort_root for a task kicked by a running task)",
+    )
+    parent: str | None = Field(
+        default=None, description="the id of the running task that kicked it, if one did"
+    )
 
 
 class TaskPage(BaseModel):
@@ -112,7 +120,44 @@ class AbortBody(BaseModel):
         description="seconds a running task may take to stop on its own before it is cancelled",
     )
 
+    cascade: bool = Field(
+        False, description="also abort every task it fanned out, running or queued"
+    )
+
     _check_reason = field_validator("reason")(_storable)
+
+
+class WhereBody(BaseModel):
+    """``POST /tasks/abort-where``: every task carrying these indexed labels, running now or
+    starting until the rule expires."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: dict[str, str] = Field(
+        min_length=1, description="indexed labels a task must all carry (name: value)"
+    )
+    task_name: str | None = Field(None, min_length=1, max_length=MAX_TASK_ID_LENGTH)
+    confirm: bool = Field(description="must be true: a bulk abort is never implicit")
+    reason: str | None = Field(None, max_length=MAX_REASON_LENGTH)
+    ttl: float | None = Field(
+        None,
+        gt=0,
+        le=10 * 365 * 86_400,
+        description="seconds the rule lives (default: request_ttl)",
+    )
+    wait: bool = True
+    timeout: float | None = Field(None, ge=0, le=MAX_TIMEOUT)
+    grace: float | None = Field(None, ge=0, le=MAX_GRACE)
+
+    _check_text = field_validator("task_name", "reason")(_storable)
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name, value in labels.items():
+            _storable(name)
+            _storable(value)
+        return labels
 
 
 class BulkAbortBody(BaseModel):
@@ -139,12 +184,32 @@ class Outcome(BaseModel):
     reason: str | None
     elapsed_ms: float
     forced: bool = Field(False, description="aborted after its grace period ran out")
+    descendants: int = Field(0, description="with cascade: its running descendants stopped")
 
 
 class BulkAbortResult(BaseModel):
     task_name: str
     matched: int = Field(description="running tasks with this name when the request came")
     counts: dict[str, int] = Field(description="outcomes by status; 'failed' for errors")
+    outcomes: list[Outcome]
+
+
+class Rule(BaseModel):
+    """An abort rule (``AbortRule.to_dict()``)."""
+
+    rule_id: str
+    labels: dict[str, str]
+    task_name: str | None
+    reason: str
+    created_at: float
+    expires_at: float
+    requested_by: str
+
+
+class WhereResult(BaseModel):
+    rule: Rule
+    matched: int = Field(description="running tasks matching when the rule was recorded")
+    counts: dict[str, int] = Field(description="outcomes by status")
     outcomes: list[Outcome]
 
 

@@ -11,6 +11,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskiq_abort._read.names import AmbiguousTaskNameError
 from taskiq_abort._scrub import passwords, scrub
@@ -61,6 +62,9 @@ def _printable(value: Any) -> Any:
     return value
 
 
+_UNPARSED = "There was an error parsing the body"  # FastAPI's 400 for a body it cannot read
+
+
 class _Route(APIRoute):
     """Answers validation errors itself, as FastAPI does, but never with a 500: the error
     echoes the input, and ``"\\ud800"`` in a JSON body cannot be encoded back to UTF-8."""
@@ -73,6 +77,12 @@ class _Route(APIRoute):
                 return await handler(request)
             except RequestValidationError as exc:
                 detail = _printable(jsonable_encoder(exc.errors()))
+                return JSONResponse({"detail": detail}, status_code=422)
+            except StarletteHTTPException as exc:  # what FastAPI raises for an unreadable body
+                if exc.status_code != 400 or exc.detail != _UNPARSED:
+                    raise
+                # Bytes that are not UTF-8: as invalid as any other body that is not JSON.
+                detail = [{"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}]
                 return JSONResponse({"detail": detail}, status_code=422)
 
         return route
@@ -165,6 +175,10 @@ def abort_router(
         worker: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        label: Annotated[
+            list[str] | None,
+            Query(description="NAME=VALUE: only tasks with this indexed label (repeat: all)"),
+        ] = None,
     ) -> models.TaskPage:
         """Running tasks (task id, name, worker, host, pid, started, abort requested).
 
@@ -172,7 +186,15 @@ def abort_router(
         ``worker`` (an id, or a prefix of one); paged with ``offset`` and ``limit``, in a
         stable order (by worker, then oldest first).
         """
-        return await guard(service.list_tasks(name, worker, offset, limit))
+        labels: dict[str, str] = {}
+        for item in label or ():
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                msg = f"label {item[:100]!r}: expected NAME=VALUE"
+                detail = [{"loc": ["query", "label"], "msg": msg, "type": "value_error"}]
+                raise HTTPException(422, detail)
+            labels[key] = value
+        return await guard(service.list_tasks(name, worker, offset, limit, labels))
 
     @router.get("/tasks/{task_id}", response_model=models.TaskState, responses=_ERRORS)
     async def task_state(task_id: TaskId) -> models.TaskState:
@@ -211,9 +233,30 @@ def abort_router(
         within ``timeout``, or ``wait`` false).
         """
         outcome = await guard(
-            service.abort(task_id, body.reason, body.wait, body.timeout, body.grace)
+            service.abort(task_id, body.reason, body.wait, body.timeout, body.grace, body.cascade)
         )
         return outcome.to_dict()
+
+    @router.post(
+        "/tasks/abort-where",
+        response_model=models.WhereResult,
+        dependencies=writes,
+        responses={
+            **_WRITE_ERRORS,
+            400: {"model": models.Problem, "description": '"confirm" is false, or a label is '
+                  "not indexed (AbortMiddleware(index_labels=...))"},
+        },
+    )  # fmt: skip
+    async def abort_where(body: models.WhereBody) -> models.WhereResult:
+        """Abort every running task carrying all ``labels`` (and named ``task_name``), and
+        record an abort rule that refuses the matching tasks at their start until it
+        expires; ``confirm`` must be ``true``."""
+        if not body.confirm:
+            raise HTTPException(400, 'a bulk abort needs "confirm": true')
+        try:
+            return await guard(service.abort_where(body))
+        except AbortConfigError as exc:  # a label the middleware does not index
+            raise HTTPException(400, str(exc)) from exc
 
     @router.get("/workers", response_model=models.WorkerList, responses=_ERRORS)
     async def workers() -> models.WorkerList:

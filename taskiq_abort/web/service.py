@@ -61,10 +61,15 @@ class TaskService:
         return [(entry, info) for info in await self._workers() for entry in info.tasks]
 
     async def list_tasks(
-        self, name: str | None, worker: str | None, offset: int, limit: int
+        self,
+        name: str | None,
+        worker: str | None,
+        offset: int,
+        limit: int,
+        labels: dict[str, str] | None = None,
     ) -> models.TaskPage:
-        """Running tasks, filtered by name (``crunch`` or ``module:crunch``) and by worker id
-        (or a prefix of it)."""
+        """Running tasks, filtered by name (``crunch`` or ``module:crunch``), by worker id
+        (or a prefix of it) and by indexed labels (all of them)."""
         entries = await self._entries()
         if name is not None:
             name = resolve_task_name(name, {e.task_name for e, _ in entries}) or name
@@ -73,6 +78,7 @@ class TaskService:
             for entry, info in entries
             if (name is None or entry.task_name == name)
             and (worker is None or info.worker_id.startswith(worker))
+            and all(entry.label_map.get(k) == v for k, v in (labels or {}).items())
         ]
         page = entries[offset : offset + limit]
         requests = await self.backend.get_requests([entry.task_id for entry, _ in page])
@@ -139,10 +145,11 @@ class TaskService:
         wait: bool,
         timeout: float | None,
         grace: float | None = None,
+        cascade: bool = False,
     ) -> AbortOutcome:
         """Abort one task (see :func:`taskiq_abort.abort`), and remember the outcome."""
         outcome = await self.middleware.abort(
-            task_id, reason=reason, wait=wait, timeout=timeout, grace=grace
+            task_id, reason=reason, wait=wait, timeout=timeout, grace=grace, cascade=cascade
         )
         self._remember(outcome)
         return outcome
@@ -186,6 +193,29 @@ class TaskService:
             matched=len(ids),
             counts=counts,
             outcomes=[models.Outcome(**o.to_dict()) for o in outcomes],  # type: ignore[arg-type]
+        )
+
+    async def abort_where(self, body: models.WhereBody) -> models.WhereResult:
+        """``abort_where`` (see :func:`taskiq_abort.abort_where`): the rule and the outcome of
+        each running task it matched."""
+        found = await self.middleware.abort_where(
+            body.labels,
+            task_name=body.task_name,
+            reason=body.reason,
+            ttl=body.ttl,
+            wait=body.wait,
+            timeout=body.timeout,
+            grace=body.grace,
+        )
+        counts = {"aborted": 0, "revoked": 0, "finished": 0, "unconfirmed": 0}
+        for outcome in found.running:
+            self._remember(outcome)
+            counts[outcome.status.value] += 1
+        return models.WhereResult(
+            rule=models.Rule(**found.rule.to_dict()),  # type: ignore[arg-type]
+            matched=len(found.running),
+            counts=counts,
+            outcomes=[models.Outcome(**o.to_dict()) for o in found.running],  # type: ignore[arg-type]
         )
 
     def recent_outcomes(self, limit: int) -> models.RecentOutcomes:

@@ -11,15 +11,20 @@ import os
 import redis.asyncio as aredis
 from taskiq_redis import ListQueueBroker, RedisAsyncResultBackend
 
+import taskiq_abort
 from taskiq_abort import AbortMiddleware
 
 URL = os.environ["ROLLING_URL"]
 PREFIX = os.environ["ROLLING_PREFIX"]
 
+# Indexed labels where the release has them: its registry entries carry them in the run token.
+_labels = {"index_labels": ("tenant",)} if hasattr(taskiq_abort, "abort_where") else {}
+abort_middleware = AbortMiddleware(URL, prefix=PREFIX, **_labels)
+
 broker = (
     ListQueueBroker(URL, queue_name=f"{PREFIX}:queue", socket_timeout=None)
     .with_result_backend(RedisAsyncResultBackend(URL))
-    .with_middlewares(AbortMiddleware(URL, prefix=PREFIX))
+    .with_middlewares(abort_middleware)
 )
 
 

@@ -26,7 +26,9 @@ async def main(step: str) -> dict[str, object]:
             seen["queued"] = (await queued.abort(reason="rolling", timeout=5)).status.value
             seen["queued_id"] = queued.task_id
             return seen
-        running = await sleeper.kiq("running")
+        # Labelled: a worker that indexes it writes it into the entry's run token, which the
+        # other release must still read as an opaque run id.
+        running = await sleeper.kicker().with_labels(tenant="acme").kiq("running")
         popped = await client.blpop([f"{PREFIX}:started"], timeout=30)
         seen["first_started"] = popped[1] if popped else None
         outcome = await running.abort(reason="rolling", timeout=5)

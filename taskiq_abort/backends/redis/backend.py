@@ -56,6 +56,7 @@ from taskiq_abort.backends.redis.connect import (
     check_options,
     keyword_options,
 )
+from taskiq_abort.backends.redis.rules import RedisRules
 from taskiq_abort.backends.redis.settle import Settling
 from taskiq_abort.observability import events
 from taskiq_abort.outcome import RunningEntry, WorkerInfo
@@ -64,7 +65,7 @@ logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
 
 
-class RedisAbortBackend(AbortBackend):
+class RedisAbortBackend(RedisRules, AbortBackend):
     """Abort requests and the running-task registry in Redis, delivery over pub/sub.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py); with
@@ -207,8 +208,9 @@ class RedisAbortBackend(AbortBackend):
         starts: list[RunningEntry],
         finishes: list[RunningEntry],
     ) -> tuple[bool, list[AbortNotice]]:
+        keys = self.keys
         args: list[Any] = [
-            int(self.lease * 1000), self.keys.request_prefix, worker_id, len(starts)
+            int(self.lease * 1000), keys.request_prefix, worker_id, keys.rule_prefix, len(starts)
         ]  # fmt: skip
         for entry in starts:
             deadline = entry.expires_at
@@ -216,12 +218,13 @@ class RedisAbortBackend(AbortBackend):
                 entry.task_id,
                 entry.encode(),
                 "" if deadline is None else int(deadline * 1000),
+                len(entry.labels),
+                *entry.pairs,  # matched against the abort rules (abort_where)
             ]
         args.append(len(finishes))
         for entry in finishes:
             args += [entry.task_id, entry.token]
-        keys = self.keys
-        script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders]
+        script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders, keys.rules]
         op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
         try:
             alive, aborted, expired = await self._call("registering tasks", op)
@@ -241,7 +244,9 @@ class RedisAbortBackend(AbortBackend):
         for entry in running:
             args += [entry.task_id, entry.encode()]
         args.append("1" if self.replicas > 0 else "0")  # note the master's history (REVOKE)
-        op = self._c.lane(REGISTER, self._worker_keys(worker_id), args, durable=True)
+        args.append(self.keys.rule_prefix)
+        keys = [*self._worker_keys(worker_id), self.keys.rules]
+        op = self._c.lane(REGISTER, keys, args, durable=True)
         try:
             return notices(await self._call("registering a worker", op))
         except NotDurableError as exc:

@@ -51,15 +51,40 @@ LIVE_HOLDERS = _lua("live_holders")
 # attempt with that id (a retry, a re-kick) runs.
 _NOTE_REQUEST = _lua("note_request")
 
+# The abort rules (abort_where): load_rules(set, rule_prefix) reads the live ones (dropping the
+# ids of expired ones from the set), rule_matching(rules, task_name, labels) finds one a start
+# falls under (labels: the set of the start's label pairs, `name=value` percent-encoded as in
+# outcome.label_pairs: a rule matches a start that has each of its pairs, compared as text);
+# refuse_by_rule(...) records the refused start as a revoked request (naming the rule, living the
+# rule's ttl) and notes it as note_request does.
+_RULES = _lua("rules")
+
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
-# KEYS: worker hash, tasks hash, holders index
-# ARGV: lease_ms, request_prefix, worker_id, n_starts, [task_id, value, deadline_ms]*n,
+# KEYS: worker hash, tasks hash, holders index, rules set
+# ARGV: lease_ms, request_prefix, worker_id, rule_prefix, n_starts,
+#       [task_id, value, deadline_ms, n_labels, label_pair*n_labels]*n,
 #       n_finishes, [task_id, run_token]*n   (deadline_ms: '' or the `expires` deadline)
+# The rules are read only when a start carries indexed labels (a worker without index_labels
+# never reads them), once per call. A stored request comes first, then a rule, then the deadline.
 # Returns {worker_alive, {task_id, has_reason, reason, reply_channel, at, grace_ms, ...},
-# {task_id, ms_late, ...}}: the starts that were already aborted, not registered (they must not
-# run) and marked revoked in their request; then the starts past their deadline on the Redis
-# clock (TIME, read only when a start has one), not registered either and recorded nowhere.
-SYNC = HOLDERS + _NOTE_REQUEST + _lua("sync")
+# {task_id, ms_late, ...}}: the starts that were already aborted (by id or by a rule), not
+# registered (they must not run) and marked revoked in their request; then the starts past
+# their deadline on the Redis clock (TIME, read only when a start has one), not registered
+# either and recorded nowhere.
+SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
+
+# Record an abort rule: its hash lives ttl_ms, its id joins the rules set (which lives as long
+# as its longest rule). Durable (WAIT) like a request.
+# KEYS: rules set, rule hash; ARGV: rule_id, ttl_ms, requested_by, reason, has_name, name,
+# labels ("name=value&...": the label pairs a start must all carry). Returns the Redis time
+# (ms) it was recorded at.
+RULE_ADD = NOW + _lua("rule_add")
+
+# Remove a rule early. KEYS: rules set, rule hash; ARGV: rule_id. Returns 1 if it existed.
+RULE_CANCEL = _lua("rule_cancel")
+
+# The live rules. KEYS: rules set; ARGV: rule_prefix. Returns {rule_id, {field, value, ...}}*.
+RULE_LIST = _lua("rule_list")
 
 # The master's replication id: a promoted replica takes a new one, so it names the master's
 # history (a worker registered under another id has not re-registered since a failover).
@@ -67,12 +92,16 @@ REPLICATION_ID = _lua("replication_id")
 
 # (Re)register a worker and everything it runs, e.g. at start-up, after a reconnect or after
 # Redis lost its data. Also answers which of those tasks have an abort request pending.
-# KEYS: worker hash, tasks hash, workers zset, holders index
+# A held task with indexed labels that an abort rule matches (one recorded while the worker was
+# away, whose aborter could not see the task) gets a pending request naming the rule, and is
+# answered like one with a request.
+# KEYS: worker hash, tasks hash, workers zset, holders index, rules set
 # ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n,
-#       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE)
+#       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE),
+#       rule_prefix
 # The tasks hash outlives the lease (3x): a crashed worker's entries stay readable for a while
 # after its lease lapsed, so that a live worker's heartbeat can take them out of the index.
-REGISTER = NOW + HOLDERS + _NOTE_REQUEST + REPLICATION_ID + _lua("register")
+REGISTER = NOW + HOLDERS + _NOTE_REQUEST + _RULES + REPLICATION_ID + _lua("register")
 
 # KEYS: worker hash, tasks hash, workers zset, holders index
 # ARGV: lease_ms, worker_id, worker_prefix, tasks_prefix, worker_channel_prefix, epoch check

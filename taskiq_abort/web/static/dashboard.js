@@ -82,6 +82,18 @@
       data.workers.length + " live, " + data.running + " running task" + (data.running === 1 ? "" : "s");
   }
 
+  // Its indexed labels (the tree labels aside) and the task that kicked it, if one did.
+  function labelsCell(t) {
+    const parts = [];
+    for (const [key, value] of Object.entries(t.labels || {})) {
+      if (key !== "abort_parent" && key !== "abort_root") parts.push(key + "=" + value);
+    }
+    if (t.parent) parts.push("parent " + t.parent);
+    const cell = el("td", parts.length ? parts.join(", ") : "-", "labels");
+    cell.title = parts.join("\n");
+    return cell;
+  }
+
   function renderTasks(page) {
     const rows = [];
     let group = null;
@@ -90,7 +102,7 @@
         group = t.worker;
         const head = el("tr", undefined, "group");
         const cell = el("td", t.worker + " · " + t.host + " pid " + t.pid);
-        cell.colSpan = 5;
+        cell.colSpan = 6;
         head.appendChild(cell);
         rows.push(head);
       }
@@ -104,7 +116,7 @@
       if (t.soft_time_limit_s != null) limits.push("soft time limit " + t.soft_time_limit_s + " s");
       if (t.time_limit_s != null) limits.push("time limit " + t.time_limit_s + " s");
       if (limits.length) running.title = limits.join(", ");
-      tr.append(el("td", t.task_id, "id"), name, running);
+      tr.append(el("td", t.task_id, "id"), name, running, labelsCell(t));
       tr.append(t.abort_requested
         ? el("td", "requested" + (t.abort_reason ? ": " + t.abort_reason : ""), "status-requested")
         : el("td", "-"));

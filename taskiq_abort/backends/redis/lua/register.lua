@@ -9,11 +9,19 @@ for _ = 1, ninfo do
 end
 local ntasks = tonumber(ARGV[i]); i = i + 1
 local aborted = {}
+local rules = nil
 for _ = 1, ntasks do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
   redis.call('HSET', KEYS[2], tid, value)
   holders_add(KEYS[4], tid, wid)
-  note_request(aborted, req, tid)
+  if not note_request(aborted, req, tid) then
+    local name, labels, labelled = entry_match(value)
+    if labelled then  -- a rule recorded while this worker was away applies to it too
+      rules = rules or load_rules(KEYS[5], ARGV[#ARGV])
+      local rule = rule_matching(rules, name, labels)
+      if rule then request_by_rule(aborted, req, tid, rule) end
+    end
+  end
 end
 if ARGV[i] == '1' then redis.call('HSET', KEYS[1], 'epoch', replication_id()) end
 redis.call('PEXPIRE', KEYS[1], lease)

@@ -1,16 +1,27 @@
 
 local lease = tonumber(ARGV[1])
-local req, wid = ARGV[2], ARGV[3]
-local i = 4
+local req, wid, rule_prefix = ARGV[2], ARGV[3], ARGV[4]
+local i = 5
 local nstart = tonumber(ARGV[i]); i = i + 1
 local aborted, expired = {}, {}
 local now = nil
+local rules = nil
 for _ = 1, nstart do
-  local tid, value, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2]; i = i + 3
+  local tid, value, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nl = tonumber(ARGV[i + 3]); i = i + 4
+  local rule = nil
+  if nl > 0 then  -- only a start with indexed labels can match a rule
+    local labels = {}
+    for _ = 1, nl do labels[ARGV[i]] = true; i = i + 1 end
+    rules = rules or load_rules(KEYS[4], rule_prefix)
+    if #rules > 0 then rule = rule_matching(rules, string.match(value, '^%S+ %S+ (.*)$'), labels) end
+  end
   if note_request(aborted, req, tid) then
     if redis.call('HSETNX', req .. tid, 'outcome', 'revoked') == 1 then
       redis.call('HSET', req .. tid, 'worker', wid)  -- who refused it
     end
+  elseif rule then
+    refuse_by_rule(aborted, req, tid, wid, rule)
   else
     if deadline ~= '' and not now then
       local t = redis.call('TIME')  -- only for a start with a deadline

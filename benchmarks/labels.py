@@ -1,0 +1,174 @@
+"""9. Abort by labels: what indexing labels costs a task start, and ``abort_where`` in bulk.
+
+- **Start-check cost** (``labels``): trickle runs (tasks one at a time, as benchmarks/trickle.py:
+  each start pays its own ``SYNC``) of no-op tasks kicked with a ``tenant`` label, through one
+  fresh worker with ``AbortMiddleware`` declaring ``index_labels=("tenant",)`` (the label goes
+  into the registry entry, and ``SYNC`` reads the (empty) rules set) or declaring none (the
+  label is inert), in alternating rounds; worker CPU per task and the paired ratio.
+- **Bulk** (``labels``): ``p.bulk`` tasks running in one worker (with ``index_labels``), then
+  aborted by ``abort_where(broker, {"tenant": ...})`` or by ``abort_many`` of their ids (known
+  to the caller), alternating; from the call until every result is stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+
+import redis
+from taskiq import AsyncBroker
+
+from benchmarks.app import make_broker, now
+from benchmarks.procs import Worker, poll_until, total_cpu_seconds
+from benchmarks.session import Bench
+from benchmarks.stats import median, ratio
+from benchmarks.throughput import Run
+from benchmarks.trickle import ResultWatch
+from taskiq_abort import abort_many, abort_where
+
+INDEX = "tenant"
+LABELS = {INDEX: "acme"}
+
+
+async def _client(bench: Bench, prefix: str) -> AsyncBroker:
+    broker = make_broker(bench.url, prefix, "stream", True, index=(INDEX,))
+    await broker.startup()
+    return broker
+
+
+async def _trickle(bench: Bench, indexed: bool, notify: bool) -> Run:
+    await bench.r.flushdb()
+    prefix = f"lb{uuid.uuid4().hex[:6]}"
+    broker = await _client(bench, prefix)
+    worker = Worker(bench.url, prefix, index=INDEX if indexed else "").start()
+    try:
+        noop = broker.find_task("noop").kicker().with_labels(**LABELS)  # type: ignore[union-attr]
+        async with ResultWatch(bench, prefix, worker, notify) as watch:
+            for _ in range(bench.p.warmup):
+                await watch.kick_and_wait(noop)
+            pids = worker.children()
+            cpu0, t0 = total_cpu_seconds(pids), now()
+            t1 = t0
+            for _ in range(bench.p.trickle_tasks):
+                t1 = await watch.kick_and_wait(noop)
+            cpu1 = total_cpu_seconds(pids)
+    finally:
+        await broker.shutdown()
+        worker.stop()
+    return Run(t1 - t0, cpu1 - cpu0)
+
+
+async def start_cost(bench: Bench) -> dict[str, Any]:
+    runs: dict[str, list[Run]] = {"none": [], "index": []}
+    # Results are waited for as benchmarks/trickle.py does: a keyspace notification (polling
+    # would round each task's time up to the poll interval, and the worker's idle CPU with it).
+    old: str | None = None
+    with contextlib.suppress(redis.ResponseError):
+        old = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+        await bench.r.config_set("notify-keyspace-events", "K$")
+    try:
+        for rnd in range(bench.p.trickle_rounds):
+            for variant in ("none", "index") if rnd % 2 == 0 else ("index", "none"):
+                runs[variant].append(await _trickle(bench, variant == "index", old is not None))
+    finally:
+        if old is not None:
+            await bench.r.config_set("notify-keyspace-events", old)
+    n = bench.p.trickle_tasks
+    cpu = {k: [r.cpu_s / n * 1e6 for r in vs] for k, vs in runs.items()}
+    paired = [ratio(a, b) for a, b in zip(cpu["index"], cpu["none"], strict=True)]
+    out = {
+        "tasks": n,
+        "rounds": bench.p.trickle_rounds,
+        "cpu_us_per_task": {k: [round(v, 1) for v in vs] for k, vs in cpu.items()},
+        "none_cpu_us_per_task": round(median(cpu["none"]), 1),
+        "index_cpu_us_per_task": round(median(cpu["index"]), 1),
+        "paired_cpu_ratios": [round(v, 3) for v in paired],
+        "paired_cpu_ratio": round(median(paired), 3),
+    }
+    bench.log(f"  labels start cost: {out}")
+    return out
+
+
+async def _bulk_once(bench: Bench, how: str) -> dict[str, Any]:
+    await bench.r.flushdb()
+    prefix = f"lw{uuid.uuid4().hex[:6]}"
+    n = bench.p.bulk
+    broker = await _client(bench, prefix)
+    worker = Worker(bench.url, prefix, max_async=n + 1000, index=INDEX).start()
+    try:
+        tenant = {INDEX: f"t{uuid.uuid4().hex[:6]}"}
+        ids = await bench.kick_many(broker, "hold_named", n, labels=tenant)
+        await bench.wait_counter(f"{prefix}:running_named", n, worker, 600)
+        tasks_key = f"{{{prefix}}}:tasks:"
+
+        async def registered() -> bool:
+            keys = [k async for k in bench.r.scan_iter(match=tasks_key + "*")]
+            return bool(keys) and sum([int(await bench.r.hlen(k)) for k in keys]) >= n
+
+        await poll_until(registered, 120, "the registry to show every task", worker)
+        t0 = now()
+        if how == "where":
+            summary = await abort_where(broker, tenant, timeout=120)
+            outcomes = summary.running
+        else:
+            outcomes = await abort_many(broker, ids, timeout=120)
+        t_returned = now()
+        aborted = [o.task_id for o in outcomes if o.status.value == "aborted"]
+        await bench.wait_results(prefix, aborted)
+        t1 = now()
+    finally:
+        await broker.shutdown()
+        worker.stop()
+    statuses: dict[str, int] = {}
+    for o in outcomes:
+        statuses[o.status.value] = statuses.get(o.status.value, 0) + 1
+    return {
+        "tasks": n,
+        "all_returned_s": round(t_returned - t0, 3),
+        "all_stored_s": round(t1 - t0, 3),
+        "aborts_per_s": round(n / (t1 - t0)),
+        "statuses": statuses,
+    }
+
+
+async def bulk(bench: Bench, rounds: int = 2) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {"where": [], "many": []}
+    for rnd in range(rounds):
+        for how in ("where", "many") if rnd % 2 == 0 else ("many", "where"):
+            runs[how].append(one := await _bulk_once(bench, how))
+            bench.log(f"  labels bulk {how}: {one}")
+    return {
+        how: {"runs": rs, "aborts_per_s": round(median([r["aborts_per_s"] for r in rs]))}
+        for how, rs in runs.items()
+    }
+
+
+async def run(bench: Bench) -> dict[str, Any]:
+    return {"start_cost": await start_cost(bench), "bulk": await bulk(bench)}
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    if "labels" not in results:
+        return []
+    r = results["labels"]
+    c, b = r["start_cost"], r["bulk"]
+    n = b["where"]["runs"][0]["tasks"]
+    return [
+        "### 9. Abort by labels",
+        "",
+        "Worker CPU per no-op task kicked with a `tenant` label, trickle (one start per `SYNC`):",
+        "",
+        "| index_labels | none (µs) | ('tenant',) (µs) | paired ratio | target |",
+        "|---|---|---|---|---|",
+        f"| | {c['none_cpu_us_per_task']} | {c['index_cpu_us_per_task']} "
+        f"| {c['paired_cpu_ratio']:.3f} | ≤ 1.03 |",
+        "",
+        f"{n:,} running tasks in one worker, aborted until every result is stored (aborts/s, "
+        "median of rounds):",
+        "",
+        "| abort_where (by label) | abort_many (by id) |",
+        "|---|---|",
+        f"| {b['where']['aborts_per_s']:,} | {b['many']['aborts_per_s']:,} |",
+        "",
+    ]

@@ -1,0 +1,7 @@
+
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local flat = redis.call('HGETALL', ARGV[1] .. id)
+  if #flat > 0 then out[#out + 1] = {id, flat} end
+end
+return out

@@ -1,0 +1,69 @@
+
+local function load_rules(set, prefix)
+  local rules = {}
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do
+    local flat = redis.call('HGETALL', prefix .. id)
+    if #flat == 0 then
+      redis.call('SREM', set, id)  -- expired
+    else
+      local rule = {id = id, pairs = {}}
+      for j = 1, #flat, 2 do rule[flat[j]] = flat[j + 1] end
+      for pair in string.gmatch(rule.labels or '', '[^&]+') do rule.pairs[#rule.pairs + 1] = pair end
+      rules[#rules + 1] = rule
+    end
+  end
+  return rules
+end
+
+local function rule_matching(rules, name, labels)
+  for _, rule in ipairs(rules) do
+    local ok = rule.name == nil or rule.name == name
+    if ok then
+      for _, pair in ipairs(rule.pairs) do
+        if not labels[pair] then ok = false; break end
+      end
+    end
+    if ok then return rule end
+  end
+  return nil
+end
+
+local function refuse_by_rule(list, req, tid, wid, rule)
+  local key = req .. tid
+  redis.call('DEL', key)  -- none, or one settled 'finished' (moot)
+  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason,
+             'outcome', 'revoked', 'worker', wid, 'rule', rule.id)
+  redis.call('PEXPIRE', key, tonumber(rule.ttl))
+  list[#list + 1] = tid
+  list[#list + 1] = 1
+  list[#list + 1] = rule.reason
+  list[#list + 1] = ''
+  list[#list + 1] = rule.at
+  list[#list + 1] = '0'
+end
+
+-- The labels and name of a registry entry ("<run token> <started> <name>"): the token's third
+-- ';'-separated field holds the label pairs.
+local function entry_match(value)
+  local token, name = string.match(value, '^(%S+) %S+ (.*)$')
+  local labels = {}
+  local pairs_ = string.match(token or '', '^[^;]*;[^;]*;(.*)$')
+  for pair in string.gmatch(pairs_ or '', '[^&]+') do labels[pair] = true end
+  return name, labels, pairs_ ~= nil and pairs_ ~= ''
+end
+
+-- A held task that a rule matches: record a pending request naming the rule (as an abort by
+-- id would), and note it as note_request does, for the worker to abort it.
+local function request_by_rule(list, req, tid, rule)
+  local key = req .. tid
+  redis.call('DEL', key)  -- none, or one settled 'finished' (moot)
+  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason, 'rc', '',
+             'grace', 0, 'rule', rule.id)
+  redis.call('PEXPIRE', key, tonumber(rule.ttl))
+  list[#list + 1] = tid
+  list[#list + 1] = 1
+  list[#list + 1] = rule.reason
+  list[#list + 1] = ''
+  list[#list + 1] = rule.at
+  list[#list + 1] = '0'
+end

@@ -1,0 +1,63 @@
+"""Abort rules in Redis (``abort_where``): one hash per rule, expiring with it, and a set of
+their ids that the start check (``SYNC``) reads when a start carries indexed labels. See
+``scripts.py`` (``RULE_ADD``, ``RULE_CANCEL``, ``RULE_LIST``) and docs/protocol.md."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.lane import LuaScript
+from taskiq_abort.outcome import AbortRule, decode_labels, encode_labels
+
+RULE_ADD, RULE_CANCEL, RULE_LIST = (
+    LuaScript(src) for src in (scripts.RULE_ADD, scripts.RULE_CANCEL, scripts.RULE_LIST)
+)
+
+
+class RedisRules:
+    """The rule calls of :class:`~taskiq_abort.backends.redis.RedisAbortBackend` (a mixin: it
+    needs the backend's ``keys``, ``_c`` and ``_call``). They go over the fence lane, like
+    ``REVOKE``: a rule is recorded durably (``WAIT``), as a request is."""
+
+    keys: KeySpace
+    _c: Any
+    _call: Any
+
+    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+        keys, ttl_ms = self.keys, max(1, round(ttl * 1000))
+        args: list[str | int] = [rule.rule_id, ttl_ms, rule.requested_by, rule.reason]
+        args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
+        args.append(encode_labels(rule.labels.items()))
+        op = self._c.fence(RULE_ADD, [keys.rules, keys.rule(rule.rule_id)], args, durable=True)
+        at_ms = int(await self._call("recording an abort rule", op))
+        return replace(rule, created_at=at_ms / 1000, expires_at=(at_ms + ttl_ms) / 1000)
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        keys = self.keys
+        op = self._c.fence(RULE_CANCEL, [keys.rules, keys.rule(rule_id)], [rule_id], durable=True)
+        return bool(await self._call("removing an abort rule", op))
+
+    async def rules(self) -> list[AbortRule]:
+        keys = self.keys
+        op = self._c.fence(RULE_LIST, [keys.rules], [keys.rule_prefix])
+        rows = await self._call("listing abort rules", op)
+        return [
+            rule_from_hash(str(rid), dict(zip(flat[::2], flat[1::2], strict=True)))
+            for rid, flat in rows
+        ]
+
+
+def rule_from_hash(rule_id: str, data: dict[str, Any]) -> AbortRule:
+    at, ttl = int(data.get("at", 0)), int(data.get("ttl", 0))
+    return AbortRule(
+        rule_id,
+        dict(decode_labels(str(data.get("labels", "")))),
+        str(data["name"]) if "name" in data else None,
+        str(data.get("reason", "")),
+        at / 1000,
+        (at + ttl) / 1000,
+        str(data.get("by", "")),
+    )

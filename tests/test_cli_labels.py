@@ -1,0 +1,83 @@
+"""The CLI's label surfaces with real workers (``tests/labels_app.py``, a ListQueueBroker, two
+worker processes): ``ls --label``, ``--label NAME=VALUE --yes`` (abort and rule) and
+``--cascade``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+import redis
+from taskiq.task import AsyncTaskiqTask
+
+from taskiq_abort import TaskAbortedError, abort_rules
+from tests.conftest import Events, WorkerProcess
+from tests.faultkit import started
+from tests.labels_app import env, make_labels_broker
+from tests.matrix import wait_event
+from tests.test_abort_where_worker import kick, probe
+from tests.test_cli import cli, json_lines
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(
+        redis_url, prefix, workers=2, env=env("list", redis_url, prefix),
+        app="tests.labels_app:broker",
+    )  # fmt: skip
+    yield process.start()
+    process.stop()
+
+
+async def test_ls_label_abort_by_label_and_cascade(
+    worker: WorkerProcess, redis_url: str, prefix: str, rclient: redis.Redis, events: Events
+) -> None:
+    conn = ["--redis-url", redis_url, "--prefix", prefix]
+    async with started(make_labels_broker("list", redis_url, prefix)) as client:
+        await probe(client, events)
+        acme = [await kick(client, "gate", "acme") for _ in range(3)]
+        zeta = await kick(client, "gate", "zeta")
+        for task in (*acme, zeta):
+            await wait_event(events, task.task_id, "started")
+
+        listed = await asyncio.to_thread(cli, "ls", "--label", "tenant=acme", "--json", *conn)
+        assert listed.returncode == 0, listed.stderr
+        assert {row["task_id"] for row in json_lines(listed.stdout)} == {t.task_id for t in acme}
+
+        refused = await asyncio.to_thread(cli, "--label", "tenant=acme", *conn)  # no --yes
+        assert refused.returncode != 0 and "--yes" in refused.stderr
+        assert await abort_rules(client) == []  # nothing recorded without confirmation
+
+        done = await asyncio.to_thread(
+            cli, "--label", "tenant=acme", "--reason", "gone", "--yes", "--json", *conn
+        )
+        assert done.returncode == 0, done.stderr
+        rows = json_lines(done.stdout)
+        assert {r["task_id"] for r in rows} == {t.task_id for t in acme}
+        assert {r["status"] for r in rows} == {"aborted"}
+        (rule,) = await abort_rules(client)
+        assert rule.labels == {"tenant": "acme"} and rule.rule_id in done.stderr
+        later = await kick(client, "quick", "acme")
+        result = await later.wait_result(timeout=30)
+        assert isinstance(result.error, TaskAbortedError) and events.all(later.task_id) == []
+        assert events.all(zeta.task_id) == ["started"]  # untouched
+        rclient.rpush(f"{prefix}:release:{zeta.task_id}", 1)
+
+        parent = await client.find_task("fan").kiq([2])  # type: ignore[union-attr]
+        while len(children := rclient.lrange(f"{prefix}:tree:{parent.task_id}", 0, -1)) < 2:
+            await asyncio.sleep(0.05)  # the parent lists each child it kicked
+        for child in children:
+            await wait_event(events, child, "started")
+        cascaded = await asyncio.to_thread(cli, parent.task_id, "--cascade", "--json", *conn)
+        assert cascaded.returncode == 0, cascaded.stderr
+        (row,) = json_lines(cascaded.stdout)
+        assert (row["status"], row["descendants"]) == ("aborted", 2)
+        for child in children:
+            stopped = await AsyncTaskiqTask(child, client.result_backend).wait_result(timeout=30)
+            assert isinstance(stopped.error, TaskAbortedError)
+
+        bad = await asyncio.to_thread(cli, "--label", "tenant", "--yes", *conn)
+        assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

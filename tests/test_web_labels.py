@@ -1,0 +1,100 @@
+"""The operator API's label surfaces with real workers (``tests/labels_app.py``, a
+ListQueueBroker, two worker processes): ``GET /tasks?label=``, ``POST /tasks/abort-where`` and
+``"cascade": true``; the router runs in this process (httpx's ASGI transport)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import redis
+from fastapi import Depends, FastAPI
+from taskiq import AsyncBroker
+from taskiq.task import AsyncTaskiqTask
+
+from taskiq_abort import TaskAbortedError
+from taskiq_abort.web import abort_router
+from tests.conftest import Events, WorkerProcess
+from tests.faultkit import started
+from tests.labels_app import env, make_labels_broker
+from tests.matrix import wait_event
+from tests.test_abort_where_worker import kick, probe
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(
+        redis_url, prefix, workers=2, env=env("list", redis_url, prefix),
+        app="tests.labels_app:broker",
+    )  # fmt: skip
+    yield process.start()
+    process.stop()
+
+
+@pytest.fixture
+async def client(worker: WorkerProcess, redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
+    async with started(make_labels_broker("list", redis_url, prefix)) as broker:
+        yield broker
+
+
+@pytest.fixture
+async def http(client: AsyncBroker) -> AsyncIterator[httpx.AsyncClient]:
+    app = FastAPI()
+    app.include_router(abort_router(client, dependencies=[Depends(lambda: None)]))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        yield http
+
+
+async def test_filter_abort_where_and_cascade(
+    client: AsyncBroker, http: httpx.AsyncClient, prefix: str, rclient: redis.Redis,
+    events: Events,
+) -> None:  # fmt: skip
+    await probe(client, events)
+    acme = [await kick(client, "gate", "acme") for _ in range(2)]
+    zeta = await kick(client, "gate", "zeta")
+    for task in (*acme, zeta):
+        await wait_event(events, task.task_id, "started")
+
+    page = (await http.get("/tasks", params={"label": "tenant=acme"})).json()
+    assert {t["task_id"] for t in page["tasks"]} == {t.task_id for t in acme}
+    assert all(t["labels"] == {"tenant": "acme"} and t["parent"] is None for t in page["tasks"])
+    assert (await http.get("/tasks", params={"label": "tenant"})).status_code == 422
+
+    body = {"labels": {"tenant": "acme"}, "reason": "gone"}
+    assert (
+        await http.post("/tasks/abort-where", json={**body, "confirm": False})
+    ).status_code == 400
+    undeclared = await http.post(
+        "/tasks/abort-where", json={"labels": {"user": "7"}, "confirm": True}
+    )
+    assert undeclared.status_code == 400 and "index_labels" in undeclared.json()["detail"]
+    done = await http.post("/tasks/abort-where", json={**body, "confirm": True})
+    assert done.status_code == 200, done.text
+    answer = done.json()
+    assert answer["matched"] == 2 and answer["counts"]["aborted"] == 2
+    assert answer["rule"]["labels"] == {"tenant": "acme"}
+    assert answer["rule"]["reason"] == f"gone (abort rule {answer['rule']['rule_id']})"
+    later = await kick(client, "quick", "acme")
+    assert isinstance((await later.wait_result(timeout=30)).error, TaskAbortedError)
+    assert events.all(zeta.task_id) == ["started"]
+    rclient.rpush(f"{prefix}:release:{zeta.task_id}", 1)
+
+    parent = await client.find_task("fan").kiq([2])  # type: ignore[union-attr]
+    while len(children := rclient.lrange(f"{prefix}:tree:{parent.task_id}", 0, -1)) < 2:
+        await asyncio.sleep(0.05)  # the parent lists each child it kicked
+    for child in children:
+        await wait_event(events, child, "started")
+    rows = (await http.get("/tasks", params={"label": f"abort_root={parent.task_id}"})).json()
+    assert {t["task_id"] for t in rows["tasks"]} == set(children)
+    assert {t["parent"] for t in rows["tasks"]} == {parent.task_id}
+    cascaded = await http.post(f"/tasks/{parent.task_id}/abort", json={"cascade": True})
+    assert cascaded.status_code == 200, cascaded.text
+    assert (cascaded.json()["status"], cascaded.json()["descendants"]) == ("aborted", 2)
+    for child in children:
+        stopped = await AsyncTaskiqTask(child, client.result_backend).wait_result(timeout=30)
+        assert isinstance(stopped.error, TaskAbortedError)
