@@ -24,6 +24,7 @@ from taskiq_abort._worker.execution import release_frames, wrap_task_function
 from taskiq_abort._worker.limits import (
     check_limits,
     deadline_of,
+    delay_of,
     limits_of,
     optional_seconds,
     stamp_deadline,
@@ -291,7 +292,7 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             # A worker kicking again what it received (a retry middleware's kick, in on_error):
             # its labels came from elsewhere, and raising here would lose the task's result.
             logger.warning("taskiq-abort: task %s: %s; ignored", message.task_id, exc)
-        delay = _delay_of(message)
+        delay = delay_of(message.labels)
         if delay is not None and delay > self.backend.request_ttl:
             # An abort request lives request_ttl: one made now would be gone before the task
             # arrives. Note its ETA, so that requests for it are kept until then.
@@ -380,19 +381,6 @@ class AbortMiddleware(AbortCalls, TaskiqMiddleware):
             await self.worker.confirm(run.task_id, outcome, run.replies, forced)
         if outcome == "aborted":  # its tracebacks have served: free its frames now
             release_frames(result.error)
-
-
-def _delay_of(message: TaskiqMessage) -> float | None:
-    """The seconds of taskiq's ``delay`` label (brokers that honour it, such as
-    taskiq-aio-pika, deliver the task that much later), if it has a valid one."""
-    raw = message.labels.get("delay")
-    if raw is None:
-        return None
-    try:
-        delay = float(raw)
-    except (TypeError, ValueError):
-        return None
-    return delay if math.isfinite(delay) else None
 
 
 def own_options() -> list[str]:

@@ -248,7 +248,8 @@ async def test_expires_becomes_a_deadline_at_the_kick_and_stays(local: Any) -> N
     task = await broker.find_task("sleeper").kicker().with_labels(expires=600, delay=5).kiq(0)
     result = await task.wait_result(timeout=5)
     deadline = float(result.labels["expires_at"])
-    assert kicked + 600 <= deadline + 0.001 and deadline <= time.time() + 600
+    # Stamped on this process's estimate of the Redis clock (its own, corrected by heartbeats)
+    assert kicked + 599 < deadline < time.time() + 601
     again = await broker.find_task("sleeper").kicker().with_labels(**result.labels).kiq(0)
     assert float((await again.wait_result(timeout=5)).labels["expires_at"]) == deadline
 

@@ -1,5 +1,5 @@
-"""Time limits and expiry, as labels: what a task carries, checked where it is kicked and read
-where it runs.
+"""Time limits and expiry (and taskiq's ``delay``), as labels: what a task carries, checked where
+it is kicked and read where it runs.
 
 - ``soft_time_limit`` / ``time_limit`` (seconds from the body's start): at the soft limit the
   task's token is set, as ``abort(grace=...)`` does; at the hard limit the body is cancelled
@@ -98,16 +98,27 @@ def limits_of(labels: Mapping[str, Any], default: TimeLimits | None) -> TimeLimi
     return check_limits(soft, hard, "labels")
 
 
-def deadline_of(labels: Mapping[str, Any]) -> float | None:
-    """The ``expires_at`` label (seconds since the epoch), if the task has a valid one."""
-    raw = given(labels.get(EXPIRES_AT_LABEL))
+def _number(raw: object) -> float | None:
+    """A label's finite number, if it has one."""
+    raw = given(raw)
     if raw is None or isinstance(raw, bool):
         return None
     try:
-        deadline = float(raw)  # type: ignore[arg-type]
+        number = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError, OverflowError):
         return None
-    return deadline if math.isfinite(deadline) else None
+    return number if math.isfinite(number) else None
+
+
+def deadline_of(labels: Mapping[str, Any]) -> float | None:
+    """The ``expires_at`` label (seconds since the epoch), if the task has a valid one."""
+    return _number(labels.get(EXPIRES_AT_LABEL))
+
+
+def delay_of(labels: Mapping[str, Any]) -> float | None:
+    """The seconds of taskiq's ``delay`` label (brokers that honour it, such as
+    taskiq-aio-pika, deliver the task that much later), if it has a valid one."""
+    return _number(labels.get("delay"))
 
 
 def stamp_deadline(labels: dict[str, Any], now: float) -> None:

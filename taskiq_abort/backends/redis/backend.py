@@ -32,7 +32,6 @@ from taskiq_abort.backends.base import (
     AbortHandler,
     AbortNotice,
     Confirmation,
-    NotDurableError,
     ReplyWaiter,
     RequestRecord,
     RequestResult,
@@ -41,11 +40,7 @@ from taskiq_abort.backends.base import (
 from taskiq_abort.backends.redis import bulk
 from taskiq_abort.backends.redis.channels import SUBSCRIBE_WAIT, Channels, from_record
 from taskiq_abort.backends.redis.clients import (
-    REGISTER,
-    SYNC,
     LoopClients,
-    expired_notices,
-    notices,
     record_from_hash,
     request_result,
     worker_infos,
@@ -56,16 +51,16 @@ from taskiq_abort.backends.redis.connect import (
     check_options,
     keyword_options,
 )
+from taskiq_abort.backends.redis.registry import Registry
 from taskiq_abort.backends.redis.rules import RedisRules
 from taskiq_abort.backends.redis.settle import Settling
-from taskiq_abort.observability import events
-from taskiq_abort.outcome import RunningEntry, WorkerInfo
+from taskiq_abort.outcome import AbortRule, RunningEntry, WorkerInfo
 
 logger = logging.getLogger("taskiq_abort")
 _T = TypeVar("_T")
 
 
-class RedisAbortBackend(RedisRules, AbortBackend):
+class RedisAbortBackend(AbortBackend):
     """Abort requests and the running-task registry in Redis, delivery over pub/sub.
 
     :param url: ``redis://``, ``rediss://`` or ``unix://`` URL (passed to redis-py); with
@@ -142,6 +137,8 @@ class RedisAbortBackend(RedisRules, AbortBackend):
         self._settling = Settling(
             self.keys, clients, self._call, self.where, self.replicas, request_ttl
         )
+        self._registry = Registry(self.keys, clients, self._call, lease, self.replicas)
+        self._rules = RedisRules(self.keys, clients, self._call)
 
     @property
     def malformed_messages(self) -> int:
@@ -198,73 +195,21 @@ class RedisAbortBackend(RedisRules, AbortBackend):
     async def listen(self, worker_id: str, handler: AbortHandler, resync: ResyncHook) -> None:
         await self._channels.listen(worker_id, handler, resync)
 
-    def _worker_keys(self, worker_id: str) -> list[str]:
-        keys = self.keys
-        return [keys.worker(worker_id), keys.tasks(worker_id), keys.workers, keys.holders]
-
     async def sync(
-        self,
-        worker_id: str,
-        starts: list[RunningEntry],
-        finishes: list[RunningEntry],
+        self, worker_id: str, starts: list[RunningEntry], finishes: list[RunningEntry]
     ) -> tuple[bool, list[AbortNotice]]:
-        keys = self.keys
-        args: list[Any] = [
-            int(self.lease * 1000), keys.request_prefix, worker_id, keys.rule_prefix, len(starts)
-        ]  # fmt: skip
-        for entry in starts:
-            deadline = entry.expires_at
-            args += [
-                entry.task_id,
-                entry.encode(),
-                "" if deadline is None else int(deadline * 1000),
-                len(entry.labels),
-                *entry.pairs,  # matched against the abort rules (abort_where)
-            ]
-        args.append(len(finishes))
-        for entry in finishes:
-            args += [entry.task_id, entry.token]
-        script_keys = [keys.worker(worker_id), keys.tasks(worker_id), keys.holders, keys.rules]
-        op = self._c.lane(SYNC, script_keys, args, durable=bool(starts))
-        try:
-            alive, aborted, expired = await self._call("registering tasks", op)
-        except NotDurableError as exc:
-            # Refused on the master: they must not run.
-            exc.notices = notices(exc.reply[1]) + expired_notices(exc.reply[2])
-            raise
-        return bool(alive), notices(aborted) + expired_notices(expired)
+        return await self._registry.sync(worker_id, starts, finishes)
 
     async def register(
         self, worker_id: str, info: dict[str, str], running: list[RunningEntry]
     ) -> list[AbortNotice]:
-        args: list[Any] = [int(self.lease * 1000), worker_id, self.keys.request_prefix, len(info)]
-        for field, value in info.items():
-            args += [field, value]
-        args.append(len(running))
-        for entry in running:
-            args += [entry.task_id, entry.encode()]
-        args.append("1" if self.replicas > 0 else "0")  # note the master's history (REVOKE)
-        args.append(self.keys.rule_prefix)
-        keys = [*self._worker_keys(worker_id), self.keys.rules]
-        op = self._c.lane(REGISTER, keys, args, durable=True)
-        try:
-            return notices(await self._call("registering a worker", op))
-        except NotDurableError as exc:
-            exc.notices = notices(exc.reply)  # requests found on the master: apply them
-            raise
+        return await self._registry.register(worker_id, info, running)
 
     async def heartbeat(self, worker_id: str) -> bool:
-        keys = self.keys
-        args: list[Any] = [
-            int(self.lease * 1000), worker_id, keys.worker_prefix, keys.tasks_prefix,
-            keys.worker_channel_prefix, "1" if self.replicas > 0 else "0",
-        ]  # fmt: skip
-        op = self._c.heartbeat(self._worker_keys(worker_id), args)
-        return events.redis_time(await self._call("a heartbeat", op))
+        return await self._registry.heartbeat(worker_id)
 
     async def unregister(self, worker_id: str) -> None:
-        op = self._c.unregister(self._worker_keys(worker_id), [worker_id])
-        await self._call("unregistering a worker", op)
+        await self._registry.unregister(worker_id)
 
     async def confirm(
         self,
@@ -376,6 +321,15 @@ class RedisAbortBackend(RedisRules, AbortBackend):
 
     async def settle_finished(self, task_id: str) -> RequestRecord | None:
         return await self._settling.settle_finished(task_id)
+
+    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+        return await self._rules.add_rule(rule, ttl)
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        return await self._rules.cancel_rule(rule_id)
+
+    async def rules(self) -> list[AbortRule]:
+        return await self._rules.rules()
 
     async def clear_request(self, task_id: str) -> None:
         await self._call(

@@ -4,11 +4,14 @@ their ids that the start check (``SYNC``) reads when a start carries indexed lab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from taskiq_abort._wire.keys import KeySpace
 from taskiq_abort.backends.redis import scripts
+from taskiq_abort.backends.redis.bulk import Call
+from taskiq_abort.backends.redis.clients import LoopClients
 from taskiq_abort.backends.redis.lane import LuaScript
 from taskiq_abort.outcome import AbortRule, decode_labels, encode_labels
 
@@ -18,31 +21,36 @@ RULE_ADD, RULE_CANCEL, RULE_LIST = (
 
 
 class RedisRules:
-    """The rule calls of :class:`~taskiq_abort.backends.redis.RedisAbortBackend` (a mixin: it
-    needs the backend's ``keys``, ``_c`` and ``_call``). They go over the fence lane, like
-    ``REVOKE``: a rule is recorded durably (``WAIT``), as a request is."""
+    """The rule calls of one :class:`~taskiq_abort.backends.redis.RedisAbortBackend`. They go
+    over the fence lane, like ``REVOKE``: a rule is recorded durably (``WAIT``), as a request
+    is."""
 
-    keys: KeySpace
-    _c: Any
-    _call: Any
+    def __init__(self, keys: KeySpace, clients: Callable[[], LoopClients], call: Call) -> None:
+        self.keys = keys
+        self._clients = clients  # the running loop's (see ``RedisAbortBackend._c``)
+        self._call = call
 
     async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
         keys, ttl_ms = self.keys, max(1, round(ttl * 1000))
         args: list[str | int] = [rule.rule_id, ttl_ms, rule.requested_by, rule.reason]
         args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
         args.append(encode_labels(rule.labels.items()))
-        op = self._c.fence(RULE_ADD, [keys.rules, keys.rule(rule.rule_id)], args, durable=True)
+        op = self._clients().fence(
+            RULE_ADD, [keys.rules, keys.rule(rule.rule_id)], args, durable=True
+        )
         at_ms = int(await self._call("recording an abort rule", op))
         return replace(rule, created_at=at_ms / 1000, expires_at=(at_ms + ttl_ms) / 1000)
 
     async def cancel_rule(self, rule_id: str) -> bool:
         keys = self.keys
-        op = self._c.fence(RULE_CANCEL, [keys.rules, keys.rule(rule_id)], [rule_id], durable=True)
+        op = self._clients().fence(
+            RULE_CANCEL, [keys.rules, keys.rule(rule_id)], [rule_id], durable=True
+        )
         return bool(await self._call("removing an abort rule", op))
 
     async def rules(self) -> list[AbortRule]:
         keys = self.keys
-        op = self._c.fence(RULE_LIST, [keys.rules], [keys.rule_prefix])
+        op = self._clients().fence(RULE_LIST, [keys.rules], [keys.rule_prefix])
         rows = await self._call("listing abort rules", op)
         return [
             rule_from_hash(str(rid), dict(zip(flat[::2], flat[1::2], strict=True)))
