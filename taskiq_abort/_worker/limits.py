@@ -15,6 +15,7 @@ it is kicked and read where it runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,11 +81,29 @@ def check_limits(soft: float | None, hard: float | None, where: str) -> TimeLimi
     return TimeLimits(soft, hard)
 
 
+_PARSED: dict[tuple[object, object, TimeLimits | None], TimeLimits | None] = {}
+_PARSED_MAX = 1024  # label values seen: a task's limits are usually the same on every kick
+
+
 def limits_of(labels: Mapping[str, Any], default: TimeLimits | None) -> TimeLimits | None:
     """A task's limits: its labels, each one falling back to the middleware's default."""
     soft_label, hard_label = labels.get(SOFT_LABEL), labels.get(HARD_LABEL)
     if soft_label is None and hard_label is None:
         return default  # the common case: no label, no parsing
+    key = (soft_label, hard_label, default)
+    try:
+        return _PARSED[key]
+    except (KeyError, TypeError):  # not seen yet, or a value that cannot be a key
+        pass
+    limits = _parse(soft_label, hard_label, default)  # a bad value raises: never kept
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    with contextlib.suppress(TypeError):
+        _PARSED[key] = limits
+    return limits
+
+
+def _parse(soft_label: object, hard_label: object, default: TimeLimits | None) -> TimeLimits | None:
     soft = optional_seconds(soft_label, SOFT_LABEL)
     hard = optional_seconds(hard_label, HARD_LABEL)
     if default is not None:
