@@ -222,7 +222,11 @@ class WorkerProcess:
                 start_new_session=True,
             )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:  # nobody will stop what did not start: stop it here
+                self.stop()
+                raise
         return self
 
     def live_workers(self) -> list[str]:
