@@ -176,14 +176,8 @@ async def abort_by_name(conn: Connection, args: argparse.Namespace, timeout: flo
         f"{len(task_ids)} running task{'s' if len(task_ids) != 1 else ''} named {name!r} "
         f"on {holders} worker{'s' if holders != 1 else ''}"
     )
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CLIError(f"not aborting {what} without confirmation: pass --yes")
-        err(f"Abort {what}? [y/N] ")
-        answer = await asyncio.to_thread(sys.stdin.readline)
-        if answer.strip().lower() not in ("y", "yes"):
-            err("nothing aborted")
-            return 1
+    if not await _confirmed(what, args.yes):
+        return 1
     outcomes = await abort_ids(
         conn, task_ids, args.reason, not args.no_wait, timeout, args.json, args.grace, True
     )
@@ -293,14 +287,8 @@ async def abort_by_labels(conn: Connection, args: argparse.Namespace, timeout: f
         f"{'' if name is None else f' named {name!r}'}, and refuse the matching tasks that "
         f"start in the next {ttl:g} s"
     )
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise CLIError(f"not aborting {what} without confirmation: pass --yes")
-        err(f"Abort {what}? [y/N] ")
-        answer = await asyncio.to_thread(sys.stdin.readline)
-        if answer.strip().lower() not in ("y", "yes"):
-            err("nothing aborted")
-            return 1
+    if not await _confirmed(what, args.yes):
+        return 1
     found = await where_reported(
         conn.backend,
         conn.result_backend,
@@ -318,3 +306,17 @@ async def abort_by_labels(conn: Connection, args: argparse.Namespace, timeout: f
         f"tasks labelled {describe(labels)} until {expires}"
     )
     return exit_status(outcomes)
+
+
+async def _confirmed(what: str, yes: bool) -> bool:
+    """``--yes``, or the user said yes to aborting ``what`` (a terminal is needed to ask)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise CLIError(f"not aborting {what} without confirmation: pass --yes")
+    err(f"Abort {what}? [y/N] ")
+    answer = await asyncio.to_thread(sys.stdin.readline)
+    if answer.strip().lower() not in ("y", "yes"):
+        err("nothing aborted")
+        return False
+    return True

@@ -28,11 +28,12 @@ local function rule_matching(rules, name, labels)
   return nil
 end
 
-local function refuse_by_rule(list, req, tid, wid, rule)
+-- Record a request for `tid` naming the rule (replacing none, or one settled 'finished', which
+-- is moot), with the extra fields given, and note it as note_request does.
+local function rule_request(list, req, tid, rule, ...)
   local key = req .. tid
-  redis.call('DEL', key)  -- none, or one settled 'finished' (moot)
-  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason,
-             'outcome', 'revoked', 'worker', wid, 'rule', rule.id)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason, 'rule', rule.id, ...)
   redis.call('PEXPIRE', key, tonumber(rule.ttl))
   list[#list + 1] = tid
   list[#list + 1] = 1
@@ -40,6 +41,11 @@ local function refuse_by_rule(list, req, tid, wid, rule)
   list[#list + 1] = ''
   list[#list + 1] = rule.at
   list[#list + 1] = '0'
+end
+
+-- A start that a rule matches: refused, as a revoked task is.
+local function refuse_by_rule(list, req, tid, wid, rule)
+  rule_request(list, req, tid, rule, 'outcome', 'revoked', 'worker', wid)
 end
 
 -- The labels and name of a registry entry ("<run token> <started> <name>"): the token's third
@@ -52,18 +58,8 @@ local function entry_match(value)
   return name, labels, pairs_ ~= nil and pairs_ ~= ''
 end
 
--- A held task that a rule matches: record a pending request naming the rule (as an abort by
--- id would), and note it as note_request does, for the worker to abort it.
+-- A held task that a rule matches: a pending request naming the rule (as an abort by id would
+-- record), for the worker to abort it.
 local function request_by_rule(list, req, tid, rule)
-  local key = req .. tid
-  redis.call('DEL', key)  -- none, or one settled 'finished' (moot)
-  redis.call('HSET', key, 'at', rule.at, 'by', rule.by, 'reason', rule.reason, 'rc', '',
-             'grace', 0, 'rule', rule.id)
-  redis.call('PEXPIRE', key, tonumber(rule.ttl))
-  list[#list + 1] = tid
-  list[#list + 1] = 1
-  list[#list + 1] = rule.reason
-  list[#list + 1] = ''
-  list[#list + 1] = rule.at
-  list[#list + 1] = '0'
+  rule_request(list, req, tid, rule, 'rc', '', 'grace', 0)
 end
