@@ -19,7 +19,6 @@ from tests.conftest import ROOT
 MODULES = [
     "taskiq_abort.errors",
     "taskiq_abort._wire.protocol",
-    "taskiq_abort._worker.limits",
     "taskiq_abort._wire.keys",
     "taskiq_abort._read.names",
     "taskiq_abort.observability.events",

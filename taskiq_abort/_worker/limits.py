@@ -35,14 +35,6 @@ class TimeLimits:
     soft: float | None = None
     hard: float | None = None
 
-    def describe(self) -> str:
-        """
-        >>> TimeLimits(5, 10).describe(), TimeLimits(hard=2.5).describe()
-        ('soft 5 s, hard 10 s', 'hard 2.5 s')
-        """
-        parts = [] if self.soft is None else [f"soft {self.soft:g} s"]
-        return ", ".join(parts + ([] if self.hard is None else [f"hard {self.hard:g} s"]))
-
 
 def given(value: object) -> object:
     """A label's value, or ``None`` for none: taskiq turns label values into strings, so
@@ -145,10 +137,10 @@ def stamp_deadline(labels: dict[str, Any], now: float) -> None:
     the Redis clock, as the kicking process knows it). A message that has ``expires_at``
     already (a retry, a re-kick of the same message) keeps it."""
     limits_of(labels, None)  # a bad label is the kicker's error, raised before anything is sent
-    expires = given(labels.get(EXPIRES_LABEL))
-    if expires is not None and given(labels.get(EXPIRES_AT_LABEL)) is None:
+    expires, stamped = given(labels.get(EXPIRES_LABEL)), given(labels.get(EXPIRES_AT_LABEL))
+    if expires is not None and stamped is None:
         labels[EXPIRES_AT_LABEL] = round(now + seconds(expires, EXPIRES_LABEL), 3)
-    elif given(labels.get(EXPIRES_AT_LABEL)) is not None and deadline_of(labels) is None:
+    elif stamped is not None and _number(stamped) is None:
         raise ValueError(
             f"{EXPIRES_AT_LABEL}={labels[EXPIRES_AT_LABEL]!r}: must be seconds since the epoch"
         )

@@ -278,11 +278,11 @@ class WorkerSide:
                         continue
                     for run, fut in unchecked:
                         deadline = run.entry.expires_at
+                        # Unchecked: its deadline on this worker's estimate of Redis's clock
+                        late = 0.0 if deadline is None else events.redis_now_ms() / 1000 - deadline
                         if self.fail_closed:
                             run.refused = exc
-                        elif deadline is not None and events.redis_now_ms() > deadline * 1000:
-                            # Unchecked: its deadline on this worker's estimate of Redis's clock
-                            late = events.redis_now_ms() / 1000 - deadline
+                        elif late > 0:
                             run.revoke(expired_reason(late), expired=True)
                         if not fut.done():
                             fut.set_result(None)
