@@ -12,19 +12,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
-import redis
 from taskiq import AsyncBroker
 
 from benchmarks.app import make_broker, now
-from benchmarks.procs import Worker, poll_until, total_cpu_seconds
+from benchmarks.procs import Worker, poll_until
 from benchmarks.session import Bench
-from benchmarks.stats import median, ratio
-from benchmarks.throughput import Run
-from benchmarks.trickle import ResultWatch
+from benchmarks.stats import median
+from benchmarks.throughput import Run, alternate_pair, compare_pair
+from benchmarks.trickle import keyspace_notifications, measure
 from taskiq_abort import abort_many, abort_where
 
 INDEX = "tenant"
@@ -44,47 +43,24 @@ async def _trickle(bench: Bench, indexed: bool, notify: bool) -> Run:
     worker = Worker(bench.url, prefix, index=INDEX if indexed else "").start()
     try:
         noop = broker.find_task("noop").kicker().with_labels(**LABELS)  # type: ignore[union-attr]
-        async with ResultWatch(bench, prefix, worker, notify) as watch:
-            for _ in range(bench.p.warmup):
-                await watch.kick_and_wait(noop)
-            pids = worker.children()
-            cpu0, t0 = total_cpu_seconds(pids), now()
-            t1 = t0
-            for _ in range(bench.p.trickle_tasks):
-                t1 = await watch.kick_and_wait(noop)
-            cpu1 = total_cpu_seconds(pids)
+        return await measure(bench, prefix, worker, notify, noop)
     finally:
         await broker.shutdown()
         worker.stop()
-    return Run(t1 - t0, cpu1 - cpu0)
 
 
 async def start_cost(bench: Bench) -> dict[str, Any]:
-    runs: dict[str, list[Run]] = {"none": [], "index": []}
     # Results are waited for as benchmarks/trickle.py does: a keyspace notification (polling
     # would round each task's time up to the poll interval, and the worker's idle CPU with it).
-    old: str | None = None
-    with contextlib.suppress(redis.ResponseError):
-        old = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
-        await bench.r.config_set("notify-keyspace-events", "K$")
-    try:
-        for rnd in range(bench.p.trickle_rounds):
-            for variant in ("none", "index") if rnd % 2 == 0 else ("index", "none"):
-                runs[variant].append(await _trickle(bench, variant == "index", old is not None))
-    finally:
-        if old is not None:
-            await bench.r.config_set("notify-keyspace-events", old)
-    n = bench.p.trickle_tasks
-    cpu = {k: [r.cpu_s / n * 1e6 for r in vs] for k, vs in runs.items()}
-    paired = [ratio(a, b) for a, b in zip(cpu["index"], cpu["none"], strict=True)]
+    async with keyspace_notifications(bench, "labels") as notify:
+
+        def one(variant: str) -> Awaitable[Run]:
+            return _trickle(bench, variant == "index", notify)
+
+        runs = await alternate_pair(bench.p.trickle_rounds, "none", "index", one)
     out = {
-        "tasks": n,
+        **compare_pair(bench.p.trickle_tasks, runs, "none", "index"),
         "rounds": bench.p.trickle_rounds,
-        "cpu_us_per_task": {k: [round(v, 1) for v in vs] for k, vs in cpu.items()},
-        "none_cpu_us_per_task": round(median(cpu["none"]), 1),
-        "index_cpu_us_per_task": round(median(cpu["index"]), 1),
-        "paired_cpu_ratios": [round(v, 3) for v in paired],
-        "paired_cpu_ratio": round(median(paired), 3),
     }
     bench.log(f"  labels start cost: {out}")
     return out

@@ -13,13 +13,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 from benchmarks.app import events_key
 from benchmarks.procs import Worker
 from benchmarks.session import Bench
-from benchmarks.stats import median, ratio, summary_ms
-from benchmarks.throughput import BROKERS, Run, burst_run
+from benchmarks.stats import summary_ms
+from benchmarks.throughput import BROKERS, Run, alternate_pair, burst_run, compare_pair
 
 LIMIT = 0.05  # seconds: short, so that the samples take little time
 FAR = {"soft_time_limit": 3000, "time_limit": 3600}  # never reached by a no-op task
@@ -61,23 +62,12 @@ async def run(bench: Bench) -> dict[str, Any]:
         out[f"overshoot_{body}_ms"] = summary_ms(await _overshoot(bench, name))
         bench.log(f"  limits overshoot {body}: {out[f'overshoot_{body}_ms']}")
     for kind in BROKERS:
-        runs: dict[str, list[Run]] = {"none": [], "limits": []}
-        for rnd in range(bench.p.tp_rounds):
-            order = ("none", "limits") if rnd % 2 == 0 else ("limits", "none")
-            for variant in order:
-                labels = FAR if variant == "limits" else INERT
-                runs[variant].append(await burst_run(bench, kind, "with", labels))
-        n = bench.p.tp_tasks
-        cpu = {k: [r.cpu_s / n * 1e6 for r in vs] for k, vs in runs.items()}
-        paired = [ratio(a, b) for a, b in zip(cpu["limits"], cpu["none"], strict=True)]
-        out[kind] = {
-            "tasks": n,
-            "cpu_us_per_task": {k: [round(v, 1) for v in vs] for k, vs in cpu.items()},
-            "none_cpu_us_per_task": round(median(cpu["none"]), 1),
-            "limits_cpu_us_per_task": round(median(cpu["limits"]), 1),
-            "paired_cpu_ratios": [round(v, 3) for v in paired],
-            "paired_cpu_ratio": round(median(paired), 3),
-        }
+
+        def one(variant: str, kind: str = kind) -> Awaitable[Run]:
+            return burst_run(bench, kind, "with", FAR if variant == "limits" else INERT)
+
+        runs = await alternate_pair(bench.p.tp_rounds, "none", "limits", one)
+        out[kind] = compare_pair(bench.p.tp_tasks, runs, "none", "limits")
         bench.log(f"  limits cost {kind}: {out[kind]}")
     return out
 

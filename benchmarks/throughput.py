@@ -60,6 +60,32 @@ async def alternate(
     return out
 
 
+async def alternate_pair(
+    rounds: int, base: str, other: str, one: Callable[[str], Awaitable[Run]]
+) -> dict[str, list[Run]]:
+    """``rounds`` runs of each of two variants, which goes first turning each round."""
+    runs: dict[str, list[Run]] = {base: [], other: []}
+    for rnd in range(rounds):
+        for variant in (base, other) if rnd % 2 == 0 else (other, base):
+            runs[variant].append(await one(variant))
+    return runs
+
+
+def compare_pair(tasks: int, runs: dict[str, list[Run]], base: str, other: str) -> dict[str, Any]:
+    """Worker CPU per task of two variants (``tasks`` per run): medians and per-round ratios
+    of ``other`` to ``base``."""
+    cpu = {k: [r.cpu_s / tasks * 1e6 for r in vs] for k, vs in runs.items()}
+    paired = [ratio(a, b) for a, b in zip(cpu[other], cpu[base], strict=True)]
+    return {
+        "tasks": tasks,
+        "cpu_us_per_task": {k: [round(v, 1) for v in vs] for k, vs in cpu.items()},
+        f"{base}_cpu_us_per_task": round(median(cpu[base]), 1),
+        f"{other}_cpu_us_per_task": round(median(cpu[other]), 1),
+        "paired_cpu_ratios": [round(v, 3) for v in paired],
+        "paired_cpu_ratio": round(median(paired), 3),
+    }
+
+
 def summarize(tasks: int, intervals: int, runs: dict[str, list[Run]]) -> dict[str, Any]:
     """Medians per variant and per-round ratios; ``intervals`` tasks fall in each window."""
     secs = {k: [r.seconds for r in vs] for k, vs in runs.items()}

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import redis
@@ -75,48 +75,62 @@ class ResultWatch:
             raise TimeoutError(f"trickle: no result for {task_id}")
 
 
+async def measure(bench: Bench, prefix: str, worker: Worker, notify: bool, task: Any) -> Run:
+    """``warmup`` kicks (the first also waits for the worker to start), then ``trickle_tasks``
+    kicks one after another: the worker's CPU and the wall-clock time over those."""
+    async with ResultWatch(bench, prefix, worker, notify) as watch:
+        for _ in range(bench.p.warmup):
+            await watch.kick_and_wait(task)
+        pids = worker.children()
+        cpu0, t0 = total_cpu_seconds(pids), now()
+        t1 = t0
+        for _ in range(bench.p.trickle_tasks):
+            t1 = await watch.kick_and_wait(task)
+        cpu1 = total_cpu_seconds(pids)
+    return Run(t1 - t0, cpu1 - cpu0)
+
+
+@contextlib.asynccontextmanager
+async def keyspace_notifications(bench: Bench, label: str) -> AsyncIterator[bool]:
+    """Redis notifies result writes while this lasts (the setting is restored after); ``False``
+    when it refuses ``CONFIG SET``: results are polled for then."""
+    old: str | None = None
+    try:
+        current = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+        await bench.r.config_set("notify-keyspace-events", "K$")
+        old = current
+    except redis.ResponseError:
+        bench.log(f"  {label}: CONFIG SET refused; polling for results instead")
+    try:
+        yield old is not None
+    finally:
+        if old is not None:
+            with contextlib.suppress(redis.RedisError):
+                await bench.r.config_set("notify-keyspace-events", old)
+
+
 async def trickle_run(bench: Bench, kind: str, variant: str, notify: bool) -> Run:
     await bench.r.flushdb()
     prefix = f"tr{uuid.uuid4().hex[:6]}"
     broker: AsyncBroker = await bench.client(prefix, kind, abort=False)
     worker = start_worker(bench, prefix, kind, variant)
     try:
-        noop = broker.find_task("noop")
-        async with ResultWatch(bench, prefix, worker, notify) as watch:
-            for _ in range(bench.p.warmup):  # the first one also waits for the worker to start
-                await watch.kick_and_wait(noop)
-            pids = worker.children()
-            cpu0, t0 = total_cpu_seconds(pids), now()
-            t1 = t0
-            for _ in range(bench.p.trickle_tasks):
-                t1 = await watch.kick_and_wait(noop)
-            cpu1 = total_cpu_seconds(pids)
+        return await measure(bench, prefix, worker, notify, broker.find_task("noop"))
     finally:
         await broker.shutdown()
         worker.stop()
-    return Run(t1 - t0, cpu1 - cpu0)
 
 
 async def run(bench: Bench) -> dict[str, Any]:
     p = bench.p
-    old: str | None = None
-    try:
-        old = (await bench.r.config_get("notify-keyspace-events"))["notify-keyspace-events"]
-        await bench.r.config_set("notify-keyspace-events", "K$")
-    except redis.ResponseError:
-        bench.log("  trickle: CONFIG SET refused; polling for results instead")
-    try:
+    async with keyspace_notifications(bench, "trickle") as notify:
 
         def one(kind: str, variant: str) -> Awaitable[Run]:
-            return trickle_run(bench, kind, variant, notify=old is not None)
+            return trickle_run(bench, kind, variant, notify=notify)
 
         out = await alternate(
             bench, "trickle", p.trickle_rounds, p.trickle_tasks, p.trickle_tasks, one
         )
-    finally:
-        if old is not None:
-            with contextlib.suppress(redis.RedisError):
-                await bench.r.config_set("notify-keyspace-events", old)
     for summary in out.values():
-        summary["result_wait"] = "keyspace notification" if old is not None else "polling"
+        summary["result_wait"] = "keyspace notification" if notify else "polling"
     return out
