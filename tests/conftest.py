@@ -125,6 +125,20 @@ async def client_of(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
 
 
 @pytest.fixture
+def list_worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
+    """Two worker processes of tests/labels_app.py on its ListQueueBroker."""
+    # Imported here: it needs taskiq-aio-pika, which .ci/run's core-test virtualenvs lack.
+    from tests.labels_app import env
+
+    process = WorkerProcess(
+        redis_url, prefix, workers=2, env=env("list", redis_url, prefix),
+        app="tests.labels_app:broker",
+    )  # fmt: skip
+    yield process.start()
+    process.stop()
+
+
+@pytest.fixture
 def rclient(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client

@@ -5,7 +5,6 @@ worker processes): ``ls --label``, ``--label NAME=VALUE --yes`` (abort and rule)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -14,7 +13,7 @@ from taskiq.task import AsyncTaskiqTask
 from taskiq_abort import TaskAbortedError, abort_rules
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
-from tests.labels_app import env, make_labels_broker
+from tests.labels_app import make_labels_broker
 from tests.matrix import wait_event
 from tests.test_abort_where_worker import kick, probe
 from tests.test_cli import cli, json_lines
@@ -22,18 +21,8 @@ from tests.test_cli import cli, json_lines
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(
-        redis_url, prefix, workers=2, env=env("list", redis_url, prefix),
-        app="tests.labels_app:broker",
-    )  # fmt: skip
-    yield process.start()
-    process.stop()
-
-
 async def test_ls_label_abort_by_label_and_cascade(
-    worker: WorkerProcess, redis_url: str, prefix: str, rclient: redis.Redis, events: Events
+    list_worker: WorkerProcess, redis_url: str, prefix: str, rclient: redis.Redis, events: Events
 ) -> None:
     conn = ["--redis-url", redis_url, "--prefix", prefix]
     async with started(make_labels_broker("list", redis_url, prefix)) as client:

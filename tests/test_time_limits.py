@@ -93,6 +93,20 @@ async def local() -> AsyncIterator[tuple[AsyncBroker, dict[str, Any]]]:
     await broker.shutdown()
 
 
+@pytest.fixture
+async def plain() -> AsyncIterator[AsyncBroker]:
+    """An in-process broker with AbortMiddleware's defaults and one task, ``quick``."""
+    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
+
+    @broker.task(task_name="quick")
+    async def quick() -> str:
+        return "ran"
+
+    await broker.startup()
+    yield broker
+    await broker.shutdown()
+
+
 async def _kick(broker: AsyncBroker, name: str, *args: Any, **labels: Any) -> Any:
     return await broker.find_task(name).kicker().with_labels(**labels).kiq(*args)  # type: ignore[union-attr]
 
@@ -450,21 +464,11 @@ async def test_an_abort_past_the_soft_limit_is_the_abort_s() -> None:
 
 
 @pytest.mark.parametrize("label", ["expires", "time_limit", "soft_time_limit"])
-async def test_a_none_label_does_not_fail_the_kick(label: str) -> None:
+async def test_a_none_label_does_not_fail_the_kick(plain: AsyncBroker, label: str) -> None:
     """``.with_labels(expires=None)`` / ``@broker.task(time_limit=None)`` mean "none" (taskiq
     turns label values into strings: None arrives as 'None')."""
-    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
-
-    @broker.task(task_name="quick")
-    async def quick() -> str:
-        return "ran"
-
-    await broker.startup()
-    try:
-        task = await _kick(broker, "quick", **{label: None})
-        assert (await task.wait_result(timeout=5)).return_value == "ran"
-    finally:
-        await broker.shutdown()
+    task = await _kick(plain, "quick", **{label: None})
+    assert (await task.wait_result(timeout=5)).return_value == "ran"
 
 
 async def test_a_label_the_worker_tolerated_does_not_break_the_retry_kick() -> None:
@@ -492,21 +496,13 @@ async def test_a_label_the_worker_tolerated_does_not_break_the_retry_kick() -> N
 
 
 @pytest.mark.parametrize("label", ["time_limit", "expires_at"])
-async def test_a_huge_int_label_from_a_foreign_kicker_still_stores_a_result(label: str) -> None:
+async def test_a_huge_int_label_from_a_foreign_kicker_still_stores_a_result(
+    plain: AsyncBroker, label: str
+) -> None:
     """An int label beyond a float's range (OverflowError, not ValueError) is a bad label like
     any other: the task runs and its result is stored."""
-    broker = InMemoryBroker().with_middlewares(AbortMiddleware())
-
-    @broker.task(task_name="quick")
-    async def quick() -> str:
-        return "ran"
-
-    await broker.startup()
-    try:
-        task_id = await _foreign_kick(broker, "quick", **{label: 10**400})
-        assert await _stored(broker, task_id)
-    finally:
-        await broker.shutdown()
+    task_id = await _foreign_kick(plain, "quick", **{label: 10**400})
+    assert await _stored(plain, task_id)
 
 
 # --- real workers -----------------------------------------------------------------------

@@ -5,7 +5,7 @@ ListQueueBroker, two worker processes): ``GET /tasks?label=``, ``POST /tasks/abo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -18,7 +18,7 @@ from taskiq_abort import TaskAbortedError
 from taskiq_abort.web import abort_router
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
-from tests.labels_app import env, make_labels_broker
+from tests.labels_app import make_labels_broker
 from tests.matrix import wait_event
 from tests.test_abort_where_worker import kick, probe
 
@@ -26,17 +26,9 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def worker(redis_url: str, prefix: str) -> Iterator[WorkerProcess]:
-    process = WorkerProcess(
-        redis_url, prefix, workers=2, env=env("list", redis_url, prefix),
-        app="tests.labels_app:broker",
-    )  # fmt: skip
-    yield process.start()
-    process.stop()
-
-
-@pytest.fixture
-async def client(worker: WorkerProcess, redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
+async def client(
+    list_worker: WorkerProcess, redis_url: str, prefix: str
+) -> AsyncIterator[AsyncBroker]:
     async with started(make_labels_broker("list", redis_url, prefix)) as broker:
         yield broker
 
