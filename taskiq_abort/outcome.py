@@ -100,8 +100,9 @@ class RunningEntry:
         """Its labels as the start check compares them (:func:`label_pairs`)."""
         return label_pairs(self.labels)
 
-    @property
+    @cached_property
     def label_map(self) -> dict[str, str]:
+        """Its indexed labels by name (read, not changed: computed once per entry)."""
         return dict(self.labels)
 
     def time_left(self, now: float) -> float | None:
