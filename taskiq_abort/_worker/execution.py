@@ -132,11 +132,11 @@ def wrap_task_function(func: Callable[..., Any]) -> Callable[..., Any]:
                 body = _enter(run)
                 if body is None:
                     return func(*args, **kwargs)
-                # Without interrupt_threads: only the start check and the token apply.
                 body.plain_sync = not body.interrupt
                 body.start_limits_threadsafe()
                 if body.interrupt:
                     return _run_sync(body, func, args, kwargs)
+                # Without interrupt_threads: only the start check and the token apply.
                 try:
                     return func(*args, **kwargs)
                 finally:
