@@ -123,6 +123,8 @@ async def test_ctrl_c_exits_130_and_the_request_stays(
         await apoll(lambda: backend.get_request(task_id), 30, "the CLI's abort request")
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
+        # Read while the task still runs: once released it finishes and settles the request.
+        record = await backend.get_request(task_id)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -130,6 +132,5 @@ async def test_ctrl_c_exits_130_and_the_request_stays(
         rclient.rpush(release, "go")
     assert proc.returncode == 130, (stdout, stderr)
     assert stderr.strip() == "taskiq-abort: interrupted", stderr
-    record = await backend.get_request(task_id)
     assert record is not None and record.outcome is None  # still requested
     events.wait(task_id, "finished")
