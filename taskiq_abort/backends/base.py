@@ -26,7 +26,6 @@ class RequestResult:
     holders: tuple[str, ...]
     """The live workers holding the task, each told on its own channel (usually one; several
     for a broker that delivers a task to every worker)."""
-    entry: RunningEntry | None
     outcome: str | None
     """An outcome already recorded for this id by an earlier abort ("aborted", "revoked"...)."""
     receivers: int

@@ -227,7 +227,6 @@ class MemoryAbortBackend(AbortBackend):
         return [
             RequestResult(
                 holders=tuple(wid for wid, _ in holders),
-                entry=holders[0][1] if holders else None,
                 outcome=record.outcome,
                 receivers=sum(1 for wid, _ in holders if wid in reached),
                 reason=record.reason,

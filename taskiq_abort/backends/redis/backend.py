@@ -245,7 +245,6 @@ class RedisAbortBackend(AbortBackend):
             requested_by,
             self.reply_channel,
             keys.worker_channel_prefix,
-            keys.tasks_prefix,
             round(grace * 1000),
         ]
         row = await self._call(

@@ -47,7 +47,6 @@ async def request_many(
         requested_by,
         reply_channel,
         keys.worker_channel_prefix,
-        keys.tasks_prefix,
         round(grace * 1000),
         MAX_MESSAGE_BYTES,
         keys.eta(""),

@@ -83,13 +83,11 @@ class LoopClients:
 
 
 def request_result(task_id: str, row: list[Any]) -> RequestResult:
-    """A ``REQUEST`` reply (or one row of ``REQUEST_MANY``'s): ``[holders, entry, outcome,
-    receivers, reason]``."""
-    holders, entry, outcome, receivers, reason = row
-    live = tuple(holders.split()) if holders else ()
+    """A ``REQUEST`` reply (or one row of ``REQUEST_MANY``'s): ``[holders, outcome, receivers,
+    reason]``."""
+    holders, outcome, receivers, reason = row
     return RequestResult(
-        holders=live,
-        entry=RunningEntry.decode(task_id, entry, live[0]) if live and entry else None,
+        holders=tuple(holders.split()) if holders else (),
         outcome=outcome or None,
         receivers=int(receivers),
         reason=reason or None,

@@ -34,15 +34,16 @@ REQUEST_LIFE = _lua("request_life")
 # create it unless it exists (the first reason and time stand), note the latest aborter's reply
 # channel, keep the shortest grace (a second abort can only bring the forced stop closer), and
 # make it live at least request_life(ttl, eta_key) and grace + ttl (a worker that resyncs during
-# the grace period must still find it). Needs NOW. Returns the grace, reason and time stored.
+# the grace period must still find it). Needs NOW. Returns the grace, reason and time stored, and
+# the outcome recorded before this call. One read of the hash before its one write.
 RECORD_REQUEST = REQUEST_LIFE + _lua("record_request")
 
 # Which holders of a task are alive, for REQUEST and REQUEST_MANY (``wids``: the ids the holder
 # index names, ``heard``: how many subscribers each got the abort on its channel, ``leases``: a
-# cache of their leases across the ids of one call). Alive: a current lease, or listening on its
-# channel. A holder without a lease is gone: its index entry is taken out. Needs NOW and
-# HOLDERS. Returns the live holders (space-separated) or false, the first one's entry or false,
-# and how many subscribers got the abort.
+# cache of their leases across the ids of one call). Alive: listening on its channel, or a
+# current lease (read only for a holder nobody heard on). A holder without a lease is gone: its
+# index entry is taken out. Needs NOW and HOLDERS. Returns the live holders (space-separated) or
+# false, and how many subscribers got the abort.
 LIVE_HOLDERS = _lua("live_holders")
 
 # Append {task_id, has_reason, reason, reply channel, at, grace_ms} to `list` when `task_id` has
@@ -122,9 +123,9 @@ UNREGISTER = HOLDERS + _lua("unregister")
 # check (SYNC), however late it starts.
 # KEYS: request hash, holders index, workers zset, the task's ETA marker
 # ARGV: task_id, has_reason, reason, ttl_ms, requested_by, reply_channel, worker_channel_prefix,
-#       tasks_prefix, grace_ms (the shortest grace of the requests stands: 0 means "now")
-# Returns {live holders (space-separated) or false, the first holder's entry or false, outcome so
-# far or false, receivers, the stored reason or false}. The first request's reason stands.
+#       grace_ms (the shortest grace of the requests stands: 0 means "now")
+# Returns {live holders (space-separated) or false, outcome so far or false, receivers, the
+# stored reason or false}. The first request's reason stands.
 REQUEST = NOW + HOLDERS + RECORD_REQUEST + LIVE_HOLDERS + _lua("request")
 
 # Record how an abort ended (if the request still exists and no outcome was recorded yet: the
@@ -190,9 +191,9 @@ SETTLE = REQUEST_LIFE + RECORD_OUTCOME + _lua("settle")
 # within max_bytes. Liveness and stale index entries as in REQUEST.
 # KEYS: holders index, workers zset
 # ARGV: request_prefix, has_reason, reason, ttl_ms, requested_by, reply_channel,
-#       worker_channel_prefix, tasks_prefix, grace_ms, max_bytes, eta_prefix, task_id*
-# Returns one {live holders or false, first holder's entry or false, outcome so far or false,
-# receivers, stored reason or false} per task id, in order (REQUEST's reply for each).
+#       worker_channel_prefix, grace_ms, max_bytes, eta_prefix, task_id*
+# Returns one {live holders or false, outcome so far or false, receivers, stored reason or
+# false} per task id, in order (REQUEST's reply for each).
 REQUEST_MANY = NOW + HOLDERS + RECORD_REQUEST + LIVE_HOLDERS + _lua("request_many")
 
 # CONFIRM for many ids in one atomic call: record every outcome as CONFIRM does, then publish

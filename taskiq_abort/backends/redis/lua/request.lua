@@ -1,7 +1,6 @@
 local tid = ARGV[1]
-local outcome = redis.call('HGET', KEYS[1], 'outcome')
-local grace, reason, at = record_request(
-  KEYS[1], KEYS[4], ARGV[5], ARGV[2], ARGV[3], ARGV[6], tonumber(ARGV[4]), tonumber(ARGV[9]))
+local grace, reason, at, outcome = record_request(
+  KEYS[1], KEYS[4], ARGV[5], ARGV[2], ARGV[3], ARGV[6], tonumber(ARGV[4]), tonumber(ARGV[8]))
 local wids, heard = {}, {}
 local cur = redis.call('HGET', KEYS[2], tid)
 if cur then
@@ -14,5 +13,5 @@ if cur then
     heard[wid] = redis.call('PUBLISH', ARGV[7] .. wid, message)
   end
 end
-local holders, entry, receivers = live_holders(KEYS[2], KEYS[3], ARGV[8], tid, wids, heard, {})
-return {holders, entry, outcome, receivers, reason}
+local holders, receivers = live_holders(KEYS[2], KEYS[3], tid, wids, heard, {})
+return {holders, outcome, receivers, reason}

@@ -1,12 +1,11 @@
 
-local req, rc, wchan, tasks, eta = ARGV[1], ARGV[6], ARGV[7], ARGV[8], ARGV[11]
-local ttl, asked, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local req, rc, wchan, eta = ARGV[1], ARGV[6], ARGV[7], ARGV[10]
+local ttl, asked, max_bytes = tonumber(ARGV[4]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local found, groups, by_key = {}, {}, {}
-for i = 12, #ARGV do
+for i = 11, #ARGV do
   local tid = ARGV[i]
   local key = req .. tid
-  local outcome = redis.call('HGET', key, 'outcome')
-  local grace, reason, at = record_request(
+  local grace, reason, at, outcome = record_request(
     key, eta .. tid, ARGV[5], ARGV[2], ARGV[3], rc, ttl, asked)
   local wids = {}
   local cur = redis.call('HGET', KEYS[1], tid)
@@ -52,7 +51,7 @@ for _, group in ipairs(groups) do
 end
 local leases, out = {}, {}
 for _, f in ipairs(found) do
-  local holders, entry, receivers = live_holders(KEYS[1], KEYS[2], tasks, f[1], f[2], heard, leases)
-  out[#out + 1] = {holders, entry, f[3], receivers, f[4]}
+  local holders, receivers = live_holders(KEYS[1], KEYS[2], f[1], f[2], heard, leases)
+  out[#out + 1] = {holders, f[3], receivers, f[4]}
 end
 return out
