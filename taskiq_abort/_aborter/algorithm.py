@@ -205,6 +205,8 @@ class _Run:
     async def _follow_ups(self, follow_ups: list[tuple[str, str | None]]) -> None:
         """:meth:`_follow_up` for each ``(id, finished_by)``, :data:`CONCURRENCY` at a time;
         an id's error is its answer."""
+        if not follow_ups:  # every held id answered (the common single abort)
+            return
         if len(follow_ups) == 1:  # awaited as it is: no task of its own
             ((task_id, finished_by),) = follow_ups
             try:
