@@ -13,6 +13,10 @@ all with the same ``ListQueueBroker`` + ``RedisAsyncResultBackend``, the same
   receiving it: the least a confirmed outcome can cost;
 - floor (b'): ``Task.cancel()``, then the reply is PUBLISHed once taskiq has stored the task's
   result (``post_save``): the least a confirmed outcome costs when taskiq writes the result;
+- floors (a'') and (b''): (a) and (b') with the request recorded before it is published, and
+  (b'') with the outcome recorded before the reply, each in one script call
+  (``cancel_floor.REQUEST_FLOOR``/``CONFIRM_FLOOR``): what "durable before fast" and a
+  recorded outcome cost by themselves, with nothing else of ours;
 - and the bare pub/sub floor (``PUBLISH`` → a subscriber in another process), for reference.
 """
 
@@ -26,7 +30,7 @@ import redis.asyncio as aredis
 from taskiq import AsyncBroker
 
 from benchmarks.app import events_key, now
-from benchmarks.cancel_floor import channel
+from benchmarks.cancel_floor import REQUEST_FLOOR, channel, request_key
 from benchmarks.procs import Worker, poll_until
 from benchmarks.session import Bench, Series
 from benchmarks.stats import fmt_ms, summary_ms
@@ -45,6 +49,9 @@ class FloorProbe:
         self.b_to_reply: list[float] = []
         self.c_to_reply: list[float] = []
         self.c_to_except: list[float] = []
+        self.durable_to_except: list[float] = []
+        self.d_to_reply: list[float] = []
+        self.request = self.redis.register_script(REQUEST_FLOOR)
 
     async def start(self, worker: Worker) -> None:
         await self.pubsub.subscribe(self.reply_channel)
@@ -77,6 +84,22 @@ class FloorProbe:
         if record:
             self.to_except.append(stamp - t0)
 
+    async def a2(self, record: bool = True) -> None:
+        """(a''): (a), the request recorded before it is published."""
+        task_id = await self._running()
+        t0 = now()
+        key = request_key(self.prefix, task_id)
+        await self.request(keys=[key], args=[channel(self.prefix), f"a {task_id}"])
+        stamp = await self._stamp(task_id)
+        if record:
+            self.durable_to_except.append(stamp - t0)
+
+    async def d(self, record: bool = True) -> None:
+        """(b''): (b') with the request and the outcome recorded."""
+        t0, t1, _ = await self._confirmed("d")
+        if record:
+            self.d_to_reply.append(t1 - t0)
+
     async def b(self, record: bool = True) -> None:
         t0, t1, stamp = await self._confirmed("b")
         if record:
@@ -92,7 +115,12 @@ class FloorProbe:
     async def _confirmed(self, kind: str) -> tuple[float, float, float]:
         task_id = await self._running()
         t0 = now()
-        await self.redis.publish(channel(self.prefix), f"{kind} {task_id} {self.reply_channel}")
+        message = f"{kind} {task_id} {self.reply_channel}"
+        if kind == "d":
+            key = request_key(self.prefix, task_id)
+            await self.request(keys=[key], args=[channel(self.prefix), message])
+        else:
+            await self.redis.publish(channel(self.prefix), message)
         while True:
             msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
             if msg is None:
@@ -132,7 +160,9 @@ async def run(bench: Bench) -> dict[str, Any]:
     try:
         await bench.wait_registered(worker, 1)
         await probe.start(floor_worker)
-        steps: list[Callable[[bool], Awaitable[None]]] = [ours, probe.a, probe.b, probe.c, pubsub]
+        steps: list[Callable[[bool], Awaitable[None]]] = [
+            ours, probe.a, probe.a2, probe.b, probe.c, probe.d, pubsub
+        ]  # fmt: skip
         for _ in range(bench.p.warmup):
             for step in steps:
                 await step(False)
@@ -148,6 +178,7 @@ async def run(bench: Bench) -> dict[str, Any]:
         floor_worker.stop()
     fa, fb = summary_ms(probe.to_except), summary_ms(probe.b_to_reply)
     fc = summary_ms(probe.c_to_reply)
+    fa2, fd = summary_ms(probe.durable_to_except), summary_ms(probe.d_to_reply)
     report = s.report()
     fin, ret = report["to_finally_ms"], report["to_return_ms"]
     return {
@@ -156,6 +187,8 @@ async def run(bench: Bench) -> dict[str, Any]:
         "floor_b_ms": fb,
         "floor_b_except_ms": summary_ms(probe.b_to_except),
         "floor_b_taskiq_ms": fc,
+        "floor_a_durable_ms": fa2,
+        "floor_b_durable_ms": fd,
         # From the body's `except` to the caller hearing the outcome, per sample.
         "except_to_reply_ms": {
             "ours": summary_ms([r - f for r, f in zip(s.to_return, s.to_finally, strict=True)]),
@@ -166,11 +199,20 @@ async def run(bench: Bench) -> dict[str, Any]:
         "ratio_cancel": {q: round(fin[q] / fa[q], 2) for q in ("p50", "p99")},
         "ratio_confirm": {q: round(ret[q] / fb[q], 2) for q in ("p50", "p99")},
         "ratio_confirm_taskiq": {q: round(ret[q] / fc[q], 2) for q in ("p50", "p99")},
+        "ratio_cancel_durable": {q: round(fin[q] / fa2[q], 2) for q in ("p50", "p99")},
+        "ratio_confirm_durable": {q: round(ret[q] / fd[q], 2) for q in ("p50", "p99")},
+        # What the floors themselves say: the least the guarantees cost, against (a) and (b).
+        "durable_over_floor": {
+            "a2_over_a": {q: round(fa2[q] / fa[q], 2) for q in ("p50", "p99")},
+            "b2_over_b": {q: round(fd[q] / fb[q], 2) for q in ("p50", "p99")},
+        },
         "samples_ms": {
             **s.samples_ms(),
             "floor_a": [round(v * 1000, 4) for v in probe.to_except],
             "floor_b": [round(v * 1000, 4) for v in probe.b_to_reply],
             "floor_b_taskiq": [round(v * 1000, 4) for v in probe.c_to_reply],
+            "floor_a_durable": [round(v * 1000, 4) for v in probe.durable_to_except],
+            "floor_b_durable": [round(v * 1000, 4) for v in probe.d_to_reply],
         },
     }
 
@@ -180,6 +222,18 @@ def table(results: dict[str, Any]) -> list[str]:
         return []
     lat = results["latency"]
     rc, rf, rt = lat["ratio_cancel"], lat["ratio_confirm"], lat["ratio_confirm_taskiq"]
+    rows = []
+    if "floor_a_durable_ms" in lat:  # results written before the durable floors lack them
+        da, db = lat["ratio_cancel_durable"], lat["ratio_confirm_durable"]
+        fl = lat["durable_over_floor"]
+        rows = [
+            f"| floor (a''): (a), its PUBLISH from a script that first records the request "
+            f"| {fmt_ms(lat['floor_a_durable_ms'])} | {fl['a2_over_a']['p50']:.2f}x / "
+            f"{fl['a2_over_a']['p99']:.2f}x (a); ours {da['p50']:.2f}x / {da['p99']:.2f}x | |",
+            f"| floor (b''): (b'), request and outcome each recorded before they are published "
+            f"| {fmt_ms(lat['floor_b_durable_ms'])} | {fl['b2_over_b']['p50']:.2f}x / "
+            f"{fl['b2_over_b']['p99']:.2f}x (b); ours {db['p50']:.2f}x / {db['p99']:.2f}x | |",
+        ]
     return [
         "### 1. Abort latency, running async task (ms, p50 / p99)",
         "",
@@ -196,6 +250,7 @@ def table(results: dict[str, Any]) -> list[str]:
         "| ≤ 1.3x (b) at p50 |",
         f"| floor (b'): `Task.cancel()`, PUBLISH reply once taskiq stored the result "
         f"| {fmt_ms(lat['floor_b_taskiq_ms'])} | | |",
+        *rows,
         f"| pub/sub alone: PUBLISH → subscriber in another process "
         f"| {fmt_ms(lat['floor_ms'])} | | |",
         f"\n{lat['to_finally_ms']['n']} aborts and as many samples of each floor, interleaved; "

@@ -32,9 +32,11 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     }
     assert set(report["load_per_benchmark"]) == set(STEPS)
     assert results["latency"]["statuses"] == {"aborted": 4}
-    for floor in ("floor_a_ms", "floor_b_ms", "floor_b_taskiq_ms"):
+    floors = ("floor_a_ms", "floor_b_ms", "floor_b_taskiq_ms", "floor_a_durable_ms")
+    for floor in (*floors, "floor_b_durable_ms"):
         assert results["latency"][floor]["n"] == 4
     assert set(results["latency"]["ratio_cancel"]) == {"p50", "p99"}
+    assert set(results["latency"]["durable_over_floor"]) == {"a2_over_a", "b2_over_b"}
     assert set(results["scale"]["levels"]) == {"1", "20"}
     assert results["scale"]["bulk"]["api"]["statuses"] == {"aborted": 20}
     assert results["scale"]["bulk"]["by_name"]["statuses"] == {"aborted": 20}
