@@ -35,7 +35,8 @@ REQUEST_LIFE = _lua("request_life")
 # channel, keep the shortest grace (a second abort can only bring the forced stop closer), and
 # make it live at least request_life(ttl, eta_key) and grace + ttl (a worker that resyncs during
 # the grace period must still find it). Needs NOW. Returns the grace, reason and time stored, and
-# the outcome recorded before this call. One read of the hash before its one write.
+# the outcome recorded before this call. One read of the hash (HGETALL: it is small) before its
+# one write.
 RECORD_REQUEST = REQUEST_LIFE + _lua("record_request")
 
 # Which holders of a task are alive, for REQUEST and REQUEST_MANY (``wids``: the ids the holder

@@ -1,12 +1,13 @@
 
 local function record_request(key, eta_key, by, has_reason, reason, rc, ttl, asked)
-  local had = redis.call('HMGET', key, 'outcome', 'grace', 'at', 'reason')
-  local outcome, at, stored = had[1], tonumber(had[3]), had[4]
+  local flat, had = redis.call('HGETALL', key), {}  -- not HMGET: not in aborters' ACLs
+  for i = 1, #flat, 2 do had[flat[i]] = flat[i + 1] end
+  local outcome, at, stored = had.outcome or false, tonumber(had.at), had.reason or false
   local grace = asked
-  local before = tonumber(had[2] or grace)
+  local before = tonumber(had.grace or grace)
   if before < grace then grace = before end
   local fields = {'rc', rc, 'grace', grace}
-  if not at and redis.call('EXISTS', key) == 0 then
+  if #flat == 0 then  -- no request yet
     at = now
     fields[5], fields[6], fields[7], fields[8] = 'at', at, 'by', by
     if has_reason == '1' then stored, fields[9], fields[10] = reason, 'reason', reason end
