@@ -193,6 +193,8 @@ async def test_abort_where_on_an_in_memory_broker() -> None:
         elsewhere = await quick.kicker().with_labels(tenant="zeta").kiq()
         assert (await elsewhere.wait_result(timeout=5)).return_value == "ran"
         assert await cancel_rule(broker, summary) is True
+        with pytest.raises(ValueError, match="invalid abort rule id"):
+            await cancel_rule(broker, "no such rule")  # a typo, not a quiet False
         again = await quick.kicker().with_labels(tenant="acme").kiq()
         assert (await again.wait_result(timeout=5)).return_value == "ran"
     finally:

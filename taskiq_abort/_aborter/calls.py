@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
 from taskiq_abort._aborter.cascade import abort_cascade
 from taskiq_abort._aborter.where import matching, new_rule, rule_ttl
-from taskiq_abort._wire.protocol import check_grace, clean_reason
+from taskiq_abort._wire.protocol import check_grace, clean_reason, validate_rule_id
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
 from taskiq_abort.observability import events
@@ -136,7 +136,7 @@ class AbortCalls:
 
     async def cancel_rule(self, rule_id: str) -> bool:
         """Remove an abort rule early; see :func:`taskiq_abort.cancel_rule`."""
-        return await self.backend.cancel_rule(rule_id)
+        return await self.backend.cancel_rule(validate_rule_id(rule_id))
 
     async def abort_rules(self) -> list[AbortRule]:
         """The abort rules in force; see :func:`taskiq_abort.abort_rules`."""

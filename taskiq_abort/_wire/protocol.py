@@ -1,4 +1,4 @@
-"""The control-plane wire format: versioned JSON messages, and task-id validation.
+"""The control-plane wire format: versioned JSON messages, and task-id and rule-id validation.
 
 Documented for other implementations in ``docs/protocol.md``. Parsing never raises on bad
 input from the wire: it returns ``None`` and the caller counts the message as malformed.
@@ -32,6 +32,9 @@ _REPLY = "reply"
 _REPLIES = "replies"
 REPLY_STATUSES = frozenset({"aborted", "finished", "unknown"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RULE_ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"
+"""What an abort rule id may be (``abort_where`` makes 12 hex digits); a key of its own."""
+_RULE_ID = re.compile(RULE_ID_PATTERN[1:-1])  # fullmatch: "$" would let a newline end it
 
 
 def validate_task_id(task_id: object) -> str:
@@ -51,6 +54,24 @@ def validate_task_id(task_id: object) -> str:
         shown = task_id if len(task_id) <= 60 else task_id[:57] + "..."
         raise InvalidTaskIdError(f"invalid task id {shown!r}: {problem}")
     return task_id
+
+
+def validate_rule_id(rule_id: object) -> str:
+    """Return ``rule_id`` if it can be an abort rule's id, else raise ``ValueError``.
+
+    >>> validate_rule_id("3f2a9c1b7d4e")
+    '3f2a9c1b7d4e'
+    >>> validate_rule_id("a b")
+    Traceback (most recent call last):
+    ...
+    ValueError: invalid abort rule id 'a b': expected up to 64 letters, digits, '-' or '_'
+    """
+    if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
+        shown = rule_id if not isinstance(rule_id, str) or len(rule_id) <= 60 else rule_id[:57]
+        raise ValueError(
+            f"invalid abort rule id {shown!r}: expected up to 64 letters, digits, '-' or '_'"
+        )
+    return rule_id
 
 
 def _task_id_problem(task_id: str) -> str | None:
