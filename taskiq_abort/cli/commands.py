@@ -1,5 +1,5 @@
 """The CLI's commands: abort ids (with ``--cascade``), bulk abort by name or by ``--label``,
-``ls``, ``status``."""
+``ls``, ``status``, ``rules``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from taskiq_abort._aborter.calls import abort_reported, where_reported
 from taskiq_abort._aborter.cascade import abort_cascade
 from taskiq_abort._aborter.where import new_rule, rule_ttl
 from taskiq_abort._read.names import resolve_task_name
-from taskiq_abort._wire.protocol import validate_task_id
+from taskiq_abort._wire.protocol import validate_rule_id, validate_task_id
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
 from taskiq_abort.cli.labels import describe, has_labels, parse_labels
@@ -54,6 +54,8 @@ async def run(args: argparse.Namespace) -> int:
         task_ids = [args.task_id]
     for task_id in task_ids:  # all refused before anything is sent
         validate_task_id(task_id)
+    for rule_id in getattr(args, "cancel", ()):
+        validate_rule_id(rule_id)
     metrics_file = getattr(args, "metrics", None)
     if metrics_file:
         from taskiq_abort.observability import (
@@ -74,6 +76,8 @@ async def run(args: argparse.Namespace) -> int:
             return await list_running(conn, args.name, args.worker, args.json, labels)
         if args.command == "status":
             return await show_status(conn, args.task_id, args.json)
+        if args.command == "rules":
+            return await rules(conn, args.cancel, args.json)
         timeout = conn.timeout if args.timeout is None else args.timeout
         if args.label:
             return await abort_by_labels(conn, args, timeout)
@@ -267,6 +271,32 @@ async def show_status(conn: Connection, task_id: str, as_json: bool) -> int:
         for line in fmt.status_lines(status, now, conn.result_backend is not None):
             out(line)
     return 1 if status["state"] == "unknown" else 0
+
+
+async def rules(conn: Connection, cancel: Sequence[str], as_json: bool) -> int:
+    """List the abort rules in force, soonest to expire first; or cancel the ones named (1 if
+    some was not found)."""
+    if cancel:
+        missing = 0
+        for rule_id in dict.fromkeys(cancel):
+            removed = await conn.backend.cancel_rule(rule_id)
+            missing += not removed
+            if as_json:
+                out(fmt.json_line({"rule_id": rule_id, "cancelled": removed}))
+            else:
+                gone = "not found (expired, or cancelled already)"
+                out(f"rule {rule_id}: {'cancelled' if removed else gone}")
+        return 1 if missing else 0
+    found = sorted(await conn.backend.rules(), key=lambda r: (r.expires_at, r.rule_id))
+    if as_json:
+        for rule in found:
+            out(fmt.json_line(rule.to_dict()))
+    elif not found:
+        out(f"no abort rules in force under prefix {conn.prefix!r} on {conn.where}")
+    else:
+        for line in fmt.rule_lines(found, time.time()):
+            out(line)
+    return 0
 
 
 async def abort_by_labels(conn: Connection, args: argparse.Namespace, timeout: float) -> int:

@@ -9,7 +9,7 @@ from typing import Any
 
 from taskiq_abort._read.state import FINAL, request_fields, running_row, task_state
 from taskiq_abort.backends.base import RequestRecord
-from taskiq_abort.outcome import AbortOutcome, RunningEntry, WorkerInfo
+from taskiq_abort.outcome import AbortOutcome, AbortRule, RunningEntry, WorkerInfo
 
 _ID_WIDTH = 32  # TaskIQ ids are uuid4().hex
 
@@ -44,6 +44,34 @@ def outcome_lines(outcomes: Sequence[AbortOutcome]) -> list[str]:
         f"{o.elapsed * 1000:8.1f} ms{'  forced' if o.forced else ''}"
         for o in outcomes
     ]
+
+
+def rule_lines(rules: Sequence[AbortRule], now: float) -> list[str]:
+    """A header and one aligned line per rule: id, time left, what it matches, its reason.
+
+    >>> rule = AbortRule("3f2a9c1b7d4e", {"tenant": "acme"}, None, "abort rule 3f2a9c1b7d4e",
+    ...                  0.0, 3600.0)
+    >>> for line in rule_lines([rule], 0.0):
+    ...     print(line)
+    RULE          LEFT     MATCHES      REASON
+    3f2a9c1b7d4e  1h00m    tenant=acme  abort rule 3f2a9c1b7d4e
+    """
+    rows = [
+        (
+            r.rule_id,
+            duration(r.expires_at - now),
+            ", ".join(
+                [f"{k}={v}" for k, v in r.labels.items()]
+                + ([f"name={r.task_name}"] if r.task_name is not None else [])
+            ),
+            r.reason,
+        )
+        for r in rules
+    ]
+    table = [("RULE", "LEFT", "MATCHES", "REASON"), *rows]
+    id_w, left_w = (max(7, *(len(row[i]) for row in table)) for i in (0, 1))
+    match_w = max(len(row[2]) for row in table)
+    return [f"{a:<{id_w}}  {b:<{left_w}}  {c:<{match_w}}  {d}".rstrip() for a, b, c, d in table]
 
 
 def revoked_note(count: int, request_ttl: float, has_result_backend: bool) -> str:

@@ -20,7 +20,7 @@ EXIT_NOT_ALL = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-_COMMANDS = ("ls", "status", "web")
+_COMMANDS = ("ls", "status", "rules", "web")
 
 _DESCRIPTION = """\
 Abort TaskIQ tasks, queued or running, on whichever worker process holds them;
@@ -31,6 +31,7 @@ list the running tasks; show what became of one task.
   %(prog)s --label NAME=VALUE [--yes]  abort by indexed label, and refuse later starts
   %(prog)s ls [--name N] [--worker W]  list running tasks (%(prog)s ls --help)
   %(prog)s status TASK_ID              running where / abort requested / not known
+  %(prog)s rules [--cancel RULE_ID]    the abort rules in force (--label, cascades)
   %(prog)s web --broker M:B --token T  the operator API and dashboard (extra `web`)
 """
 
@@ -109,7 +110,7 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
     common = _common()
     abort = argparse.ArgumentParser(
         prog=prog,
-        usage=f"{prog} [options] TASK_ID [TASK_ID ...] | --name NAME | ls | status | web",
+        usage=f"{prog} [options] TASK_ID [TASK_ID ...] | --name NAME | ls | status | rules | web",
         description=_DESCRIPTION % {"prog": prog},
         epilog=_EPILOG % {"prog": prog},
         formatter_class=fmt,
@@ -199,7 +200,28 @@ def build_parsers(prog: str) -> dict[str, argparse.ArgumentParser]:
         allow_abbrev=False,
     )
     status.add_argument("task_id", metavar="TASK_ID")
-    return {"": abort, "ls": ls, "status": status, "web": web.build_parser(prog)}
+
+    rules = argparse.ArgumentParser(
+        prog=f"{prog} rules",
+        description="List the abort rules in force (recorded by --label, abort_where() and "
+        "cascades: each refuses the matching tasks at their start until it expires), or "
+        "cancel some before they expire.",
+        epilog="exit status: 0 listed (also when there is none) or every rule cancelled, "
+        "1 some rule was not found (expired, or cancelled already), 2 invalid rule id, Redis "
+        "unreachable or usage, 130 interrupted",
+        parents=[common],
+        allow_abbrev=False,
+    )
+    rules.add_argument(
+        "--cancel",
+        nargs="+",
+        default=[],
+        metavar="RULE_ID",
+        help="remove these rules: matching tasks that start from now on run (tasks it "
+        "already stopped stay stopped)",
+    )
+    parsers = {"": abort, "ls": ls, "status": status, "rules": rules}
+    return {**parsers, "web": web.build_parser(prog)}
 
 
 def _split_command(argv: list[str], parsers: dict[str, argparse.ArgumentParser]) -> str:
@@ -244,7 +266,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "taskiq-abort") -> in
         if command == "" and not args.task_ids and args.name is None and not args.label:
             parser.error(
                 "give task ids to abort, --name TASK_NAME, --label NAME=VALUE, or a command "
-                "(ls, status)"
+                "(ls, status, rules, web)"
             )
         if command == "" and args.task_ids and (args.name is not None or args.label):
             parser.error("give task ids or --name/--label, not both")
