@@ -304,11 +304,14 @@ async def test_openapi_schema_has_the_response_models(http: httpx.AsyncClient) -
     schema = (await http.get("/openapi.json")).json()
     assert set(schema["paths"]) == {
         "/tasks", "/tasks/{task_id}", "/tasks/abort", "/tasks/{task_id}/abort",
-        "/tasks/abort-where", "/workers", "/outcomes",
+        "/tasks/abort-where", "/rules", "/rules/{rule_id}/cancel", "/workers", "/outcomes",
     }  # fmt: skip
     models = set(schema["components"]["schemas"])
     assert {"TaskPage", "RunningTask", "TaskState", "Outcome", "BulkAbortResult"} <= models
     assert {"Worker", "WorkerList", "AbortBody", "BulkAbortBody", "Problem"} <= models
+    assert {"RuleList", "RuleCancelled"} <= models
+    cancel = schema["paths"]["/rules/{rule_id}/cancel"]["post"]["responses"]
+    assert {"200", "403", "404", "415", "422", "503"} <= set(cancel)
     abort = schema["paths"]["/tasks/{task_id}/abort"]["post"]
     assert {"200", "403", "415", "422", "503"} <= set(abort["responses"])
     assert "400" not in abort["responses"]  # a body that is not JSON is FastAPI's 422

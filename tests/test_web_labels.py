@@ -14,7 +14,7 @@ from fastapi import Depends, FastAPI
 from taskiq import AsyncBroker
 from taskiq.task import AsyncTaskiqTask
 
-from taskiq_abort import TaskAbortedError
+from taskiq_abort import TaskAbortedError, abort_where
 from taskiq_abort.web import abort_router
 from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
@@ -90,3 +90,34 @@ async def test_filter_abort_where_and_cascade(
     for child in children:
         stopped = await AsyncTaskiqTask(child, client.result_backend).wait_result(timeout=30)
         assert isinstance(stopped.error, TaskAbortedError)
+
+
+async def test_rules_listed_and_cancelled(redis_url: str, prefix: str) -> None:
+    """``GET /rules`` (soonest to expire first), ``POST /rules/{id}/cancel`` (404 once gone,
+    422 for an id that cannot be one, 403 on a read-only router)."""
+    async with started(make_labels_broker("list", redis_url, prefix)) as broker:
+        later = await abort_where(broker, {"tenant": "acme"}, reason="gone", ttl=600)
+        sooner = await abort_where(broker, {"tenant": "zeta"}, ttl=60)
+        app = FastAPI()
+        app.include_router(abort_router(broker, dependencies=[Depends(lambda: None)]))
+        app.include_router(
+            abort_router(broker, dependencies=[Depends(lambda: None)], read_only=True),
+            prefix="/ro",
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+            listed = (await http.get("/rules")).json()["rules"]
+            assert [r["rule_id"] for r in listed] == [sooner.rule.rule_id, later.rule.rule_id]
+            assert listed[1]["labels"] == {"tenant": "acme"} and "gone" in listed[1]["reason"]
+            json_body = {"json": {}}
+            url = f"/rules/{later.rule.rule_id}/cancel"
+            assert (await http.post(f"/ro{url}", **json_body)).status_code == 403
+            assert (await http.post(url)).status_code == 415  # state changes take JSON only
+            done = await http.post(url, **json_body)
+            assert done.status_code == 200, done.text
+            assert done.json() == {"rule_id": later.rule.rule_id, "cancelled": True}
+            gone = await http.post(url, **json_body)
+            assert gone.status_code == 404 and later.rule.rule_id in gone.json()["detail"]
+            assert (await http.post("/rules/a%20b/cancel", **json_body)).status_code == 422
+            left = (await http.get("/rules")).json()["rules"]
+            assert [r["rule_id"] for r in left] == [sooner.rule.rule_id]

@@ -206,6 +206,15 @@ class Rule(BaseModel):
     requested_by: str
 
 
+class RuleList(BaseModel):
+    rules: list[Rule] = Field(description="the rules in force, soonest to expire first")
+
+
+class RuleCancelled(BaseModel):
+    rule_id: str
+    cancelled: bool = Field(description="always true: an unknown rule is a 404")
+
+
 class WhereResult(BaseModel):
     rule: Rule
     matched: int = Field(description="running tasks matching when the rule was recorded")

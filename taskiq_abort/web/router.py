@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from taskiq_abort._read.names import AmbiguousTaskNameError
 from taskiq_abort._scrub import passwords, scrub
-from taskiq_abort._wire.protocol import MAX_TASK_ID_LENGTH
+from taskiq_abort._wire.protocol import MAX_TASK_ID_LENGTH, RULE_ID_PATTERN
 from taskiq_abort.errors import AbortBackendError, AbortConfigError, InvalidTaskIdError
 from taskiq_abort.web import assets, models
 from taskiq_abort.web.service import TaskService
@@ -33,6 +33,14 @@ TaskId = Annotated[
         max_length=MAX_TASK_ID_LENGTH,
         pattern=r"^[^\x00-\x1f\x7f]+$",
         description="a TaskIQ task id (no control characters, at most 256 characters)",
+    ),
+]
+RuleId = Annotated[
+    str,
+    Path(
+        pattern=RULE_ID_PATTERN,
+        description="an abort rule's id (up to 64 letters, digits, '-' or '_'), as GET /rules "
+        "lists them",
     ),
 ]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -257,6 +265,28 @@ def abort_router(
             return await guard(service.abort_where(body))
         except AbortConfigError as exc:  # a label the middleware does not index
             raise HTTPException(400, str(exc)) from exc
+
+    @router.get("/rules", response_model=models.RuleList, responses=_ERRORS)
+    async def rules() -> models.RuleList:
+        """The abort rules in force (``abort-where``, cascades): each refuses the matching
+        tasks at their start until it expires."""
+        return await guard(service.rules())
+
+    @router.post(
+        "/rules/{rule_id}/cancel",
+        response_model=models.RuleCancelled,
+        dependencies=writes,
+        responses={
+            **_WRITE_ERRORS,
+            404: {"model": models.Problem, "description": "no such rule (expired, or cancelled)"},
+        },
+    )
+    async def cancel_rule(rule_id: RuleId) -> models.RuleCancelled:
+        """Remove an abort rule before it expires: matching tasks that start from now on run
+        (those it already stopped stay stopped)."""
+        if not await guard(service.cancel_rule(rule_id)):
+            raise HTTPException(404, f"no abort rule {rule_id} (expired, or cancelled already)")
+        return models.RuleCancelled(rule_id=rule_id, cancelled=True)
 
     @router.get("/workers", response_model=models.WorkerList, responses=_ERRORS)
     async def workers() -> models.WorkerList:

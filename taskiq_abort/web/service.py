@@ -218,5 +218,13 @@ class TaskService:
             outcomes=[models.Outcome(**o.to_dict()) for o in found.running],  # type: ignore[arg-type]
         )
 
+    async def rules(self) -> models.RuleList:
+        """The abort rules in force, soonest to expire first."""
+        found = sorted(await self.middleware.abort_rules(), key=lambda r: (r.expires_at, r.rule_id))
+        return models.RuleList(rules=[models.Rule(**r.to_dict()) for r in found])  # type: ignore[arg-type]
+
+    async def cancel_rule(self, rule_id: str) -> bool:
+        return await self.middleware.cancel_rule(rule_id)
+
     def recent_outcomes(self, limit: int) -> models.RecentOutcomes:
         return models.RecentOutcomes(outcomes=list(self.recent)[:limit])
