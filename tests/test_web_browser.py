@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 import redis
 
@@ -163,6 +164,20 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
     assert page.title() != "pwned"
     expect(page.locator("#workers td.alive")).to_have_text("live")
 
+    # Indexed labels show in their column; abort-where's rule shows in the rules panel.
+    (labelled,) = kick(url, prefix, "sleeper", 3600, labels={"tenant": "acme"})
+    events.wait(labelled, "started")
+    labels_cell = page.locator(f'#tasks tr[data-task-id="{labelled}"] td.labels')
+    expect(labels_cell).to_have_text("tenant=acme")
+    where = {"labels": {"tenant": "acme"}, "confirm": True, "reason": "tenant left"}
+    made = httpx.post(f"{web.base}/tasks/abort-where", headers=web.headers, json=where)
+    assert made.status_code == 200 and made.json()["counts"]["aborted"] == 1, made.text
+    rule_id = made.json()["rule"]["rule_id"]
+    rule_row = page.locator(f'#rules tr[data-rule-id="{rule_id}"]')
+    expect(rule_row.locator("td.labels")).to_have_text("tenant=acme")
+    expect(rule_row.locator("td").nth(3)).to_have_text(f"tenant left (abort rule {rule_id})")
+    expect(labels_cell).to_have_count(0)  # the rule aborted it
+
     # Abort: the dialog asks for a reason and a confirmation.
     row.get_by_role("button", name="Abort").click()
     dialog = page.locator("#confirm")
@@ -187,6 +202,12 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
 
     page.mouse.move(0, 0)  # no button hovered in the picture
     page.screenshot(path=SCREENSHOT or str(tmp_path / "dashboard.png"))
+
+    # A rule is cancelled from its panel, after the browser's confirmation.
+    page.once("dialog", lambda dialog: dialog.accept())
+    rule_row.get_by_role("button", name="Cancel rule").click()
+    expect(page.locator("#toast")).to_have_text(f"rule {rule_id} cancelled")
+    expect(rule_row).to_have_count(0)
 
     # Bulk by name, with the count in the confirmation.
     page.fill("#bulk-name", "sleeper")

@@ -21,6 +21,7 @@ if "TASKIQ_ABORT_TEST_URL" in os.environ:
         os.environ["TASKIQ_ABORT_TEST_URL"],
         os.environ["TASKIQ_ABORT_TEST_PREFIX"],
         abort_url=os.environ.get("TASKIQ_ABORT_TEST_ABORT_URL") or None,
+        index_labels=("tenant",),  # the dashboard's labels column and rules panel
     )
 
     @broker.task(task_name=HOSTILE_NAME)

@@ -158,6 +158,44 @@
     replaceRows($("outcomes").tBodies[0], rows);
   }
 
+  // Each refuses the matching tasks at their start until it expires (abort-where, cascades).
+  function renderRules(data) {
+    const now = Date.now() / 1000;
+    const rows = data.rules.map((r) => {
+      const tr = el("tr");
+      tr.dataset.ruleId = r.rule_id;
+      const matches = Object.entries(r.labels).map(([k, v]) => k + "=" + v);
+      if (r.task_name) matches.push("name " + r.task_name);
+      tr.append(
+        el("td", r.rule_id, "id"),
+        el("td", duration(r.expires_at - now)),
+        el("td", matches.join(", "), "labels"),
+        el("td", r.reason),
+      );
+      const action = el("td", undefined, "writes");
+      if (!readOnly) {
+        const button = el("button", "Cancel rule", "cancel-rule");
+        button.type = "button";
+        button.addEventListener("click", () => cancelRule(r, matches.join(", ")));
+        action.appendChild(button);
+      }
+      tr.appendChild(action);
+      return tr;
+    });
+    replaceRows($("rules").tBodies[0], rows);
+    $("rules-summary").textContent = data.rules.length ? data.rules.length + " in force" : "none";
+  }
+
+  async function cancelRule(rule, matches) {
+    if (!window.confirm("Cancel rule " + rule.rule_id + " (" + matches + ")? Matching tasks that start from now on will run.")) return;
+    try {
+      await call("POST", "rules/" + encodeURIComponent(rule.rule_id) + "/cancel", {});
+      toast("rule " + rule.rule_id + " cancelled");
+    } catch (error) {
+      toast("cancelling the rule failed: " + error.message);
+    }
+  }
+
   function tasksQuery() {
     const q = new URLSearchParams({ offset: state.offset, limit: state.limit });
     if (state.name) q.set("name", state.name);
@@ -169,11 +207,13 @@
   async function poll() {
     const began = Date.now();
     try {
-      const [workers, page, outcomes] = await Promise.all([
-        call("GET", "workers"), call("GET", tasksQuery()), call("GET", "outcomes?limit=50"),
+      const [workers, page, rules, outcomes] = await Promise.all([
+        call("GET", "workers"), call("GET", tasksQuery()), call("GET", "rules"),
+        call("GET", "outcomes?limit=50"),
       ]);
       renderWorkers(workers);
       renderTasks(page);
+      renderRules(rules);
       renderOutcomes(outcomes);
       state.updated = Date.now();
       $("live").textContent = "live · updated every second";
