@@ -107,6 +107,21 @@ async def test_rules_expire_and_can_be_cancelled(backend: AbortBackend) -> None:
     await backend.unregister("w1")
 
 
+async def test_many_rules_in_few_calls_each_applied(backend: AbortBackend) -> None:
+    """``add_rules`` (a cascade's): 1,001 rules, recorded 500 a call on Redis, each one in
+    force with its own labels and the call's time."""
+    await backend.register("w1", {}, [])
+    wanted = [rule({"user": str(i)}, rid=f"u{i}") for i in range(1001)]
+    added = await backend.add_rules(wanted, 60)
+    assert [r.rule_id for r in added] == [r.rule_id for r in wanted]
+    assert len({r.created_at for r in added[:500]}) == 1  # one call, one time
+    assert {r.rule_id for r in await backend.rules()} == {r.rule_id for r in wanted}
+    starts = [entry("first", user="0"), entry("last", user="1000"), entry("none", user="x")]
+    _, refused = await backend.sync("w1", starts, [])
+    assert sorted(n.task_id for n in refused) == ["first", "last"]
+    await backend.unregister("w1")
+
+
 async def test_a_stored_request_comes_before_a_rule(backend: AbortBackend) -> None:
     await backend.register("w1", {}, [])
     await backend.request("t", "by id", "test")

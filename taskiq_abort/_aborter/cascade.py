@@ -64,9 +64,8 @@ async def abort_cascade(
     outcome saying how many running descendants were stopped (``descendants``)."""
     asked = set(map(validate_task_id, task_ids))
     text, by, ttl = clean_reason(reason), requested_by(), backend.request_ttl
-    for task_id in asked:  # first: from now on no descendant starts
-        for label in (ROOT, PARENT):
-            await backend.add_rule(_rule(label, task_id, text, by), ttl)
+    # First: from now on no descendant starts.
+    await backend.add_rules([_rule(lb, t, text, by) for t in asked for lb in (ROOT, PARENT)], ttl)
     owner: dict[str, str] = {}
     while True:
         entries = [entry for info in await backend.workers() for entry in info.tasks]
@@ -74,8 +73,7 @@ async def abort_cascade(
         inner = [e for e in _descend(entries, asked, owner) if e.label_map.get(ROOT) not in asked]
         if not inner:
             break
-        for entry in inner:
-            await backend.add_rule(_rule(PARENT, entry.task_id, text, by), ttl)
+        await backend.add_rules([_rule(PARENT, e.task_id, text, by) for e in inner], ttl)
     answers = await abort_ids([*task_ids, *owner])
     stopped: dict[str, int] = {}
     for descendant, answer in zip(owner, answers[len(task_ids) :], strict=True):

@@ -285,6 +285,11 @@ class AbortBackend(abc.ABC):
     async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
         """Record ``rule`` durably for ``ttl`` seconds; from then on every start check refuses
         the tasks it matches. Returns it with the control plane's times."""
+        (added,) = await self.add_rules([rule], ttl)
+        return added
+
+    async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
+        """:meth:`add_rule` for each of ``rules`` (one aborter's), in as few calls as it can."""
         raise AbortConfigError(f"{type(self).__name__} does not support abort rules")
 
     async def cancel_rule(self, rule_id: str) -> bool:

@@ -268,11 +268,12 @@ class MemoryAbortBackend(AbortBackend):
         self._rules = {rid: item for rid, item in self._rules.items() if item[0] > now}
         return [rule for _, rule in self._rules.values()]
 
-    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+    async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
         now = time.time()
-        rule = replace(rule, created_at=now, expires_at=now + ttl)
-        self._rules[rule.rule_id] = (time.monotonic() + ttl, rule)
-        return rule
+        added = [replace(rule, created_at=now, expires_at=now + ttl) for rule in rules]
+        for rule in added:
+            self._rules[rule.rule_id] = (time.monotonic() + ttl, rule)
+        return added
 
     async def cancel_rule(self, rule_id: str) -> bool:
         self._live_rules()

@@ -321,8 +321,8 @@ class RedisAbortBackend(AbortBackend):
     async def settle_finished(self, task_id: str) -> RequestRecord | None:
         return await self._settling.settle_finished(task_id)
 
-    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
-        return await self._rules.add_rule(rule, ttl)
+    async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
+        return await self._rules.add_rules(rules, ttl)
 
     async def cancel_rule(self, rule_id: str) -> bool:
         return await self._rules.cancel_rule(rule_id)

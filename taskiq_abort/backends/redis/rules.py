@@ -4,7 +4,7 @@ their ids that the start check (``SYNC``) reads when a start carries indexed lab
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -18,6 +18,7 @@ from taskiq_abort.outcome import AbortRule, decode_labels, encode_labels
 RULE_ADD, RULE_CANCEL, RULE_LIST = (
     LuaScript(src) for src in (scripts.RULE_ADD, scripts.RULE_CANCEL, scripts.RULE_LIST)
 )
+_RULES_PER_CALL = 500  # a cascade of a bulk abort records two per id: one call holds Redis briefly
 
 
 class RedisRules:
@@ -30,16 +31,24 @@ class RedisRules:
         self._clients = clients  # the running loop's (see ``RedisAbortBackend._c``)
         self._call = call
 
-    async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
-        keys, ttl_ms = self.keys, max(1, round(ttl * 1000))
-        args: list[str | int] = [rule.rule_id, ttl_ms, rule.requested_by, rule.reason]
-        args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
-        args.append(encode_labels(rule.labels.items()))
-        op = self._clients().fence(
-            RULE_ADD, [keys.rules, keys.rule(rule.rule_id)], args, durable=True
-        )
-        at_ms = int(await self._call("recording an abort rule", op))
-        return replace(rule, created_at=at_ms / 1000, expires_at=(at_ms + ttl_ms) / 1000)
+    async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
+        """Record ``rules`` (one aborter's: one ``requested_by``), :data:`_RULES_PER_CALL` a
+        call."""
+        keys, ttl_ms, added = self.keys, max(1, round(ttl * 1000)), []
+        for start in range(0, len(rules), _RULES_PER_CALL):
+            chunk = rules[start : start + _RULES_PER_CALL]
+            args: list[str | int] = [ttl_ms, chunk[0].requested_by]
+            for rule in chunk:
+                args += [rule.rule_id, rule.reason]
+                args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
+                args.append(encode_labels(rule.labels.items()))
+            hashes = [keys.rule(rule.rule_id) for rule in chunk]
+            op = self._clients().fence(RULE_ADD, [keys.rules, *hashes], args, durable=True)
+            what = "recording an abort rule" if len(rules) == 1 else "recording abort rules"
+            at_ms = int(await self._call(what, op))
+            at, expires = at_ms / 1000, (at_ms + ttl_ms) / 1000
+            added += [replace(rule, created_at=at, expires_at=expires) for rule in chunk]
+        return added
 
     async def cancel_rule(self, rule_id: str) -> bool:
         keys = self.keys

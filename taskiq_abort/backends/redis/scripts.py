@@ -75,11 +75,11 @@ _RULES = _lua("rules")
 # either and recorded nowhere.
 SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 
-# Record an abort rule: its hash lives ttl_ms, its id joins the rules set (which lives as long
-# as its longest rule). Durable (WAIT) like a request.
-# KEYS: rules set, rule hash; ARGV: rule_id, ttl_ms, requested_by, reason, has_name, name,
-# labels ("name=value&...": the label pairs a start must all carry). Returns the Redis time
-# (ms) it was recorded at.
+# Record abort rules (one, or a cascade's): each hash lives ttl_ms, each id joins the rules set
+# (which lives as long as its longest rule). Durable (WAIT) like a request.
+# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, requested_by, then per rule: rule_id,
+# reason, has_name, name, labels ("name=value&...": the label pairs a start must all carry).
+# Returns the Redis time (ms) they were recorded at.
 RULE_ADD = NOW + _lua("rule_add")
 
 # Remove a rule early. KEYS: rules set, rule hash; ARGV: rule_id. Returns 1 if it existed.
