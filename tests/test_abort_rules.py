@@ -131,6 +131,13 @@ async def test_a_stored_request_comes_before_a_rule(backend: AbortBackend) -> No
     await backend.unregister("w1")
 
 
+class Order:
+    """A round whose rule is recorded when the starts reach ``at`` (then they go on)."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.reached, self.recorded = at, asyncio.Event(), asyncio.Event()
+
+
 async def test_a_rule_racing_starts_misses_no_matching_task(backend: AbortBackend) -> None:
     """Many rounds of starts racing a rule: every matching start is either refused by the rule
     or already in the registry when the aborter reads it after recording the rule (so it is
@@ -140,18 +147,27 @@ async def test_a_rule_racing_starts_misses_no_matching_task(backend: AbortBacken
         other = RedisAbortBackend(backend.topology.url, prefix=backend.prefix)
     await backend.register("w1", {}, [])
 
-    async def worker(starts: list[RunningEntry]) -> set[str]:
+    async def worker(starts: list[RunningEntry], order: Order | None) -> set[str]:
         refused: set[str] = set()
-        for one in starts:  # one start check each, interleaving with the aborter
+        for i, one in enumerate(starts):  # one start check each, interleaving with the aborter
+            if order is not None and i == order.at:
+                order.reached.set()
+                await order.recorded.wait()
             _, notices = await backend.sync("w1", [one], [])
             refused |= {n.task_id for n in notices}
             await asyncio.sleep(0)
+        if order is not None:
+            order.reached.set()  # at == len(starts): the rule comes after every start
         return refused
 
-    async def aborter(wanted: AbortRule, turns: int) -> set[str]:
+    async def aborter(wanted: AbortRule, turns: int, order: Order | None) -> set[str]:
+        if order is not None:
+            await order.reached.wait()
         for _ in range(turns):  # lands the rule before, among or after the starts
             await asyncio.sleep(0)
         added = await other.add_rule(wanted, 60)
+        if order is not None:
+            order.recorded.set()
         return set(matching(await other.workers(), added))
 
     splits: set[tuple[int, int]] = set()  # how each round fell: the race must really vary
@@ -160,7 +176,12 @@ async def test_a_rule_racing_starts_misses_no_matching_task(backend: AbortBacken
             tenant = f"acme{round_}"
             starts = [entry(f"{round_}-{i}", tenant=tenant if i % 2 else "zeta") for i in range(6)]
             wanted = rule({"tenant": tenant}, rid=f"r{round_}")
-            refused, found = await asyncio.gather(worker(starts), aborter(wanted, round_ % 9))
+            # Every third round records the rule at a start of its choosing (before, among or
+            # after the starts, whatever the machine's timing); the others race it freely.
+            order = Order((round_ // 3) % 7) if round_ % 3 == 0 else None
+            refused, found = await asyncio.gather(
+                worker(starts, order), aborter(wanted, 0 if order else round_ % 9, order)
+            )
             matched = {s.task_id for s in starts if s.label_map["tenant"] == tenant}
             assert refused | found == matched, f"round {round_}"
             assert not refused & found, f"round {round_}"
