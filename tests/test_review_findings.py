@@ -3,9 +3,15 @@ on the reviewed code and shows one defect."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 
 from taskiq_abort import AbortStatus, abort
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.memory import MemoryAbortBackend
+from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.outcome import AbortRule
 from tests.faultkit import apoll, client_broker, held, own_server, spawn
 from tests.test_security import ABORTER_RULES, WORKER_RULES, _setuser
 
@@ -36,3 +42,26 @@ async def test_minimal_acl_aborter_can_abort_a_task_that_already_finished(
 
 async def _not_held(client, task_id: str) -> bool:  # type: ignore[no-untyped-def]
     return task_id not in await held(client)
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[AbortBackend]:
+    backend: AbortBackend = MemoryAbortBackend()
+    if request.param == "redis":
+        backend = RedisAbortBackend(request.getfixturevalue("redis_url"), prefix=prefix)
+    yield backend
+    await backend.close()
+
+
+async def test_add_rules_records_each_rules_requested_by(backend: AbortBackend) -> None:
+    """``add_rules`` returns each rule with its own ``requested_by``, and the in-memory backend
+    stores it so; Redis stores the first rule's ``by`` for every rule of the call
+    (rules.py: ``chunk[0].requested_by``), so what it returns is not what it recorded, and the
+    two backends disagree. Nothing enforces the docstring's "one aborter's"."""
+    wanted = [
+        AbortRule("r1", {"tenant": "a"}, None, "gone (abort rule r1)", 0.0, 0.0, "alice:1"),
+        AbortRule("r2", {"tenant": "b"}, None, "gone (abort rule r2)", 0.0, 0.0, "bob:2"),
+    ]
+    added = await backend.add_rules(wanted, 60)
+    stored = {r.rule_id: r.requested_by for r in await backend.rules()}
+    assert stored == {r.rule_id: r.requested_by for r in added} == {"r1": "alice:1", "r2": "bob:2"}
