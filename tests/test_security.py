@@ -17,6 +17,7 @@ from taskiq_abort import (
     AbortPermissionError,
     AbortStatus,
     TaskAbortedError,
+    abort,
     abort_many,
     find_middleware,
 )
@@ -94,13 +95,35 @@ async def test_minimal_acl_worker_and_aborter(redis_url, prefix, events: Events)
 
 
 async def abort_id(client, task_id: str):
-    from taskiq_abort import abort
-
     return await abort(client, task_id, timeout=5)
 
 
 async def _holds(client, task_id: str) -> bool:
     return task_id in await held(client)
+
+
+async def _not_held(client, task_id: str) -> bool:
+    return task_id not in await held(client)
+
+
+async def test_minimal_acl_aborter_can_abort_a_task_that_already_finished(
+    redis_url: str, prefix: str
+) -> None:
+    """docs/acl.md's aborter rights cover every script an aborter runs: aborting a task whose
+    result is stored and that no worker holds runs SETTLE (it answers ``finished``)."""
+    with own_server() as plane:
+        worker_url = _setuser(plane, "abort-worker", WORKER_RULES, prefix)
+        aborter_url = _setuser(plane, "abort-client", ABORTER_RULES, prefix)
+        env = {"TASKIQ_ABORT_TEST_ABORT_URL": worker_url}
+        with spawn(redis_url, prefix, ready=False, env=env):
+            async with client_broker(redis_url, prefix, abort_url=aborter_url) as client:
+                task = await client.find_task("quick").kiq(1)
+                assert (await task.wait_result(timeout=30)).return_value == 2
+                await apoll(  # its worker no longer lists it: nobody holds it
+                    lambda: _not_held(client, task.task_id), 30, "the finish synced"
+                )
+                outcome = await abort(client, task.task_id, timeout=5)
+                assert outcome.status is AbortStatus.FINISHED
 
 
 async def test_aborter_without_rights_gets_clear_error_fast(redis_url, prefix) -> None:
@@ -116,6 +139,18 @@ async def test_aborter_without_rights_gets_clear_error_fast(redis_url, prefix) -
             message = str(info.value)
             assert f"{{{prefix}}}:" in message  # says which keys to grant
             assert PASSWORD not in message and PASSWORD not in repr(info.value)
+
+
+async def test_a_command_a_script_may_not_run_is_a_permission_error(redis_url, prefix) -> None:
+    """The keys granted but a command a script runs is not (Redis answers "ERR The user
+    executing the script can't run this command", without NOPERM): AbortPermissionError that
+    points at docs/acl.md, not a generic backend error."""
+    with own_server() as plane:
+        url = _setuser(plane, "no-hgetall", ABORTER_RULES.replace(" +hgetall", ""), prefix)
+        async with client_broker(redis_url, prefix, abort_url=url) as client:
+            task = await client.find_task("quick").kiq(1)
+            with pytest.raises(AbortPermissionError, match=r"docs/acl\.md"):
+                await task.abort(timeout=5)
 
 
 async def test_worker_without_rights_keeps_running_and_says_why(redis_url, prefix) -> None:

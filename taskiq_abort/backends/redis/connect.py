@@ -337,10 +337,12 @@ async def call(where: str, keys: KeySpace, what: str, op: Awaitable[_T]) -> _T:
 def translate(where: str, keys: KeySpace, what: str, exc: BaseException) -> AbortBackendError:
     """Our error for a Redis error reply (``exc``)."""
     text = str(exc).rstrip(".")
-    if isinstance(exc, rexc.NoPermissionError) or "NOPERM" in text:
+    # A command a script runs, refused by the ACL: "ERR The user executing the script can't
+    # run this command or subcommand" (Redis 7), with no NOPERM in it.
+    if isinstance(exc, rexc.NoPermissionError) or "NOPERM" in text or "can't run this" in text:
         return AbortPermissionError(
-            f"{where} refused {what}: {text}. Grant this user the keys '{keys.tag}:*' and "
-            f"the channels '{keys.channel_prefix}*' (see docs/acl.md)."
+            f"{where} refused {what}: {text}. Grant this user the keys '{keys.tag}:*', "
+            f"the channels '{keys.channel_prefix}*' and the commands of docs/acl.md."
         )
     if "DB index is out of range" in text:
         raise AbortConfigError(

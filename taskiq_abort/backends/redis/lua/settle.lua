@@ -1,6 +1,8 @@
 
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-local r = redis.call('HMGET', KEYS[1], 'outcome', 'worker', 'revoking')
+local flat, had = redis.call('HGETALL', KEYS[1]), {}  -- not HMGET: not in aborters' ACLs
+if #flat == 0 then return false end
+for i = 1, #flat, 2 do had[flat[i]] = flat[i + 1] end
+local r = {had.outcome or false, had.worker or false, had.revoking or false}
 if not r[1] and r[3] then  -- the result is the claimant's: the revoke stands, whoever says it
   redis.call('HSET', KEYS[1], 'outcome', 'revoked', 'worker', '')
   r[1], r[2] = 'revoked', ''
