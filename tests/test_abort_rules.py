@@ -122,6 +122,44 @@ async def test_many_rules_in_few_calls_each_applied(backend: AbortBackend) -> No
     await backend.unregister("w1")
 
 
+async def test_a_backend_that_implements_add_rule_only_takes_many_rules() -> None:
+    """A custom backend may implement ``add_rule`` alone (as before ``add_rules``): a
+    cascade's ``add_rules`` records through it, one rule at a time; one with neither says it
+    does not support rules."""
+
+    class OneAtATime(MemoryAbortBackend):
+        add_rules = AbortBackend.add_rules  # what a backend without add_rules inherits
+        calls = 0
+
+        async def add_rule(self, rule: AbortRule, ttl: float) -> AbortRule:
+            self.calls += 1
+            (added,) = await MemoryAbortBackend.add_rules(self, [rule], ttl)
+            return added
+
+    backend = OneAtATime()
+    added = await backend.add_rules([rule({"a": "1"}, rid="x"), rule({"b": "2"}, rid="y")], 60)
+    assert [r.rule_id for r in added] == ["x", "y"] and backend.calls == 2
+    assert {r.rule_id for r in await backend.rules()} == {"x", "y"}
+
+    class Neither(MemoryAbortBackend):
+        add_rules = AbortBackend.add_rules
+        add_rule = AbortBackend.add_rule
+
+    with pytest.raises(AbortConfigError, match="does not support abort rules"):
+        await Neither().add_rules([rule({"a": "1"})], 60)
+
+
+async def test_add_rules_records_each_rules_requested_by(backend: AbortBackend) -> None:
+    """``add_rules`` records each rule's own ``requested_by``, as it returns them."""
+    wanted = [
+        AbortRule("r1", {"tenant": "a"}, None, "gone (abort rule r1)", 0.0, 0.0, "alice:1"),
+        AbortRule("r2", {"tenant": "b"}, None, "gone (abort rule r2)", 0.0, 0.0, "bob:2"),
+    ]
+    added = await backend.add_rules(wanted, 60)
+    stored = {r.rule_id: r.requested_by for r in await backend.rules()}
+    assert stored == {r.rule_id: r.requested_by for r in added} == {"r1": "alice:1", "r2": "bob:2"}
+
+
 async def test_a_stored_request_comes_before_a_rule(backend: AbortBackend) -> None:
     await backend.register("w1", {}, [])
     await backend.request("t", "by id", "test")

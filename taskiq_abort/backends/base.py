@@ -289,8 +289,11 @@ class AbortBackend(abc.ABC):
         return added
 
     async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
-        """:meth:`add_rule` for each of ``rules`` (one aborter's), in as few calls as it can."""
-        raise AbortConfigError(f"{type(self).__name__} does not support abort rules")
+        """:meth:`add_rule` for each of ``rules``, in as few calls as it can. A backend may
+        implement either of the two; this one calls its ``add_rule`` once per rule."""
+        if type(self).add_rule is AbortBackend.add_rule:
+            raise AbortConfigError(f"{type(self).__name__} does not support abort rules")
+        return [await self.add_rule(rule, ttl) for rule in rules]
 
     async def cancel_rule(self, rule_id: str) -> bool:
         """Remove a rule early; ``False`` when there was none (expired, or never)."""

@@ -32,14 +32,13 @@ class RedisRules:
         self._call = call
 
     async def add_rules(self, rules: Sequence[AbortRule], ttl: float) -> list[AbortRule]:
-        """Record ``rules`` (one aborter's: one ``requested_by``), :data:`_RULES_PER_CALL` a
-        call."""
+        """Record ``rules``, :data:`_RULES_PER_CALL` a call."""
         keys, ttl_ms, added = self.keys, max(1, round(ttl * 1000)), []
         for start in range(0, len(rules), _RULES_PER_CALL):
             chunk = rules[start : start + _RULES_PER_CALL]
-            args: list[str | int] = [ttl_ms, chunk[0].requested_by]
+            args: list[str | int] = [ttl_ms]
             for rule in chunk:
-                args += [rule.rule_id, rule.reason]
+                args += [rule.rule_id, rule.requested_by, rule.reason]
                 args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
                 args.append(encode_labels(rule.labels.items()))
             hashes = [keys.rule(rule.rule_id) for rule in chunk]

@@ -77,7 +77,7 @@ SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 
 # Record abort rules (one, or a cascade's): each hash lives ttl_ms, each id joins the rules set
 # (which lives as long as its longest rule). Durable (WAIT) like a request.
-# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, requested_by, then per rule: rule_id,
+# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, then per rule: rule_id, requested_by,
 # reason, has_name, name, labels ("name=value&...": the label pairs a start must all carry).
 # Returns the Redis time (ms) they were recorded at.
 RULE_ADD = NOW + _lua("rule_add")

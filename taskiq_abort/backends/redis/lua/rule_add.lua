@@ -1,8 +1,9 @@
-local ttl, by = tonumber(ARGV[1]), ARGV[2]
+local ttl = tonumber(ARGV[1])
 for k = 2, #KEYS do
-  local i = 3 + (k - 2) * 5  -- rule_id, reason, has_name, name, labels
-  local fields = {'at', now, 'by', by, 'reason', ARGV[i + 1], 'ttl', ttl, 'labels', ARGV[i + 4]}
-  if ARGV[i + 2] == '1' then fields[#fields + 1] = 'name'; fields[#fields + 1] = ARGV[i + 3] end
+  local i = 2 + (k - 2) * 6  -- rule_id, requested_by, reason, has_name, name, labels
+  local fields = {'at', now, 'by', ARGV[i + 1], 'reason', ARGV[i + 2], 'ttl', ttl,
+                  'labels', ARGV[i + 5]}
+  if ARGV[i + 3] == '1' then fields[#fields + 1] = 'name'; fields[#fields + 1] = ARGV[i + 4] end
   redis.call('DEL', KEYS[k])
   redis.call('HSET', KEYS[k], unpack(fields))
   redis.call('PEXPIRE', KEYS[k], ttl)
