@@ -32,8 +32,9 @@ _REPLY = "reply"
 _REPLIES = "replies"
 REPLY_STATUSES = frozenset({"aborted", "finished", "unknown"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-RULE_ID_PATTERN = r"^[0-9A-Za-z_-]{1,64}$"
-"""What an abort rule id may be (``abort_where`` makes 12 hex digits); a key of its own."""
+RULE_ID_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z_-]{0,63}$"
+"""What an abort rule id may be (``abort_where`` makes 12 hex digits); a key of its own. Not
+"-" first: the CLI would read it as an option."""
 _RULE_ID = re.compile(RULE_ID_PATTERN[1:-1])  # fullmatch: "$" would let a newline end it
 
 
@@ -61,15 +62,16 @@ def validate_rule_id(rule_id: object) -> str:
 
     >>> validate_rule_id("3f2a9c1b7d4e")
     '3f2a9c1b7d4e'
-    >>> validate_rule_id("a b")
+    >>> validate_rule_id("a b")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    ValueError: invalid abort rule id 'a b': expected up to 64 letters, digits, '-' or '_'
+    ValueError: invalid abort rule id 'a b': expected a letter or digit, then up to 63 more...
     """
     if not isinstance(rule_id, str) or not _RULE_ID.fullmatch(rule_id):
         shown = rule_id if not isinstance(rule_id, str) or len(rule_id) <= 60 else rule_id[:57]
         raise ValueError(
-            f"invalid abort rule id {shown!r}: expected up to 64 letters, digits, '-' or '_'"
+            f"invalid abort rule id {shown!r}: expected a letter or digit, then up to 63 more "
+            "or '-', '_'"
         )
     return rule_id
 
