@@ -174,7 +174,8 @@ def test_abort_from_the_dashboard(browser: Any, setup: Any, tmp_path: Path) -> N
     assert made.status_code == 200 and made.json()["counts"]["aborted"] == 1, made.text
     rule_id = made.json()["rule"]["rule_id"]
     rule_row = page.locator(f'#rules tr[data-rule-id="{rule_id}"]')
-    expect(rule_row.locator("td.labels")).to_have_text("tenant=acme")
+    # The rules are listed every fifth poll: within a few seconds.
+    expect(rule_row.locator("td.labels")).to_have_text("tenant=acme", timeout=30_000)
     expect(rule_row.locator("td").nth(3)).to_have_text(f"tenant left (abort rule {rule_id})")
     expect(labels_cell).to_have_count(0)  # the rule aborted it
 

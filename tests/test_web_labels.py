@@ -108,6 +108,10 @@ async def test_rules_listed_and_cancelled(redis_url: str, prefix: str) -> None:
         async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
             listed = (await http.get("/rules")).json()["rules"]
             assert [r["rule_id"] for r in listed] == [sooner.rule.rule_id, later.rule.rule_id]
+            first = (await http.get("/rules", params={"limit": 1})).json()
+            assert first["total"] == 2 and [r["rule_id"] for r in first["rules"]] == [
+                sooner.rule.rule_id
+            ]
             assert listed[1]["labels"] == {"tenant": "acme"} and "gone" in listed[1]["reason"]
             json_body = {"json": {}}
             url = f"/rules/{later.rule.rule_id}/cancel"
@@ -118,6 +122,8 @@ async def test_rules_listed_and_cancelled(redis_url: str, prefix: str) -> None:
             assert done.json() == {"rule_id": later.rule.rule_id, "cancelled": True}
             gone = await http.post(url, **json_body)
             assert gone.status_code == 404 and later.rule.rule_id in gone.json()["detail"]
-            assert (await http.post("/rules/a%20b/cancel", **json_body)).status_code == 422
+            for bad in ("a%20b", "-abc", "a" * 65, "abc%0A"):
+                answer = await http.post(f"/rules/{bad}/cancel", **json_body)
+                assert answer.status_code == 422, bad
             left = (await http.get("/rules")).json()["rules"]
             assert [r["rule_id"] for r in left] == [sooner.rule.rule_id]

@@ -208,6 +208,7 @@ class Rule(BaseModel):
 
 class RuleList(BaseModel):
     rules: list[Rule] = Field(description="the rules in force, soonest to expire first")
+    total: int = Field(description="rules in force, beyond `limit` too")
 
 
 class RuleCancelled(BaseModel):

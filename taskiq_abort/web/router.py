@@ -39,8 +39,8 @@ RuleId = Annotated[
     str,
     Path(
         pattern=RULE_ID_PATTERN,
-        description="an abort rule's id (up to 64 letters, digits, '-' or '_'), as GET /rules "
-        "lists them",
+        description="an abort rule's id (a letter or digit, then up to 63 more or '-', '_'), "
+        "as GET /rules lists them",
     ),
 ]
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -267,10 +267,11 @@ def abort_router(
             raise HTTPException(400, str(exc)) from exc
 
     @router.get("/rules", response_model=models.RuleList, responses=_ERRORS)
-    async def rules() -> models.RuleList:
-        """The abort rules in force (``abort-where``, cascades): each refuses the matching
-        tasks at their start until it expires."""
-        return await guard(service.rules())
+    async def rules(limit: Annotated[int, Query(ge=1, le=10_000)] = 100) -> models.RuleList:
+        """The abort rules in force (``abort-where``, cascades), soonest to expire first: each
+        refuses the matching tasks at their start until it expires. ``total`` counts them all
+        (a cascade records two per task it was asked for)."""
+        return await guard(service.rules(limit))
 
     @router.post(
         "/rules/{rule_id}/cancel",
@@ -279,12 +280,17 @@ def abort_router(
         responses={
             **_WRITE_ERRORS,
             404: {"model": models.Problem, "description": "no such rule (expired, or cancelled)"},
+            400: {"model": models.Problem, "description": "the backend has no abort rules"},
         },
     )
     async def cancel_rule(rule_id: RuleId) -> models.RuleCancelled:
         """Remove an abort rule before it expires: matching tasks that start from now on run
         (those it already stopped stay stopped)."""
-        if not await guard(service.cancel_rule(rule_id)):
+        try:
+            cancelled = await guard(service.cancel_rule(rule_id))
+        except AbortConfigError as exc:  # a custom backend without abort rules
+            raise HTTPException(400, str(exc)) from exc
+        if not cancelled:
             raise HTTPException(404, f"no abort rule {rule_id} (expired, or cancelled already)")
         return models.RuleCancelled(rule_id=rule_id, cancelled=True)
 

@@ -218,10 +218,11 @@ class TaskService:
             outcomes=[models.Outcome(**o.to_dict()) for o in found.running],  # type: ignore[arg-type]
         )
 
-    async def rules(self) -> models.RuleList:
-        """The abort rules in force, soonest to expire first."""
+    async def rules(self, limit: int) -> models.RuleList:
+        """The abort rules in force, soonest to expire first: the first ``limit``."""
         found = sorted(await self.middleware.abort_rules(), key=lambda r: (r.expires_at, r.rule_id))
-        return models.RuleList(rules=[models.Rule(**r.to_dict()) for r in found])  # type: ignore[arg-type]
+        shown = [models.Rule(**r.to_dict()) for r in found[:limit]]  # type: ignore[arg-type]
+        return models.RuleList(rules=shown, total=len(found))
 
     async def cancel_rule(self, rule_id: str) -> bool:
         return await self.middleware.cancel_rule(rule_id)

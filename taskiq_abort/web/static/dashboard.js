@@ -3,10 +3,12 @@
 "use strict";
 (() => {
   const POLL_MS = 1000;
+  const RULES_EVERY = 5;  // polls: rules change seldom, and each listing reads every rule
+  const RULES_SHOWN = 50;
   const readOnly = document.body.dataset.readOnly === "true";
   const api = (path) => new URL(path, document.baseURI).toString();
   const $ = (id) => document.getElementById(id);
-  const state = { offset: 0, limit: 100, name: "", worker: "", seen: new Map(), updated: 0 };
+  const state = { offset: 0, limit: 100, name: "", worker: "", seen: new Map(), updated: 0, polls: 0 };
 
   function el(tag, text, cls) {
     const node = document.createElement(tag);
@@ -183,7 +185,17 @@
       return tr;
     });
     replaceRows($("rules").tBodies[0], rows);
-    $("rules-summary").textContent = data.rules.length ? data.rules.length + " in force" : "none";
+    const more = data.total > data.rules.length ? " (the " + data.rules.length + " expiring soonest shown)" : "";
+    $("rules-summary").textContent = data.total ? data.total + " in force" + more : "none";
+  }
+
+  // Apart from the rest of the poll: a failure here leaves the other panels updating.
+  async function pollRules() {
+    try {
+      renderRules(await call("GET", "rules?limit=" + RULES_SHOWN));
+    } catch (error) {
+      $("rules-summary").textContent = "cannot list the rules: " + error.message;
+    }
   }
 
   async function cancelRule(rule, matches) {
@@ -191,6 +203,7 @@
     try {
       await call("POST", "rules/" + encodeURIComponent(rule.rule_id) + "/cancel", {});
       toast("rule " + rule.rule_id + " cancelled");
+      pollRules();  // at once, not at the next rules poll
     } catch (error) {
       toast("cancelling the rule failed: " + error.message);
     }
@@ -207,14 +220,14 @@
   async function poll() {
     const began = Date.now();
     try {
-      const [workers, page, rules, outcomes] = await Promise.all([
-        call("GET", "workers"), call("GET", tasksQuery()), call("GET", "rules"),
-        call("GET", "outcomes?limit=50"),
+      const rules = state.polls++ % RULES_EVERY === 0 ? pollRules() : null;
+      const [workers, page, outcomes] = await Promise.all([
+        call("GET", "workers"), call("GET", tasksQuery()), call("GET", "outcomes?limit=50"),
       ]);
       renderWorkers(workers);
       renderTasks(page);
-      renderRules(rules);
       renderOutcomes(outcomes);
+      await rules;
       state.updated = Date.now();
       $("live").textContent = "live · updated every second";
       $("live").className = "live";
