@@ -29,6 +29,7 @@ from taskiq_abort._aborter.where import matching
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.backends.memory import MemoryAbortBackend
 from taskiq_abort.backends.redis import RedisAbortBackend
+from tests.faultkit import own_server
 
 pytestmark = pytest.mark.anyio
 
@@ -158,6 +159,35 @@ async def test_add_rules_records_each_rules_requested_by(backend: AbortBackend) 
     added = await backend.add_rules(wanted, 60)
     stored = {r.rule_id: r.requested_by for r in await backend.rules()}
     assert stored == {r.rule_id: r.requested_by for r in added} == {"r1": "alice:1", "r2": "bob:2"}
+
+
+async def test_a_start_reads_only_the_rules_on_its_own_labels(prefix: str) -> None:
+    """Each rule is indexed under its first label pair: with 1,000 rules in force on other
+    tenants, a call of labelled starts reads the one rule that shares a pair with them
+    (counted by Redis itself: INFO commandstats counts the commands scripts run), and the
+    rules still apply. Before the index a start read every rule in force."""
+    with own_server() as server:
+        backend = RedisAbortBackend(server.url, prefix=prefix)
+        client = server.client()
+        try:
+            await backend.register("w1", {}, [])
+            others = [rule({"tenant": f"t{i}"}, rid=f"o{i}") for i in range(1000)]
+            mine = rule({"tenant": "acme", "user": "7"}, rid="mine")
+            await backend.add_rules([*others, mine], 60)
+            client.config_resetstat()
+            starts = [entry("match", tenant="acme", user="7"), entry("miss", tenant="acme")]
+            _, refused = await backend.sync("w1", starts, [])
+            assert [n.task_id for n in refused] == ["match"]
+            assert client.info("commandstats")["cmdstat_hgetall"]["calls"] == 1
+            _, refused = await backend.sync("w1", [entry("other", tenant="t7")], [])
+            assert [n.task_id for n in refused] == ["other"]  # the index finds the others too
+            assert await backend.cancel_rule("o7") is True
+            _, refused = await backend.sync("w1", [entry("again", tenant="t7")], [])
+            assert refused == []
+            assert not client.sismember(f"{{{prefix}}}:rule:ix:tenant=t7", "o7")
+        finally:
+            client.close()
+            await backend.close()
 
 
 async def test_a_stored_request_comes_before_a_rule(backend: AbortBackend) -> None:

@@ -47,7 +47,7 @@ import redis
 from taskiq import AsyncBroker
 
 from taskiq_abort import AbortStatus, abort, abort_many, abort_where, find_middleware
-from taskiq_abort._wire.protocol import parse_aborts, parse_replies
+from taskiq_abort._wire.protocol import RULE_ID_PATTERN, parse_aborts, parse_replies
 from tests.app import make_broker
 from tests.conftest import ROOT, Events, WorkerProcess
 from tests.faultkit import started
@@ -103,6 +103,9 @@ def _parenthetical(text: str, start: int) -> str:
         if depth == 0:
             return text[begin + 1 : j]
     return text[begin + 1 :]
+
+
+RULE_ID = {"rule_id": RULE_ID_PATTERN[1:-1]}  # a rule's id, not the index key beside it
 
 
 def pattern(template: str, prefix: str, named: dict[str, str] | None = None) -> re.Pattern[str]:
@@ -293,7 +296,7 @@ async def test_keys_match_the_documented_table(
         matches = [
             (i, row, m)
             for i, row in enumerate(rows)
-            if (m := pattern(ticks(row["key"])[0][0], live.prefix).fullmatch(key))
+            if (m := pattern(ticks(row["key"])[0][0], live.prefix, RULE_ID).fullmatch(key))
         ]
         assert len(matches) == 1, f"{key}: matches {len(matches)} rows of the Keys table"
         i, row, match = matches[0]

@@ -36,7 +36,7 @@ class RedisRules:
         keys, ttl_ms, added = self.keys, max(1, round(ttl * 1000)), []
         for start in range(0, len(rules), _RULES_PER_CALL):
             chunk = rules[start : start + _RULES_PER_CALL]
-            args: list[str | int] = [ttl_ms]
+            args: list[str | int] = [ttl_ms, keys.rule_prefix]
             for rule in chunk:
                 args += [rule.rule_id, rule.requested_by, rule.reason]
                 args += ["1", rule.task_name] if rule.task_name is not None else ["0", ""]
@@ -52,7 +52,7 @@ class RedisRules:
     async def cancel_rule(self, rule_id: str) -> bool:
         keys = self.keys
         op = self._clients().fence(
-            RULE_CANCEL, [keys.rules, keys.rule(rule_id)], [rule_id], durable=True
+            RULE_CANCEL, [keys.rules, keys.rule(rule_id)], [rule_id, keys.rule_prefix], durable=True
         )
         return bool(await self._call("removing an abort rule", op))
 

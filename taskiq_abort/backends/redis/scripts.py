@@ -53,8 +53,9 @@ LIVE_HOLDERS = _lua("live_holders")
 # attempt with that id (a retry, a re-kick) runs.
 _NOTE_REQUEST = _lua("note_request")
 
-# The abort rules (abort_where): load_rules(set, rule_prefix) reads the live ones (dropping the
-# ids of expired ones from the set), rule_matching(rules, task_name, labels) finds one a start
+# The abort rules (abort_where): rule_candidates(set, rule_prefix, labels, cache) reads the live
+# ones indexed under the start's label pairs (dropping the ids of expired ones from the index and
+# the set), rule_matching(rules, task_name, labels) finds one a start
 # falls under (labels: the set of the start's label pairs, `name=value` percent-encoded as in
 # outcome.label_pairs: a rule matches a start that has each of its pairs, compared as text);
 # refuse_by_rule(...) records the refused start as a revoked request (naming the rule, living the
@@ -76,16 +77,20 @@ _RULES = _lua("rules")
 SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 
 # Record abort rules (one, or a cascade's): each hash lives ttl_ms, each id joins the rules set
-# (which lives as long as its longest rule). Durable (WAIT) like a request.
-# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, then per rule: rule_id, requested_by,
-# reason, has_name, name, labels ("name=value&...": the label pairs a start must all carry).
-# Returns the Redis time (ms) they were recorded at.
+# and the index set of its first label pair (rule_prefix .. 'ix:' .. pair, which the start
+# check reads for a start's pairs); both sets live as long as their longest rule. Durable
+# (WAIT) like a request.
+# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, rule_prefix, then per rule: rule_id,
+# requested_by, reason, has_name, name, labels ("name=value&...": the label pairs a start must
+# all carry). Returns the Redis time (ms) they were recorded at.
 RULE_ADD = NOW + _lua("rule_add")
 
-# Remove a rule early. KEYS: rules set, rule hash; ARGV: rule_id. Returns 1 if it existed.
+# Remove a rule early, and its id from its index set. KEYS: rules set, rule hash; ARGV: rule_id,
+# rule_prefix. Returns 1 if it existed.
 RULE_CANCEL = _lua("rule_cancel")
 
-# The live rules. KEYS: rules set; ARGV: rule_prefix. Returns {rule_id, {field, value, ...}}*.
+# The live rules (the ids of expired ones leave the set). KEYS: rules set; ARGV: rule_prefix.
+# Returns {rule_id, {field, value, ...}}*.
 RULE_LIST = _lua("rule_list")
 
 # The master's replication id: a promoted replica takes a new one, so it names the master's

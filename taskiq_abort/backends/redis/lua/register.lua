@@ -9,7 +9,7 @@ for _ = 1, ninfo do
 end
 local ntasks = tonumber(ARGV[i]); i = i + 1
 local aborted = {}
-local rules = nil
+local cache = {}
 for _ = 1, ntasks do
   local tid, value = ARGV[i], ARGV[i + 1]; i = i + 2
   redis.call('HSET', KEYS[2], tid, value)
@@ -17,7 +17,7 @@ for _ = 1, ntasks do
   if not note_request(aborted, req, tid) then
     local name, labels, labelled = entry_match(value)
     if labelled then  -- a rule recorded while this worker was away applies to it too
-      rules = rules or load_rules(KEYS[5], ARGV[#ARGV])
+      local rules = rule_candidates(KEYS[5], ARGV[#ARGV], labels, cache)
       local rule = rule_matching(rules, name, labels)
       if rule then request_by_rule(aborted, req, tid, rule) end
     end

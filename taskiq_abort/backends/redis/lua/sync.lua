@@ -5,7 +5,7 @@ local i = 5
 local nstart = tonumber(ARGV[i]); i = i + 1
 local aborted, expired = {}, {}
 local now = nil
-local rules = nil
+local cache = {}
 for _ = 1, nstart do
   local tid, value, deadline = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local nl = tonumber(ARGV[i + 3]); i = i + 4
@@ -13,7 +13,7 @@ for _ = 1, nstart do
   if nl > 0 then  -- only a start with indexed labels can match a rule
     local labels = {}
     for _ = 1, nl do labels[ARGV[i]] = true; i = i + 1 end
-    rules = rules or load_rules(KEYS[4], rule_prefix)
+    local rules = rule_candidates(KEYS[4], rule_prefix, labels, cache)
     if #rules > 0 then rule = rule_matching(rules, string.match(value, '^%S+ %S+ (.*)$'), labels) end
   end
   if note_request(aborted, req, tid) then
