@@ -8,10 +8,14 @@
 - **Bulk** (``labels``): ``p.bulk`` tasks running in one worker (with ``index_labels``), then
   aborted by ``abort_where(broker, {"tenant": ...})`` or by ``abort_many`` of their ids (known
   to the caller), alternating; from the call until every result is stored.
+- **Rules in force** (``labels``): Redis's own time (``INFO commandstats``) per ``SYNC`` of one
+  labelled start that no rule matches, with 0, 1,000 and 10,000 rules in force on other label
+  values (as a cascade over a bulk abort leaves them: two per id, for ``request_ttl``).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any
@@ -25,6 +29,8 @@ from benchmarks.stats import median
 from benchmarks.throughput import Run, alternate_pair, compare_pair
 from benchmarks.trickle import keyspace_notifications, measure
 from taskiq_abort import abort_many, abort_where
+from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.outcome import AbortRule, RunningEntry
 
 INDEX = "tenant"
 LABELS = {INDEX: "acme"}
@@ -120,8 +126,36 @@ async def bulk(bench: Bench, rounds: int = 2) -> dict[str, Any]:
     }
 
 
+async def rules_in_force(bench: Bench, counts: tuple[int, ...], starts: int) -> dict[str, float]:
+    """Redis µs per start check (one labelled start, matched by no rule) by rules in force."""
+    out: dict[str, float] = {}
+    for count in counts:
+        backend = RedisAbortBackend(bench.url, prefix=f"lr{uuid.uuid4().hex[:6]}")
+        try:
+            await backend.register("w1", {}, [])
+            rules = [
+                AbortRule(f"r{i}", {INDEX: f"t{i}"}, None, f"bench {i}", 0.0, 0.0, "bench")
+                for i in range(count)
+            ]
+            await backend.add_rules(rules, 600)
+            await bench.r.config_resetstat()
+            for i in range(starts):
+                start = RunningEntry(f"s{i}", "noop", f"r{i}", time.time(), labels=((INDEX, "x"),))
+                await backend.sync("w1", [start], [start])
+            stats = await bench.r.info("commandstats")
+            out[str(count)] = round(float(stats["cmdstat_evalsha"]["usec_per_call"]), 1)
+        finally:
+            await backend.close()
+    return out
+
+
 async def run(bench: Bench) -> dict[str, Any]:
-    return {"start_cost": await start_cost(bench), "bulk": await bulk(bench)}
+    counts = (0, 1000, 10_000) if bench.p.bulk >= 1000 else (0, 100)
+    return {
+        "start_cost": await start_cost(bench),
+        "bulk": await bulk(bench),
+        "rules_in_force_sync_us": await rules_in_force(bench, counts, 300),
+    }
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -146,5 +180,12 @@ def table(results: dict[str, Any]) -> list[str]:
         "| abort_where (by label) | abort_many (by id) |",
         "|---|---|",
         f"| {b['where']['aborts_per_s']:,} | {b['many']['aborts_per_s']:,} |",
+        "",
+        "Redis time per start check (`SYNC`) of one labelled start that no rule matches, by "
+        "rules in force on other label values (µs, `INFO commandstats`):",
+        "",
+        "| " + " | ".join(f"{int(n):,} rules" for n in r["rules_in_force_sync_us"]) + " |",
+        "|" + "---|" * len(r["rules_in_force_sync_us"]),
+        "| " + " | ".join(str(v) for v in r["rules_in_force_sync_us"].values()) + " |",
         "",
     ]

@@ -62,6 +62,7 @@ def test_every_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(limits["stream"]["cpu_us_per_task"]) == {"none", "limits"}
     labels = results["labels"]
     assert set(labels["start_cost"]["cpu_us_per_task"]) == {"none", "index"}
+    assert set(labels["rules_in_force_sync_us"]) == {"0", "100"}
     for how in ("where", "many"):
         assert [r["statuses"] for r in labels["bulk"][how]["runs"]] == [{"aborted": 20}] * 2
     assert report["machine"]["nproc"] >= 1
