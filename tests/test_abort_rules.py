@@ -388,3 +388,33 @@ async def test_a_child_kicked_while_the_aborted_parent_cleans_up_never_runs() ->
         assert isinstance(result.error, TaskAbortedError) and ran == []
     finally:
         await broker.shutdown()
+
+
+async def test_expired_rule_ids_leave_the_rules_set_while_rules_keep_coming(prefix: str) -> None:
+    """``{P}:rules`` holds the rules in force: an expired rule's id leaves it at the next
+    labelled start check, as before the rule index, even when no start ever carries that rule's
+    pairs again (a cascade's ``abort_parent=<aborted id>``). With rules recorded more often than
+    their ``ttl`` the set never expires as a whole, so ids the start check no longer drops pile
+    up without bound (and ``RULE_LIST`` then reads every one of them in one script)."""
+    with own_server() as server:
+        backend = RedisAbortBackend(server.url, prefix=prefix)
+        client = server.client()
+        try:
+            await backend.register("w1", {}, [])
+            n = 0
+            for wave in range(3):  # cascades, one after another, each rule short-lived
+                await backend.add_rules(
+                    [rule({"abort_parent": f"p{wave}-{i}"}, rid=f"c{wave}x{i}") for i in range(50)],
+                    0.2,
+                )
+                await asyncio.sleep(0.4)  # the wave's rules expired
+                await backend.add_rules([rule({"tenant": f"live{wave}"}, rid=f"l{wave}")], 60)
+                for _ in range(3):  # labelled starts run, on other labels
+                    n += 1
+                    _, refused = await backend.sync("w1", [entry(f"s{n}", tenant="acme")], [])
+                    assert refused == []
+            live = {f"l{wave}" for wave in range(3)}
+            assert client.smembers(f"{{{prefix}}}:rules") == live
+        finally:
+            client.close()
+            await backend.close()
