@@ -391,11 +391,11 @@ async def test_a_child_kicked_while_the_aborted_parent_cleans_up_never_runs() ->
 
 
 async def test_expired_rule_ids_leave_the_rules_set_while_rules_keep_coming(prefix: str) -> None:
-    """``{P}:rules`` holds the rules in force: an expired rule's id leaves it at the next
-    labelled start check, as before the rule index, even when no start ever carries that rule's
-    pairs again (a cascade's ``abort_parent=<aborted id>``). With rules recorded more often than
-    their ``ttl`` the set never expires as a whole, so ids the start check no longer drops pile
-    up without bound (and ``RULE_LIST`` then reads every one of them in one script)."""
+    """``{P}:rules`` holds the rules in force: an expired rule's id leaves it (and its index)
+    when the next rule is recorded, even when no start ever carries that rule's pairs again (a
+    cascade's ``abort_parent=<aborted id>``). With rules recorded more often than their ``ttl``
+    the key never expires as a whole: without that, dead ids would pile up without bound (and
+    ``RULE_LIST`` read every one of them in one script). Found in review."""
     with own_server() as server:
         backend = RedisAbortBackend(server.url, prefix=prefix)
         client = server.client()
@@ -414,7 +414,9 @@ async def test_expired_rule_ids_leave_the_rules_set_while_rules_keep_coming(pref
                     _, refused = await backend.sync("w1", [entry(f"s{n}", tenant="acme")], [])
                     assert refused == []
             live = {f"l{wave}" for wave in range(3)}
-            assert client.smembers(f"{{{prefix}}}:rules") == live
+            assert set(client.zrange(f"{{{prefix}}}:rules", 0, -1)) == live
+            index = f"{{{prefix}}}:rule:ix:abort_parent=p2-0"
+            assert not client.exists(index)  # an index lives as long as its longest rule
         finally:
             client.close()
             await backend.close()

@@ -22,6 +22,8 @@ from taskiq_abort import (
     find_middleware,
 )
 from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort.backends.redis import RedisAbortBackend
+from taskiq_abort.outcome import AbortRule, RunningEntry
 from tests.conftest import Events
 from tests.faultkit import apoll, client_broker, held, own_server, spawn, wait_log, worker_log
 
@@ -34,14 +36,14 @@ WORKER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:* &{{{p}}}:ctl:* -@all "
     "+hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hmget +hgetall +hkeys +hset +hsetnx +hdel +del +pexpire +pttl +time +set "
-    "+zadd +zrem +zscore +zrangebyscore +smembers +srem +publish +subscribe +unsubscribe"
+    "+zadd +zrem +zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 ABORTER_RULES = (
     "on >{pw} resetkeys resetchannels ~{{{p}}}:req:* ~{{{p}}}:eta:* ~{{{p}}}:workers "
     "~{{{p}}}:holders ~{{{p}}}:rules ~{{{p}}}:rule:* %R~{{{p}}}:worker:* %R~{{{p}}}:tasks:* "
     "&{{{p}}}:ctl:* -@all +hello +auth +ping +evalsha +eval +script|load "
     "+exists +hget +hgetall +hset +hsetnx +hdel +del +pexpire +pttl +set +time "
-    "+zscore +zrangebyscore +sadd +srem +smembers +publish +subscribe +unsubscribe"
+    "+zadd +zrem +zremrangebyscore +zscore +zrangebyscore +publish +subscribe +unsubscribe"
 )
 
 
@@ -124,6 +126,39 @@ async def test_minimal_acl_aborter_can_abort_a_task_that_already_finished(
                 )
                 outcome = await abort(client, task.task_id, timeout=5)
                 assert outcome.status is AbortStatus.FINISHED
+
+
+async def test_minimal_acl_records_lists_cancels_and_applies_rules(prefix) -> None:
+    """The documented rights cover abort rules: an aborter records, lists and cancels them
+    (RULE_ADD, RULE_LIST, RULE_CANCEL), a worker's start check and re-registration apply them
+    and drop expired ones (SYNC, REGISTER)."""
+    with own_server() as plane:
+        worker = RedisAbortBackend(_setuser(plane, "w", WORKER_RULES, prefix), prefix=prefix)
+        aborter = RedisAbortBackend(_setuser(plane, "a", ABORTER_RULES, prefix), prefix=prefix)
+        try:
+            await worker.register("w1", {}, [])
+            running = RunningEntry("held", "job", "r0", time.time(), labels=(("tenant", "acme"),))
+            await worker.sync("w1", [running], [])
+            short, kept = (
+                AbortRule(rid, {"tenant": "acme"}, None, f"gone ({rid})", 0.0, 0.0, "t")
+                for rid in ("short", "kept")
+            )
+            await aborter.add_rules([short], 0.05)
+            await aborter.add_rule(kept, 60)
+
+            async def short_expired() -> bool:
+                return {r.rule_id for r in await aborter.rules()} == {"kept"}
+
+            await apoll(short_expired, 30, "the short rule's expiry")  # SYNC then drops its id
+            start = RunningEntry("new", "job", "r1", time.time(), labels=(("tenant", "acme"),))
+            _, refused = await worker.sync("w1", [start], [])
+            assert [n.task_id for n in refused] == ["new"]
+            pending = await worker.register("w1", {}, [running])  # and to what it runs
+            assert [n.task_id for n in pending] == ["held"]
+            assert await aborter.cancel_rule("kept") is True
+        finally:
+            await worker.close()
+            await aborter.close()
 
 
 async def test_aborter_without_rights_gets_clear_error_fast(redis_url, prefix) -> None:

@@ -85,12 +85,14 @@ class KeySpace:
 
     @property
     def rules(self) -> str:
-        """SET: the ids of the abort rules (``abort_where``); an id whose rule hash expired is
-        dropped by the next start check that reads the set."""
+        """ZSET: the ids of the abort rules (``abort_where``), scored by when each expires (ms,
+        Redis clock); the expired ones leave it as new rules are recorded."""
         return f"{self.tag}:rules"
 
     @property
     def rule_prefix(self) -> str:
+        """Of each rule's hash, and of ``<prefix>ix:<pair>``: the ZSET of the rules whose first
+        label pair is ``pair``, scored by expiry (what a start check reads for its pairs)."""
         return f"{self.tag}:rule:"
 
     def rule(self, rule_id: str) -> str:

@@ -63,7 +63,7 @@ _NOTE_REQUEST = _lua("note_request")
 _RULES = _lua("rules")
 
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
-# KEYS: worker hash, tasks hash, holders index, rules set
+# KEYS: worker hash, tasks hash, holders index, rules zset
 # ARGV: lease_ms, request_prefix, worker_id, rule_prefix, n_starts,
 #       [task_id, value, deadline_ms, n_labels, label_pair*n_labels]*n,
 #       n_finishes, [task_id, run_token]*n   (deadline_ms: '' or the `expires` deadline)
@@ -76,20 +76,20 @@ _RULES = _lua("rules")
 # either and recorded nowhere.
 SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 
-# Record abort rules (one, or a cascade's): each hash lives ttl_ms, each id joins the rules set
-# and the index set of its first label pair (rule_prefix .. 'ix:' .. pair, which the start
-# check reads for a start's pairs); both sets live as long as their longest rule. Durable
-# (WAIT) like a request.
-# KEYS: rules set, one rule hash per rule; ARGV: ttl_ms, rule_prefix, then per rule: rule_id,
+# Record abort rules (one, or a cascade's): each hash lives ttl_ms, each id joins the rules zset
+# and the index zset of its first label pair (rule_prefix .. 'ix:' .. pair, which the start
+# check reads for a start's pairs), scored by its expiry; the expired ids leave both as new ones
+# come, and each zset lives as long as its longest rule. Durable (WAIT) like a request.
+# KEYS: rules zset, one rule hash per rule; ARGV: ttl_ms, rule_prefix, then per rule: rule_id,
 # requested_by, reason, has_name, name, labels ("name=value&...": the label pairs a start must
 # all carry). Returns the Redis time (ms) they were recorded at.
 RULE_ADD = NOW + _lua("rule_add")
 
-# Remove a rule early, and its id from its index set. KEYS: rules set, rule hash; ARGV: rule_id,
+# Remove a rule early, and its id from its index zset. KEYS: rules zset, rule hash; ARGV: rule_id,
 # rule_prefix. Returns 1 if it existed.
 RULE_CANCEL = _lua("rule_cancel")
 
-# The live rules (the ids of expired ones leave the set). KEYS: rules set; ARGV: rule_prefix.
+# The live rules (the ids of expired ones leave the zset). KEYS: rules zset; ARGV: rule_prefix.
 # Returns {rule_id, {field, value, ...}}*.
 RULE_LIST = _lua("rule_list")
 
@@ -102,7 +102,7 @@ REPLICATION_ID = _lua("replication_id")
 # A held task with indexed labels that an abort rule matches (one recorded while the worker was
 # away, whose aborter could not see the task) gets a pending request naming the rule, and is
 # answered like one with a request.
-# KEYS: worker hash, tasks hash, workers zset, holders index, rules set
+# KEYS: worker hash, tasks hash, workers zset, holders index, rules zset
 # ARGV: lease_ms, worker_id, request_prefix, n_info, [field, value]*n, n_tasks, [task_id, value]*n,
 #       stamp ('1': note the master's replication id as the worker's `epoch`, for REVOKE),
 #       rule_prefix

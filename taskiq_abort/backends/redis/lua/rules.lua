@@ -2,20 +2,21 @@
 -- The live rules a start carrying `labels` (a set of label pairs) could fall under: those
 -- indexed under one of its pairs (a rule is indexed under its first pair, see RULE_ADD; one
 -- without pairs under ''), so the cost follows the start's labels, not the rules in force.
--- `cache` keeps the rules read in one call. An expired rule's id leaves its index and `set`.
+-- `cache` keeps the rules read in one call. An expired rule's id leaves its index and `set`
+-- (zsets scored by expiry: RULE_ADD drops the expired ones too).
 local function rule_candidates(set, prefix, labels, cache)
   local found, keys = {}, {''}
   for pair in pairs(labels) do keys[#keys + 1] = pair end
   for _, pair in ipairs(keys) do
     local ix = prefix .. 'ix:' .. pair
-    for _, id in ipairs(redis.call('SMEMBERS', ix)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', ix, '-inf', '+inf')) do
       local rule = cache[id]
       if rule == nil then
         local flat = redis.call('HGETALL', prefix .. id)
         rule = false
         if #flat == 0 then
-          redis.call('SREM', ix, id)  -- expired
-          redis.call('SREM', set, id)
+          redis.call('ZREM', ix, id)  -- expired
+          redis.call('ZREM', set, id)
         else
           rule = {id = id, pairs = {}}
           for j = 1, #flat, 2 do rule[flat[j]] = flat[j + 1] end
