@@ -119,8 +119,9 @@ def requested_by() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _checked(reason: str | None, grace: float | None, timeout: float) -> tuple[str | None, float]:
-    """The reason and the grace period as stored; ``ValueError`` for a negative timeout."""
+def checked(reason: str | None, grace: float | None, timeout: float) -> tuple[str | None, float]:
+    """The reason and the grace period as stored; ``ValueError`` for a negative timeout (also
+    run before a cascade's or ``abort_where``'s rule is recorded)."""
     reason, grace_s = clean_reason(reason), check_grace(grace)
     if timeout < 0:
         raise ValueError(f"timeout must be >= 0, not {timeout}")
@@ -259,7 +260,7 @@ async def abort_task(
     steps of :func:`abort_tasks_each` for one id, its request sent by ``backend.request``
     (a round trip of its own, quicker than a bulk request)."""
     task_id = validate_task_id(task_id)
-    reason, grace_s = _checked(reason, grace, timeout)
+    reason, grace_s = checked(reason, grace, timeout)
     answers: dict[str, AbortOutcome | TaskiqAbortError] = {}
     run = _Run(backend, result_backend, None, answers)
     # Listen before we publish, or a fast reply could slip past us.
@@ -310,7 +311,7 @@ async def abort_tasks_each(
             if not invalid_in_place:
                 raise
             answers[task_id] = exc
-    reason, grace_s = _checked(reason, grace, timeout)
+    reason, grace_s = checked(reason, grace, timeout)
     run = _Run(backend, result_backend, None, answers)
     unique = [t for t in dict.fromkeys(ids) if t not in answers]  # once each
     # Listen before we publish, or a fast reply could slip past us.

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, raise_first
+from taskiq_abort._aborter.algorithm import abort_task, abort_tasks_each, checked, raise_first
 from taskiq_abort._aborter.cascade import abort_cascade
 from taskiq_abort._aborter.where import matching, new_rule, rule_ttl
-from taskiq_abort._wire.protocol import check_grace, clean_reason, validate_rule_id
+from taskiq_abort._wire.protocol import validate_rule_id
 from taskiq_abort.backends.base import AbortBackend
 from taskiq_abort.errors import AbortConfigError, TaskiqAbortError
 from taskiq_abort.observability import events
@@ -118,9 +118,6 @@ class AbortCalls:
         :func:`taskiq_abort.abort_where`."""
         rule = new_rule(labels, self.index_labels, task_name, reason)
         life = rule_ttl(ttl, self.backend)
-        check_grace(grace)  # every argument checked before the rule is recorded
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, not {timeout}")
         broker = self._attached(f"tasks labelled {rule.labels}")
         answers = await where_reported(
             self.backend,
@@ -158,27 +155,18 @@ class AbortCalls:
         (``_aborter/cascade.py``)."""
         ids = list(task_ids)
         broker = self._attached(f"{len(ids)} task(s)")
-
-        async def abort_ids(every: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
-            return await abort_reported(
-                self.backend,
-                broker.result_backend,
-                every,
-                reason=reason,
-                wait=wait,
-                timeout=self.abort_timeout if timeout is None else timeout,
-                grace=grace,
-                invalid_in_place=invalid_in_place,
-                broker=broker,
-            )
-
-        if not cascade:
-            return await abort_ids(ids)
-        check_grace(grace)  # every argument checked before a rule is recorded
-        clean_reason(reason)
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be >= 0, not {timeout}")
-        return await abort_cascade(self.backend, ids, reason, abort_ids)
+        return await abort_reported(
+            self.backend,
+            broker.result_backend,
+            ids,
+            reason=reason,
+            wait=wait,
+            timeout=self.abort_timeout if timeout is None else timeout,
+            grace=grace,
+            invalid_in_place=invalid_in_place,
+            broker=broker,
+            cascade=cascade,
+        )
 
 
 @dataclass(frozen=True)
@@ -200,6 +188,7 @@ async def where_reported(
 ) -> WhereAnswers:
     """Record ``rule`` (first: see ``_aborter/where.py``), then abort the running tasks it
     matches, by id (the middleware's ``abort_where``, the CLI's ``--label``)."""
+    checked(rule.reason, grace, timeout)  # every argument checked before the rule is recorded
     rule = await backend.add_rule(rule, ttl)
     ids = matching(await backend.workers(), rule)
     answers = await abort_reported(
@@ -227,21 +216,31 @@ async def abort_reported(
     grace: float | None,
     invalid_in_place: bool,
     broker: AsyncBroker | None = None,
+    cascade: bool = False,
 ) -> list[AbortOutcome | TaskiqAbortError]:
     """:func:`~taskiq_abort._aborter.algorithm.abort_tasks_each`, each id's answer reported to
-    the observers once (the middleware's bulk abort, the CLI's)."""
-    started = time.perf_counter()
-    answers = await abort_tasks_each(
-        backend,
-        result_backend,
-        task_ids,
-        reason=reason,
-        wait=wait,
-        timeout=timeout,
-        grace=grace,
-        invalid_in_place=invalid_in_place,
-    )
-    elapsed = time.perf_counter() - started
-    for task_id, got in dict(zip(task_ids, answers, strict=True)).items():  # once per id
-        await events.abort_answered(task_id, got, elapsed, reason, broker)
-    return answers
+    the observers once (the middleware's bulk abort, the CLI's); with ``cascade``, their
+    descendants too (``_aborter/cascade.py``), every argument checked before a rule is
+    recorded."""
+
+    async def each(ids: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
+        started = time.perf_counter()
+        answers = await abort_tasks_each(
+            backend,
+            result_backend,
+            ids,
+            reason=reason,
+            wait=wait,
+            timeout=timeout,
+            grace=grace,
+            invalid_in_place=invalid_in_place,
+        )
+        elapsed = time.perf_counter() - started
+        for task_id, got in dict(zip(ids, answers, strict=True)).items():  # once per id
+            await events.abort_answered(task_id, got, elapsed, reason, broker)
+        return answers
+
+    if not cascade:
+        return await each(task_ids)
+    checked(reason, grace, timeout)
+    return await abort_cascade(backend, task_ids, reason, each)

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from taskiq_abort._aborter.calls import abort_reported, where_reported
-from taskiq_abort._aborter.cascade import abort_cascade
 from taskiq_abort._aborter.where import new_rule, rule_ttl
 from taskiq_abort._read.names import resolve_task_name
 from taskiq_abort._wire.protocol import validate_rule_id, validate_task_id
@@ -115,22 +114,17 @@ async def abort_ids(
     worker), with their descendants if ``cascade``, and print one line per id; errors are
     raised after."""
 
-    async def abort_these(ids: list[str]) -> list[AbortOutcome | TaskiqAbortError]:
-        return await abort_reported(
-            conn.backend,
-            conn.result_backend,
-            ids,
-            reason=reason,
-            wait=wait,
-            timeout=timeout,
-            grace=grace,
-            invalid_in_place=from_registry,  # given ids were checked before connecting
-        )
-
-    if cascade:
-        answers = await abort_cascade(conn.backend, list(task_ids), reason, abort_these)
-    else:
-        answers = await abort_these(list(task_ids))
+    answers = await abort_reported(
+        conn.backend,
+        conn.result_backend,
+        list(task_ids),
+        reason=reason,
+        wait=wait,
+        timeout=timeout,
+        grace=grace,
+        invalid_in_place=from_registry,  # given ids were checked before connecting
+        cascade=cascade,
+    )
     return print_answers(answers, as_json, cascade)
 
 
