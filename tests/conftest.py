@@ -21,6 +21,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from taskiq import AsyncBroker
 
 from taskiq_abort._wire.keys import KeySpace
+from taskiq_abort.backends.base import AbortBackend
+from taskiq_abort.backends.memory import MemoryAbortBackend
+from taskiq_abort.backends.redis import RedisAbortBackend
 from tests.app import make_broker, sync_redis
 from tests.support.redis_servers import ClusterServers, RedisServer, SentinelServers
 
@@ -112,6 +115,16 @@ async def client(redis_url: str, prefix: str) -> AsyncIterator[AsyncBroker]:
     await broker.startup()
     yield broker
     await broker.shutdown()
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[AbortBackend]:
+    """Each backend in turn, driven directly: Redis (this worker's server) and in-memory."""
+    backend: AbortBackend = MemoryAbortBackend()
+    if request.param == "redis":
+        backend = RedisAbortBackend(request.getfixturevalue("redis_url"), prefix=prefix)
+    yield backend
+    await backend.close()
 
 
 @pytest.fixture

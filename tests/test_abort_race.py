@@ -27,8 +27,6 @@ from taskiq import AsyncBroker, TaskiqResult
 
 from taskiq_abort import AbortBackendUnavailableError
 from taskiq_abort.backends.base import AbortBackend
-from taskiq_abort.backends.memory import MemoryAbortBackend
-from taskiq_abort.backends.redis import RedisAbortBackend
 from taskiq_abort.outcome import RunningEntry
 from tests.app import events_key, make_broker
 from tests.conftest import ROOT, WorkerProcess
@@ -173,15 +171,6 @@ async def test_two_aborts_of_a_finished_task(race: Race) -> None:
     lies = await _pairs(race, ids, "mixed", "mixed", "finished")
     print(f"seed {SEED}: {len(lies)} of {len(ids)} pairs lied")
     assert not lies, f"seed {SEED}: {len(lies)} of {len(ids)} pairs lied: {lies[:5]}"
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[AbortBackend]:
-    backend: AbortBackend = MemoryAbortBackend()
-    if request.param == "redis":
-        backend = RedisAbortBackend(request.getfixturevalue("redis_url"), prefix=prefix)
-    yield backend
-    await backend.close()
 
 
 async def test_a_claimed_revoke_settles_as_revoked(backend: AbortBackend) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from taskiq import Context, InMemoryBroker, TaskiqDepends
@@ -32,15 +31,6 @@ from taskiq_abort.backends.redis import RedisAbortBackend
 from tests.faultkit import own_server
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["redis", "memory"])
-async def backend(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[AbortBackend]:
-    backend: AbortBackend = MemoryAbortBackend()
-    if request.param == "redis":
-        backend = RedisAbortBackend(request.getfixturevalue("redis_url"), prefix=prefix)
-    yield backend
-    await backend.close()
 
 
 def rule(labels: dict[str, str], name: str | None = None, rid: str = "r1") -> AbortRule:
