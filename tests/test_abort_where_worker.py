@@ -67,6 +67,20 @@ async def kick(broker: AsyncBroker, name: str, tenant: str | None = None) -> Any
     return await kicker.kiq()
 
 
+async def fan_out_running(
+    broker: AsyncBroker, events: Events, rclient: redis.Redis, prefix: str, width: int
+) -> tuple[Any, list[str]]:
+    """Kick a ``fan`` task of ``width`` children (tests/labels_app.py); once each child runs:
+    the parent's handle and the children's ids."""
+    parent = await broker.find_task("fan").kiq([width])  # type: ignore[union-attr]
+    while len(children := rclient.lrange(f"{prefix}:tree:{parent.task_id}", 0, -1)) < width:
+        await asyncio.sleep(0.05)  # the parent lists each child it kicked
+    ids = [str(child) for child in children]  # the client decodes replies
+    for child in ids:
+        await wait_event(events, child, "started")
+    return parent, ids
+
+
 async def probe(broker: AsyncBroker, events: Events) -> None:
     """A worker registers before its broker consumes: kick until one runs a task."""
     for _ in range(60):

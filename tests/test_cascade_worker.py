@@ -20,7 +20,7 @@ from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
 from tests.labels_app import AMQP_URL, env, make_labels_broker, rabbit_names
 from tests.matrix import _delete_rabbit_names, rabbit_unavailable, wait_event
-from tests.test_abort_where_worker import kick, probe
+from tests.test_abort_where_worker import fan_out_running, kick, probe
 
 pytestmark = pytest.mark.anyio
 SLOTS = 11
@@ -70,12 +70,8 @@ async def test_cascade_stops_a_fan_out_tree_half_running_half_queued(
         await probe(client, events)
 
         # Without cascade: the parent stops, its children run on.
-        small = await client.find_task("fan").kiq([3])  # type: ignore[union-attr]
+        small, children = await fan_out_running(client, events, rclient, prefix, 3)
         await wait_event(events, small.task_id, "started")
-        while len(children := tree(rclient, prefix, small.task_id)) < 3:
-            await asyncio.sleep(0.05)  # the parent lists each child it kicked
-        for child in children:
-            await wait_event(events, child, "started")
         outcome = await abort(client, small, reason="parent only")
         assert (outcome.status, outcome.descendants) == (AbortStatus.ABORTED, 0)
         for child in children:

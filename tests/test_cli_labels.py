@@ -15,7 +15,7 @@ from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
 from tests.labels_app import make_labels_broker
 from tests.matrix import wait_event
-from tests.test_abort_where_worker import kick, probe
+from tests.test_abort_where_worker import fan_out_running, kick, probe
 from tests.test_cli import cli, json_lines
 
 pytestmark = pytest.mark.anyio
@@ -55,11 +55,7 @@ async def test_ls_label_abort_by_label_and_cascade(
         assert events.all(zeta.task_id) == ["started"]  # untouched
         rclient.rpush(f"{prefix}:release:{zeta.task_id}", 1)
 
-        parent = await client.find_task("fan").kiq([2])  # type: ignore[union-attr]
-        while len(children := rclient.lrange(f"{prefix}:tree:{parent.task_id}", 0, -1)) < 2:
-            await asyncio.sleep(0.05)  # the parent lists each child it kicked
-        for child in children:
-            await wait_event(events, child, "started")
+        parent, children = await fan_out_running(client, events, rclient, prefix, 2)
         cascaded = await asyncio.to_thread(cli, parent.task_id, "--cascade", "--json", *conn)
         assert cascaded.returncode == 0, cascaded.stderr
         (row,) = json_lines(cascaded.stdout)

@@ -4,7 +4,6 @@ ListQueueBroker, two worker processes): ``GET /tasks?label=``, ``POST /tasks/abo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
@@ -20,7 +19,7 @@ from tests.conftest import Events, WorkerProcess
 from tests.faultkit import started
 from tests.labels_app import make_labels_broker
 from tests.matrix import wait_event
-from tests.test_abort_where_worker import kick, probe
+from tests.test_abort_where_worker import fan_out_running, kick, probe
 
 pytestmark = pytest.mark.anyio
 
@@ -76,11 +75,7 @@ async def test_filter_abort_where_and_cascade(
     assert events.all(zeta.task_id) == ["started"]
     rclient.rpush(f"{prefix}:release:{zeta.task_id}", 1)
 
-    parent = await client.find_task("fan").kiq([2])  # type: ignore[union-attr]
-    while len(children := rclient.lrange(f"{prefix}:tree:{parent.task_id}", 0, -1)) < 2:
-        await asyncio.sleep(0.05)  # the parent lists each child it kicked
-    for child in children:
-        await wait_event(events, child, "started")
+    parent, children = await fan_out_running(client, events, rclient, prefix, 2)
     rows = (await http.get("/tasks", params={"label": f"abort_root={parent.task_id}"})).json()
     assert {t["task_id"] for t in rows["tasks"]} == set(children)
     assert {t["parent"] for t in rows["tasks"]} == {parent.task_id}
