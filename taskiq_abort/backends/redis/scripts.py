@@ -53,6 +53,10 @@ LIVE_HOLDERS = _lua("live_holders")
 # attempt with that id (a retry, a re-kick) runs.
 _NOTE_REQUEST = _lua("note_request")
 
+# Where a rule is indexed: rule_index(rule_prefix, pair), the zset of the rules whose first label
+# pair (first_pair(labels)) is `pair`. Shared by RULE_ADD, RULE_CANCEL and the start check.
+RULE_INDEX = _lua("rule_index")
+
 # The abort rules (abort_where): rule_candidates(set, rule_prefix, labels, cache) reads the live
 # ones indexed under the start's label pairs (dropping the ids of expired ones from the index and
 # the set), rule_matching(rules, task_name, labels) finds one a start
@@ -60,7 +64,7 @@ _NOTE_REQUEST = _lua("note_request")
 # outcome.label_pairs: a rule matches a start that has each of its pairs, compared as text);
 # refuse_by_rule(...) records the refused start as a revoked request (naming the rule, living the
 # rule's ttl) and notes it as note_request does.
-_RULES = _lua("rules")
+_RULES = RULE_INDEX + _lua("rules")
 
 # The worker's hot path, batched: register starts and drop finishes in one round trip.
 # KEYS: worker hash, tasks hash, holders index, rules zset
@@ -83,11 +87,11 @@ SYNC = HOLDERS + _NOTE_REQUEST + _RULES + _lua("sync")
 # KEYS: rules zset, one rule hash per rule; ARGV: ttl_ms, rule_prefix, then per rule: rule_id,
 # requested_by, reason, has_name, name, labels ("name=value&...": the label pairs a start must
 # all carry). Returns the Redis time (ms) they were recorded at.
-RULE_ADD = NOW + _lua("rule_add")
+RULE_ADD = NOW + RULE_INDEX + _lua("rule_add")
 
 # Remove a rule early, and its id from its index zset. KEYS: rules zset, rule hash; ARGV: rule_id,
 # rule_prefix. Returns 1 if it existed.
-RULE_CANCEL = _lua("rule_cancel")
+RULE_CANCEL = RULE_INDEX + _lua("rule_cancel")
 
 # The live rules (the ids of expired ones leave the zset). KEYS: rules zset; ARGV: rule_prefix.
 # Returns {rule_id, {field, value, ...}}*.

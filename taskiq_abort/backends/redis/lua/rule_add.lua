@@ -9,7 +9,7 @@ for k = 2, #KEYS do
   redis.call('HSET', KEYS[k], unpack(fields))
   redis.call('PEXPIRE', KEYS[k], ttl)
   redis.call('ZADD', KEYS[1], expires, ARGV[i])
-  local ix = prefix .. 'ix:' .. string.match(ARGV[i + 5], '^[^&]*')  -- under its first pair
+  local ix = rule_index(prefix, first_pair(ARGV[i + 5]))
   redis.call('ZREMRANGEBYSCORE', ix, '-inf', now)  -- the expired ones go as new ones come
   redis.call('ZADD', ix, expires, ARGV[i])
   if redis.call('PTTL', ix) < ttl then redis.call('PEXPIRE', ix, ttl) end

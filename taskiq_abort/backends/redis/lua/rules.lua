@@ -8,7 +8,7 @@ local function rule_candidates(set, prefix, labels, cache)
   local found, keys = {}, {''}
   for pair in pairs(labels) do keys[#keys + 1] = pair end
   for _, pair in ipairs(keys) do
-    local ix = prefix .. 'ix:' .. pair
+    local ix = rule_index(prefix, pair)
     for _, id in ipairs(redis.call('ZRANGEBYSCORE', ix, '-inf', '+inf')) do
       local rule = cache[id]
       if rule == nil then
