@@ -1,19 +1,26 @@
-"""The one read model of the CLI (``taskiq-abort ls``/``status``) and the web API: a task's
-state, a running task's row, an abort request's fields. Pure functions over what the registry
-and the request records hold; each front end renders them its own way."""
+"""The one read model of the CLI (``taskiq-abort ls``/``status``/``rules``) and the web API: a
+task's state, a running task's row, an abort request's fields, the order of the rules. Pure
+functions over what the registry and the request records hold; each front end renders them its
+own way."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal, cast, get_args
 
 from taskiq_abort._labels import PARENT
 from taskiq_abort.backends.base import RequestRecord
-from taskiq_abort.outcome import RunningEntry, WorkerInfo
+from taskiq_abort.outcome import AbortRule, RunningEntry, WorkerInfo
 
 FINAL = ("aborted", "revoked")
 """Recorded outcomes after which a task will not run (on)."""
 TaskStateName = Literal["running", "requested", "aborted", "revoked", "finished", "unknown"]
 STATES: tuple[str, ...] = get_args(TaskStateName)
+
+
+def soonest_first(rules: Iterable[AbortRule]) -> list[AbortRule]:
+    """Abort rules in the order both front ends list them: soonest to expire first."""
+    return sorted(rules, key=lambda r: (r.expires_at, r.rule_id))
 
 
 def task_state(

@@ -15,6 +15,7 @@ from typing import TextIO
 from taskiq_abort._aborter.calls import abort_reported, where_reported
 from taskiq_abort._aborter.where import new_rule, rule_ttl
 from taskiq_abort._read.names import resolve_task_name
+from taskiq_abort._read.state import soonest_first
 from taskiq_abort._wire.protocol import validate_rule_id, validate_task_id
 from taskiq_abort.cli import fmt
 from taskiq_abort.cli.connect import ENV_URL, CLIError, Connection, Where, connect
@@ -281,7 +282,7 @@ async def rules(conn: Connection, cancel: Sequence[str], as_json: bool) -> int:
                 gone = "not found (expired, or cancelled already)"
                 out(f"rule {rule_id}: {'cancelled' if removed else gone}")
         return 1 if missing else 0
-    found = sorted(await conn.backend.rules(), key=lambda r: (r.expires_at, r.rule_id))
+    found = soonest_first(await conn.backend.rules())
     if as_json:
         for rule in found:
             out(fmt.json_line(rule.to_dict()))

@@ -8,7 +8,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from taskiq_abort._read.names import resolve_task_name
-from taskiq_abort._read.state import FINAL, request_fields, running_row, task_state
+from taskiq_abort._read.state import (
+    FINAL,
+    request_fields,
+    running_row,
+    soonest_first,
+    task_state,
+)
 from taskiq_abort._results import stored_results
 from taskiq_abort._wire.protocol import validate_task_id
 from taskiq_abort.api import find_middleware
@@ -220,7 +226,7 @@ class TaskService:
 
     async def rules(self, limit: int) -> models.RuleList:
         """The abort rules in force, soonest to expire first: the first ``limit``."""
-        found = sorted(await self.middleware.abort_rules(), key=lambda r: (r.expires_at, r.rule_id))
+        found = soonest_first(await self.middleware.abort_rules())
         shown = [models.Rule(**r.to_dict()) for r in found[:limit]]  # type: ignore[arg-type]
         return models.RuleList(rules=shown, total=len(found))
 
