@@ -76,23 +76,31 @@ class FloorProbe:
             raise TimeoutError(f"floor task {task_id}: no `except`")
         return float(popped[1].split()[1])
 
-    async def a(self, record: bool = True) -> None:
+    async def _send(self, task_id: str, message: str, recorded: bool) -> None:
+        """PUBLISH ``message`` to the floor worker; ``recorded``: from ``REQUEST_FLOOR``, which
+        records the request first."""
+        if recorded:
+            key = request_key(self.prefix, task_id)
+            await self.request(keys=[key], args=[channel(self.prefix), message])
+        else:
+            await self.redis.publish(channel(self.prefix), message)
+
+    async def _to_except(self, recorded: bool) -> float:
         task_id = await self._running()
         t0 = now()
-        await self.redis.publish(channel(self.prefix), f"a {task_id}")
-        stamp = await self._stamp(task_id)
+        await self._send(task_id, f"a {task_id}", recorded)
+        return await self._stamp(task_id) - t0
+
+    async def a(self, record: bool = True) -> None:
+        sample = await self._to_except(recorded=False)
         if record:
-            self.to_except.append(stamp - t0)
+            self.to_except.append(sample)
 
     async def a2(self, record: bool = True) -> None:
         """(a''): (a), the request recorded before it is published."""
-        task_id = await self._running()
-        t0 = now()
-        key = request_key(self.prefix, task_id)
-        await self.request(keys=[key], args=[channel(self.prefix), f"a {task_id}"])
-        stamp = await self._stamp(task_id)
+        sample = await self._to_except(recorded=True)
         if record:
-            self.durable_to_except.append(stamp - t0)
+            self.durable_to_except.append(sample)
 
     async def d(self, record: bool = True) -> None:
         """(b''): (b') with the request and the outcome recorded."""
@@ -115,12 +123,7 @@ class FloorProbe:
     async def _confirmed(self, kind: str) -> tuple[float, float, float]:
         task_id = await self._running()
         t0 = now()
-        message = f"{kind} {task_id} {self.reply_channel}"
-        if kind == "d":
-            key = request_key(self.prefix, task_id)
-            await self.request(keys=[key], args=[channel(self.prefix), message])
-        else:
-            await self.redis.publish(channel(self.prefix), message)
+        await self._send(task_id, f"{kind} {task_id} {self.reply_channel}", recorded=kind == "d")
         while True:
             msg = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=10)
             if msg is None:
